@@ -1,0 +1,503 @@
+/*
+ * analysis — flights and waiters: the pipeline from cache lookup to the
+ * reply, with singleflight. See analysis.h for the stages.
+ *
+ * Lifecycle of a flight (state = what it is waiting on):
+ *   FL_START   created, first waiter attached; starts on the next loop tick
+ *   FL_DB      the named queries are out, one per pool connection
+ *   FL_LLM     the chat request is out
+ *   then finish(): reply to every waiter, unlink, free.
+ * A waiter is one caller. It is unlinked when it gets its reply or when
+ * analysis_wait_cancel() says the caller has gone; neither frees the flight.
+ */
+#include "analysis.h"
+#include "log.h"
+#include "util.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include <event2/event.h>
+
+#define MAX_QUERIES 32
+#define NBUCKETS 1024
+
+enum flight_state { FL_START, FL_DB, FL_LLM, FL_DONE };
+
+struct analysis_wait {
+	struct flight *f;
+	analysis_reply_cb *cb;
+	void *arg;
+	double t_start;
+	const char *cache_status;     /* "miss" for the first, then "coalesced" */
+	TAILQ_ENTRY(analysis_wait) link;
+};
+
+struct flight {
+	analysis *a;
+	enum flight_state state;
+	char *key;
+	uint64_t hash;
+	struct flight *chain;
+	int64_t contact_id;
+	script *s;
+	script_run *run;
+	TAILQ_HEAD(, analysis_wait) waiters;
+	db_query *queries[MAX_QUERIES];
+	struct query_arg {            /* what each query's callback gets */
+		struct flight *f;
+		int index;
+	} qargs[MAX_QUERIES];
+	int pending;                  /* queries not answered yet */
+	llm_call *llm;
+	struct event *start_ev;
+	double t_db, db_ms, script_ms, llm_ms;
+	long prompt_tokens, completion_tokens;
+};
+
+struct analysis {
+	struct analysis_deps d;
+	struct flight *buckets[NBUCKETS];
+	struct analysis_stats st;
+};
+
+/* The outcome of a flight, shared by all its waiters. */
+struct outcome {
+	int status;
+	const char *code;
+	const char *message;
+	const char *prefix;           /* body without cache/timings; 200 only */
+	size_t prefix_len;
+	const char *etag;
+	int64_t created_wall_ms;
+	double remaining_ms;
+};
+
+analysis *
+analysis_create(const struct analysis_deps *deps)
+{
+	analysis *a = xcalloc(1, sizeof *a);
+	a->d = *deps;
+	return a;
+}
+
+/* ---- replies ------------------------------------------------------------ */
+
+/* Appends the per-reply fields to the stored prefix and calls cb. The body
+ * is a JSON object whose closing brace the suffix supplies. */
+static void
+deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *prefix,
+        size_t prefix_len)
+{
+	if (r->status != 200 || !prefix) {
+		cb(arg, r);
+		return;
+	}
+	char suffix[384];
+	int n = snprintf(suffix, sizeof suffix,
+	                 ",\"cache\":{\"status\":\"%s\",\"age_ms\":%.0f,\"ttl_ms\":%.0f},"
+	                 "\"timings_ms\":{\"db\":%.3f,\"script\":%.3f,\"llm\":%.3f,\"total\":%.3f}}",
+	                 r->cache_status, r->age_ms, r->ttl_ms, r->db_ms, r->script_ms,
+	                 r->llm_ms, r->total_ms);
+	char stackbuf[4096];
+	size_t len = prefix_len + (size_t)n;
+	char *body = len <= sizeof stackbuf ? stackbuf : xmalloc(len);
+	memcpy(body, prefix, prefix_len);
+	memcpy(body + prefix_len, suffix, (size_t)n);
+	r->body = body;
+	r->body_len = len;
+	cb(arg, r);
+	if (body != stackbuf)
+		free(body);
+}
+
+static void
+reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *type,
+            int status, const char *code, const char *message)
+{
+	struct analysis_reply r = {
+		.status = status, .error_code = code, .error_message = message,
+		.contact_id = contact_id, .type = type, .prompt_tokens = -1,
+		.completion_tokens = -1, .cache_status = "miss",
+	};
+	cb(arg, &r);
+}
+
+/* ---- flight table ------------------------------------------------------- */
+
+static struct flight **
+flight_slot(analysis *a, const char *key, uint64_t h)
+{
+	struct flight **pp = &a->buckets[h % NBUCKETS];
+	while (*pp && ((*pp)->hash != h || strcmp((*pp)->key, key) != 0))
+		pp = &(*pp)->chain;
+	return pp;
+}
+
+static void
+flight_free(struct flight *f)
+{
+	analysis *a = f->a;
+	struct flight **pp = flight_slot(a, f->key, f->hash);
+	if (*pp == f)
+		*pp = f->chain;
+	for (int i = 0; i < MAX_QUERIES; i++)
+		if (f->queries[i])
+			db_query_cancel(f->queries[i]);
+	if (f->llm)
+		llm_cancel(f->llm);
+	if (f->start_ev)
+		event_free(f->start_ev);
+	script_run_free(f->run);
+	script_unref(f->s);
+	free(f->key);
+	free(f);
+	a->st.flights--;
+}
+
+/* Replies to every waiter with the outcome and frees the flight. */
+static void
+finish(struct flight *f, const struct outcome *o)
+{
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	double now = util_now_ms();
+	f->state = FL_DONE;
+	if (o->status == 200)
+		a->st.generated++;
+	else
+		a->st.failed++;
+	struct analysis_wait *w;
+	while ((w = TAILQ_FIRST(&f->waiters))) {
+		TAILQ_REMOVE(&f->waiters, w, link);
+		a->st.waiters--;
+		struct analysis_reply r = {
+			.status = o->status, .error_code = o->code, .error_message = o->message,
+			.etag = o->etag, .cache_status = w->cache_status,
+			.contact_id = f->contact_id, .type = si->name, .version = si->version,
+			.age_ms = 0, .ttl_ms = si->ttl_ms, .remaining_ms = o->remaining_ms,
+			.db_ms = f->db_ms, .script_ms = f->script_ms, .llm_ms = f->llm_ms,
+			.total_ms = now - w->t_start,
+			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
+		};
+		deliver(w->cb, w->arg, &r, o->prefix, o->prefix_len);
+		free(w);
+	}
+	flight_free(f);
+}
+
+static void
+fail(struct flight *f, int status, const char *code, const char *message)
+{
+	struct outcome o = { .status = status, .code = code, .message = message };
+	log_event(LOG_WARN, "analysis failed", LOG_S("type", script_info(f->s)->name),
+	          LOG_I("contact", f->contact_id), LOG_I("status", status), LOG_S("code", code),
+	          LOG_S("error", message), LOG_END);
+	finish(f, &o);
+}
+
+/* ---- stage 4: the result ------------------------------------------------ */
+
+/* Builds the stored body prefix from the result, caches it, replies. */
+static void
+succeed(struct flight *f, json_t *result, const char *model)
+{
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	int64_t wall = util_wall_ms();
+	char generated_at[40], version[9];
+	util_iso8601(wall, generated_at, sizeof generated_at);
+	snprintf(version, sizeof version, "%.8s", si->version);
+
+	json_t *doc = json_object();
+	json_object_set_new(doc, "contact_id", json_integer(f->contact_id));
+	json_object_set_new(doc, "type", json_string(si->name));
+	json_object_set_new(doc, "result", result);
+	json_object_set_new(doc, "model", json_string(model ? model : si->model));
+	json_object_set_new(doc, "script_version", json_string(version));
+	json_object_set_new(doc, "generated_at", json_string(generated_at));
+	json_t *usage = json_object();
+	json_object_set_new(usage, "prompt_tokens",
+	                    f->prompt_tokens >= 0 ? json_integer(f->prompt_tokens) : json_null());
+	json_object_set_new(usage, "completion_tokens",
+	                    f->completion_tokens >= 0 ? json_integer(f->completion_tokens) : json_null());
+	json_object_set_new(doc, "usage", usage);
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(doc);
+	if (!text) {
+		fail(f, 500, "internal_error", "cannot encode the result");
+		return;
+	}
+	size_t len = strlen(text) - 1;      /* drop the closing brace */
+	char etag[48];
+	snprintf(etag, sizeof etag, "\"%s-%016llx\"", version,
+	         (unsigned long long)util_fnv1a(UTIL_FNV_SEED, text, len));
+	double now = util_now_ms();
+	cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
+	          si->ttl_ms);
+	struct outcome o = {
+		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
+		.created_wall_ms = wall, .remaining_ms = si->ttl_ms,
+	};
+	finish(f, &o);
+	free(text);
+}
+
+/* ---- stage 3: the model ------------------------------------------------- */
+
+static void
+on_llm_done(void *arg, const struct llm_result *res)
+{
+	struct flight *f = arg;
+	f->llm = NULL;            /* the client frees the call after this */
+	f->llm_ms = res->elapsed_ms;
+	f->prompt_tokens = res->prompt_tokens;
+	f->completion_tokens = res->completion_tokens;
+	char msg[1024];
+	switch (res->status) {
+	case LLM_OK:
+		break;
+	case LLM_ERR_TIMEOUT:
+		snprintf(msg, sizeof msg, "the model did not answer in time: %s",
+		         res->error_message ? res->error_message : "deadline passed");
+		fail(f, 504, "upstream_timeout", msg);
+		return;
+	case LLM_ERR_HTTP:
+		snprintf(msg, sizeof msg, "the model provider returned HTTP %ld: %s", res->http_status,
+		         res->error_message ? res->error_message : "no message");
+		fail(f, 502, "upstream_error", msg);
+		return;
+	case LLM_ERR_CONNECT:
+		snprintf(msg, sizeof msg, "cannot reach the model provider: %s",
+		         res->error_message ? res->error_message : "connection failed");
+		fail(f, 502, "upstream_unreachable", msg);
+		return;
+	case LLM_ERR_PROTOCOL:
+		snprintf(msg, sizeof msg, "the model provider sent an unusable reply: %s",
+		         res->error_message ? res->error_message : "unparseable");
+		fail(f, 502, "upstream_bad_reply", msg);
+		return;
+	}
+	const struct script_info *si = script_info(f->s);
+	if (res->refusal && *res->refusal) {
+		snprintf(msg, sizeof msg, "the model refused: %s", res->refusal);
+		fail(f, 502, "upstream_refused", msg);
+		return;
+	}
+	if (si->schema) {
+		/* A schema-bound reply that is not a JSON object (cut by a length
+		 * stop, or malformed) must never become a result. */
+		json_t *probe = json_loads(res->content, 0, NULL);
+		bool ok = json_is_object(probe);
+		json_decref(probe);
+		if (!ok) {
+			snprintf(msg, sizeof msg, "the model's reply is not the JSON the schema asks for%s",
+			         res->finish_reason && strcmp(res->finish_reason, "length") == 0
+			                 ? " (cut at max_tokens)" : "");
+			fail(f, 502, "upstream_invalid_reply", msg);
+			return;
+		}
+	}
+	char err[1024];
+	double t0 = util_now_ms();
+	json_t *result = script_run_post(f->run, res->content, res->finish_reason, res->model,
+	                                 err, sizeof err);
+	f->script_ms += util_now_ms() - t0;
+	if (!result) {
+		fail(f, 500, "script_error", err);
+		return;
+	}
+	succeed(f, result, res->model);
+}
+
+/* ---- stage 2: the context is complete ----------------------------------- */
+
+static void
+context_ready(struct flight *f)
+{
+	analysis *a = f->a;
+	f->db_ms = f->t_db > 0 ? util_now_ms() - f->t_db : 0;
+	if (script_run_contact_missing(f->run)) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "contact %lld not found", (long long)f->contact_id);
+		fail(f, 404, "contact_not_found", msg);
+		return;
+	}
+	char err[1024];
+	double t0 = util_now_ms();
+	json_t *req = script_run_request(f->run, err, sizeof err);
+	f->script_ms += util_now_ms() - t0;
+	if (!req) {
+		fail(f, 500, "script_error", err);
+		return;
+	}
+	f->state = FL_LLM;
+	f->llm = llm_chat(a->d.llm, req, a->d.llm_timeout_ms, NULL, on_llm_done, f);
+	json_decref(req);
+}
+
+static void
+on_query(void *arg, const PGresult *res, const struct db_error *err)
+{
+	struct query_arg *qa = arg;
+	struct flight *f = qa->f;
+	int i = qa->index;
+	f->queries[i] = NULL;
+	f->pending--;
+	const struct script_info *si = script_info(f->s);
+	const struct script_query *q = &si->queries[i];
+	char msg[1024];
+	if (err) {
+		if (err->unavailable) {
+			snprintf(msg, sizeof msg, "the database is unavailable: %s", err->message);
+			fail(f, 503, "database_unavailable", msg);
+		} else {
+			snprintf(msg, sizeof msg, "query '%s' of script %s failed: %s%s%s%s", q->name,
+			         si->name, err->message, err->sqlstate ? " (SQLSTATE " : "",
+			         err->sqlstate ? err->sqlstate : "", err->sqlstate ? ")" : "");
+			fail(f, 500, "query_failed", msg);
+		}
+		return;
+	}
+	double t0 = util_now_ms();
+	bool ok = script_run_add_rows(f->run, q, res, msg, sizeof msg);
+	f->script_ms += util_now_ms() - t0;
+	if (!ok) {
+		fail(f, 500, "script_error", msg);
+		return;
+	}
+	if (f->pending == 0)
+		context_ready(f);
+}
+
+/* ---- stage 1: start ----------------------------------------------------- */
+
+static void
+flight_start(evutil_socket_t fd, short what, void *arg)
+{
+	struct flight *f = arg;
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	event_free(f->start_ev);
+	f->start_ev = NULL;
+
+	char now[40], id[24];
+	util_iso8601(util_wall_ms(), now, sizeof now);
+	double t0 = util_now_ms();
+	f->run = script_run_new(f->s, f->contact_id, now);
+	f->script_ms += util_now_ms() - t0;
+	if (si->nqueries == 0) {
+		context_ready(f);
+		return;
+	}
+	snprintf(id, sizeof id, "%lld", (long long)f->contact_id);
+	const char *params[1] = { id };
+	f->state = FL_DB;
+	f->t_db = util_now_ms();
+	f->pending = si->nqueries;
+	/* All at once: the pool gives each its own connection, so the context
+	 * is ready when the slowest query returns, not after the sum. */
+	for (int i = 0; i < si->nqueries; i++) {
+		f->qargs[i] = (struct query_arg){ f, i };
+		f->queries[i] = db_query_send(a->d.db, si->queries[i].sql, 1, params, on_query,
+		                              &f->qargs[i]);
+	}
+}
+
+analysis_wait *
+analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
+             analysis_reply_cb *cb, void *arg)
+{
+	double t_start = util_now_ms();
+	script *s = script_registry_get(a->d.scripts, type);
+	if (!s) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "unknown analysis type '%.64s' (see /v1/analysis-types)", type);
+		reply_error(cb, arg, contact_id, type, 404, "unknown_analysis_type", msg);
+		return NULL;
+	}
+	const struct script_info *si = script_info(s);
+	char key[160];
+	snprintf(key, sizeof key, "%lld:%s:%s", (long long)contact_id, si->name, si->version);
+
+	if (!(flags & ANALYSIS_REFRESH)) {
+		const struct cache_entry *e = cache_get(a->d.cache, key, t_start);
+		if (e) {
+			double age = (double)(util_wall_ms() - e->created_wall_ms);
+			struct analysis_reply r = {
+				.status = 200, .etag = e->etag, .cache_status = "hit",
+				.contact_id = contact_id, .type = si->name, .version = si->version,
+				.age_ms = age < 0 ? 0 : age, .ttl_ms = si->ttl_ms,
+				.remaining_ms = e->expires_ms - t_start,
+				.prompt_tokens = -1, .completion_tokens = -1,
+			};
+			r.total_ms = util_now_ms() - t_start;
+			deliver(cb, arg, &r, e->body, e->body_len);
+			return NULL;
+		}
+	}
+
+	uint64_t h = util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
+	struct flight **slot = flight_slot(a, key, h);
+	struct flight *f = *slot;
+	struct analysis_wait *w = xcalloc(1, sizeof *w);
+	w->cb = cb;
+	w->arg = arg;
+	w->t_start = t_start;
+	if (f) {
+		w->cache_status = "coalesced";
+		a->st.coalesced++;
+	} else {
+		f = xcalloc(1, sizeof *f);
+		f->a = a;
+		f->key = xstrdup(key);
+		f->hash = h;
+		f->contact_id = contact_id;
+		f->s = s;
+		script_ref(s);
+		f->prompt_tokens = f->completion_tokens = -1;
+		TAILQ_INIT(&f->waiters);
+		*slot = f;
+		a->st.flights++;
+		/* Start on the next tick, so cb never runs inside this call for
+		 * a miss and the caller can keep the handle. */
+		f->start_ev = evtimer_new(a->d.base, flight_start, f);
+		struct timeval zero = { 0, 0 };
+		evtimer_add(f->start_ev, &zero);
+		w->cache_status = "miss";
+	}
+	w->f = f;
+	TAILQ_INSERT_TAIL(&f->waiters, w, link);
+	a->st.waiters++;
+	return w;
+}
+
+void
+analysis_wait_cancel(analysis_wait *w)
+{
+	struct flight *f = w->f;
+	TAILQ_REMOVE(&f->waiters, w, link);
+	f->a->st.waiters--;
+	free(w);
+	/* The flight goes on: its result will be cached for the next caller. */
+}
+
+void
+analysis_destroy(analysis *a)
+{
+	if (!a)
+		return;
+	for (int i = 0; i < NBUCKETS; i++)
+		while (a->buckets[i]) {
+			fail(a->buckets[i], 503, "shutting_down", "the server is shutting down");
+		}
+	free(a);
+}
+
+void
+analysis_stats(const analysis *a, struct analysis_stats *out)
+{
+	*out = a->st;
+}

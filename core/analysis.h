@@ -1,0 +1,83 @@
+/*
+ * analysis — the request pipeline of DESIGN.md's "one request, end to end",
+ * independent of HTTP so the API, the console and `rapport analyze` share it:
+ *
+ *   script registry (type → script, version) → cache key → L1 hit?
+ *   → same key in flight? join it (singleflight)
+ *   → context: the script's named queries, all sent at once on the pool
+ *   → script prompt(ctx) → upstream chat completion → script post()
+ *   → store in cache → reply to every waiter.
+ *
+ * Owns the flights (one per key being generated) and their waiters. A
+ * flight holds a reference on the script version it started with, its
+ * queries and its upstream call; it lives until the upstream call ends even
+ * when every waiter has gone (the tokens are paid for, so the result is
+ * cached), and frees all of it on every path.
+ */
+#ifndef RAPPORT_ANALYSIS_H
+#define RAPPORT_ANALYSIS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cache.h"
+#include "db.h"
+#include "llm.h"
+#include "script.h"
+
+struct event_base;
+typedef struct analysis analysis;
+typedef struct analysis_wait analysis_wait;
+
+struct analysis_deps {
+	struct event_base *base;
+	db_pool *db;
+	llm_client *llm;
+	cache *cache;
+	script_registry *scripts;
+	long llm_timeout_ms;
+};
+
+/* What one caller gets. Strings live only during the callback. */
+struct analysis_reply {
+	int status;                 /* 200, or the HTTP status of the error */
+	const char *error_code;     /* e.g. "contact_not_found"; NULL on 200 */
+	const char *error_message;
+	const char *body;           /* the JSON document (200 only) */
+	size_t body_len;
+	const char *etag;           /* quoted, 200 only */
+	const char *cache_status;   /* "hit", "miss", "coalesced" */
+	int64_t contact_id;
+	const char *type;
+	const char *version;        /* script version, or NULL */
+	double age_ms;              /* since generation */
+	double ttl_ms;              /* the type's TTL */
+	double remaining_ms;        /* until it expires from the cache */
+	double db_ms, script_ms, llm_ms, total_ms;
+	long prompt_tokens, completion_tokens;  /* -1 when unknown / cached */
+};
+
+typedef void analysis_reply_cb(void *arg, const struct analysis_reply *r);
+
+enum { ANALYSIS_REFRESH = 1 };   /* skip the cache lookup, regenerate */
+
+analysis *analysis_create(const struct analysis_deps *deps);
+/* Ends every flight; waiters get a 503 reply. */
+void analysis_destroy(analysis *a);
+
+/* Replies through cb exactly once. When the answer is ready at once (cache
+ * hit, unknown type, bad request) cb runs before this returns and the
+ * result is NULL; otherwise it returns a handle valid until cb runs. */
+analysis_wait *analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
+                            analysis_reply_cb *cb, void *arg);
+/* The caller has gone: cb will not run. The generation goes on. */
+void analysis_wait_cancel(analysis_wait *w);
+
+struct analysis_stats {
+	long flights;            /* in progress */
+	long waiters;
+	long generated, failed, coalesced;
+};
+void analysis_stats(const analysis *a, struct analysis_stats *out);
+
+#endif

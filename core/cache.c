@@ -1,0 +1,218 @@
+/*
+ * cache — L1: a hash table of entries threaded on one LRU list.
+ *
+ * Data flow: analysis stores a finished response with cache_put(); the HTTP
+ * path asks cache_get() on every request. The table owns a copy of every
+ * byte it holds; `bytes` counts those copies plus the entry struct, so the
+ * configured bound is what the cache really costs. Lookups move an entry to
+ * the LRU head; stores evict from the tail until the bound holds.
+ */
+#include "cache.h"
+#include "util.h"
+
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct entry {
+	struct cache_entry pub;
+	uint64_t hash;
+	struct entry *chain;           /* next in the same bucket */
+	struct entry *prev, *next;     /* LRU: head = most recent */
+};
+
+struct cache {
+	struct entry **buckets;
+	size_t nbuckets;               /* power of two */
+	struct entry *head, *tail;
+	struct cache_stats st;
+};
+
+static uint64_t
+key_hash(const char *key)
+{
+	return util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
+}
+
+cache *
+cache_create(size_t max_bytes)
+{
+	cache *c = xcalloc(1, sizeof *c);
+	c->nbuckets = 1024;
+	c->buckets = xcalloc(c->nbuckets, sizeof *c->buckets);
+	c->st.max_bytes = max_bytes;
+	return c;
+}
+
+static void
+lru_unlink(cache *c, struct entry *e)
+{
+	if (e->prev)
+		e->prev->next = e->next;
+	else
+		c->head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else
+		c->tail = e->prev;
+	e->prev = e->next = NULL;
+}
+
+static void
+lru_push_front(cache *c, struct entry *e)
+{
+	e->prev = NULL;
+	e->next = c->head;
+	if (c->head)
+		c->head->prev = e;
+	c->head = e;
+	if (!c->tail)
+		c->tail = e;
+}
+
+static struct entry **
+bucket_slot(cache *c, const char *key, uint64_t h)
+{
+	struct entry **pp = &c->buckets[h & (c->nbuckets - 1)];
+	while (*pp && ((*pp)->hash != h || strcmp((*pp)->pub.key, key) != 0))
+		pp = &(*pp)->chain;
+	return pp;
+}
+
+/* Unlinks e from its bucket and the LRU and frees it. */
+static void
+entry_remove(cache *c, struct entry *e)
+{
+	struct entry **pp = bucket_slot(c, e->pub.key, e->hash);
+	*pp = e->chain;
+	lru_unlink(c, e);
+	c->st.bytes -= e->pub.bytes;
+	c->st.entries--;
+	free((char *)e->pub.key);
+	free((char *)e->pub.type);
+	free((char *)e->pub.body);
+	free((char *)e->pub.etag);
+	free(e);
+}
+
+/* Doubles the table when it averages more than one entry per bucket, so
+ * chains stay short however large the byte bound is. */
+static void
+maybe_grow(cache *c)
+{
+	if ((size_t)c->st.entries <= c->nbuckets)
+		return;
+	size_t n = c->nbuckets * 2;
+	struct entry **b = xcalloc(n, sizeof *b);
+	for (size_t i = 0; i < c->nbuckets; i++) {
+		struct entry *e = c->buckets[i], *next;
+		for (; e; e = next) {
+			next = e->chain;
+			e->chain = b[e->hash & (n - 1)];
+			b[e->hash & (n - 1)] = e;
+		}
+	}
+	free(c->buckets);
+	c->buckets = b;
+	c->nbuckets = n;
+}
+
+void
+cache_destroy(cache *c)
+{
+	if (!c)
+		return;
+	while (c->head)
+		entry_remove(c, c->head);
+	free(c->buckets);
+	free(c);
+}
+
+const struct cache_entry *
+cache_get(cache *c, const char *key, double now_ms)
+{
+	uint64_t h = key_hash(key);
+	struct entry *e = *bucket_slot(c, key, h);
+	if (!e) {
+		c->st.misses++;
+		return NULL;
+	}
+	if (now_ms >= e->pub.expires_ms) {
+		entry_remove(c, e);
+		c->st.expired++;
+		c->st.misses++;
+		return NULL;
+	}
+	lru_unlink(c, e);
+	lru_push_front(c, e);
+	c->st.hits++;
+	return &e->pub;
+}
+
+const struct cache_entry *
+cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
+          const char *body, size_t body_len, const char *etag,
+          int64_t created_wall_ms, double now_ms, double ttl_ms)
+{
+	uint64_t h = key_hash(key);
+	struct entry *old = *bucket_slot(c, key, h);
+	if (old)
+		entry_remove(c, old);
+
+	size_t bytes = sizeof(struct entry) + strlen(key) + 1 + strlen(type) + 1 +
+	               body_len + 1 + strlen(etag) + 1;
+	if (bytes > c->st.max_bytes)
+		return NULL;
+	while (c->tail && c->st.bytes + bytes > c->st.max_bytes) {
+		entry_remove(c, c->tail);
+		c->st.evictions++;
+	}
+
+	struct entry *e = xcalloc(1, sizeof *e);
+	e->hash = h;
+	e->pub.key = xstrdup(key);
+	e->pub.contact_id = contact_id;
+	e->pub.type = xstrdup(type);
+	e->pub.body = xstrndup(body, body_len);
+	e->pub.body_len = body_len;
+	e->pub.etag = xstrdup(etag);
+	e->pub.created_wall_ms = created_wall_ms;
+	e->pub.created_ms = now_ms;
+	e->pub.expires_ms = now_ms + ttl_ms;
+	e->pub.bytes = bytes;
+
+	struct entry **slot = &c->buckets[h & (c->nbuckets - 1)];
+	e->chain = *slot;
+	*slot = e;
+	lru_push_front(c, e);
+	c->st.bytes += bytes;
+	c->st.entries++;
+	c->st.stores++;
+	maybe_grow(c);
+	return &e->pub;
+}
+
+int
+cache_drop_contact(cache *c, int64_t contact_id, const char *type)
+{
+	int n = 0;
+	struct entry *e = c->head, *next;
+	/* A linear walk: invalidations are rare next to lookups, and an index
+	 * by contact would cost memory on every entry. */
+	for (; e; e = next) {
+		next = e->next;
+		if (e->pub.contact_id == contact_id &&
+		    (!type || strcmp(type, e->pub.type) == 0)) {
+			entry_remove(c, e);
+			n++;
+		}
+	}
+	c->st.drops += n;
+	return n;
+}
+
+void
+cache_stats(const cache *c, struct cache_stats *out)
+{
+	*out = c->st;
+}

@@ -1,0 +1,291 @@
+/*
+ * config — defaults, then an optional file, then the environment, then flags.
+ * Each source overwrites what the weaker one set; config_free() releases
+ * every string, whichever source it came from.
+ */
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* One setting: its environment/file name, its flag, and how to store it. */
+enum kind { K_STR, K_INT, K_SIZE, K_KEYS, K_LEVEL };
+struct setting {
+	const char *env;
+	const char *flag;
+	enum kind kind;
+	size_t offset;
+};
+
+#define OFF(f) offsetof(struct config, f)
+static const struct setting settings[] = {
+	{ "RAPPORT_LISTEN", "--listen", K_STR, OFF(listen) },
+	{ "DATABASE_URL", "--database-url", K_STR, OFF(database_url) },
+	{ "OPENAI_API_KEY", NULL, K_STR, OFF(openai_api_key) },
+	{ "OPENAI_BASE_URL", "--openai-base-url", K_STR, OFF(openai_base_url) },
+	{ "RAPPORT_MODEL", "--model", K_STR, OFF(model) },
+	{ "RAPPORT_SCRIPTS", "--scripts", K_STR, OFF(scripts_dir) },
+	{ "RAPPORT_PROMPTS", "--prompts", K_STR, OFF(prompts_dir) },
+	{ "RAPPORT_API_KEYS", NULL, K_KEYS, 0 },
+	{ "RAPPORT_CACHE_BYTES", "--cache-bytes", K_SIZE, OFF(cache_bytes) },
+	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
+	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
+	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms) },
+	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
+	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
+	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s) },
+	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes) },
+	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
+	{ "RAPPORT_LOG_LEVEL", "--log-level", K_LEVEL, OFF(log_level) },
+};
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static void
+set_defaults(struct config *c)
+{
+	memset(c, 0, sizeof *c);
+	c->listen = xstrdup("127.0.0.1:8080");
+	c->database_url = xstrdup("dbname=rapport");
+	c->openai_base_url = xstrdup("https://api.openai.com/v1");
+	c->model = xstrdup("gpt-4o-mini");
+	c->scripts_dir = xstrdup("./scripts");
+	c->prompts_dir = xstrdup("./prompts");
+	c->cache_bytes = 256u << 20;
+	c->db_pool_size = 8;
+	c->db_timeout_ms = 5000;
+	c->llm_timeout_ms = 60000;
+	c->llm_connect_timeout_ms = 5000;
+	c->llm_max_retries = 2;
+	c->http_timeout_s = 60;
+	c->max_body_bytes = 64u << 10;
+	c->max_header_bytes = 16u << 10;
+	c->log_level = LOG_INFO;
+}
+
+static void
+free_keys(struct config *c)
+{
+	for (int i = 0; i < c->n_api_keys; i++)
+		free(c->api_keys[i]);
+	free(c->api_keys);
+	c->api_keys = NULL;
+	c->n_api_keys = 0;
+}
+
+/* Stores `value` into the setting; false with *err on a malformed value. */
+static bool
+apply(struct config *c, const struct setting *s, const char *value, char **err)
+{
+	char *base = (char *)c;
+	switch (s->kind) {
+	case K_STR: {
+		char **slot = (char **)(base + s->offset);
+		free(*slot);
+		*slot = xstrdup(value);
+		return true;
+	}
+	case K_INT: {
+		int64_t v;
+		if (!util_parse_i64(value, &v) || v < 0 || v > 1000000000) {
+			*err = xasprintf("%s: expected a non-negative integer, got \"%s\"", s->env, value);
+			return false;
+		}
+		*(int *)(base + s->offset) = (int)v;
+		return true;
+	}
+	case K_SIZE: {
+		char *end;
+		errno = 0;
+		double v = strtod(value, &end);
+		double mult = 1;
+		if (*end == 'k' || *end == 'K') mult = 1024, end++;
+		else if (*end == 'm' || *end == 'M') mult = 1024.0 * 1024, end++;
+		else if (*end == 'g' || *end == 'G') mult = 1024.0 * 1024 * 1024, end++;
+		if (*end == 'i' || *end == 'I') end++;
+		if (*end == 'b' || *end == 'B') end++;
+		if (errno || end == value || *end || v < 0) {
+			*err = xasprintf("%s: expected a size like 268435456 or 256MiB, got \"%s\"", s->env, value);
+			return false;
+		}
+		*(size_t *)(base + s->offset) = (size_t)(v * mult);
+		return true;
+	}
+	case K_KEYS: {
+		free_keys(c);
+		char *copy = xstrdup(value), *save = NULL;
+		for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+			while (isspace((unsigned char)*tok))
+				tok++;
+			size_t n = strlen(tok);
+			while (n && isspace((unsigned char)tok[n - 1]))
+				tok[--n] = '\0';
+			if (!n)
+				continue;
+			c->api_keys = xrealloc(c->api_keys, sizeof(char *) * (size_t)(c->n_api_keys + 1));
+			c->api_keys[c->n_api_keys++] = xstrdup(tok);
+		}
+		free(copy);
+		return true;
+	}
+	case K_LEVEL: {
+		static const char *names[] = { "debug", "info", "warn", "error" };
+		for (int i = 0; i < 4; i++)
+			if (strcmp(value, names[i]) == 0) {
+				*(int *)(base + s->offset) = i;
+				return true;
+			}
+		*err = xasprintf("%s: expected debug, info, warn or error, got \"%s\"", s->env, value);
+		return false;
+	}
+	}
+	return false;
+}
+
+static const struct setting *
+find_env(const char *name)
+{
+	for (size_t i = 0; i < NSETTINGS; i++)
+		if (strcmp(settings[i].env, name) == 0)
+			return &settings[i];
+	return NULL;
+}
+
+/* "NAME = value" lines; '#' starts a comment; optional quotes around value. */
+static bool
+load_file(struct config *c, const char *path, char **err)
+{
+	size_t len;
+	char *text = util_read_file(path, &len);
+	if (!text) {
+		*err = xasprintf("cannot read config file %s: %s", path, strerror(errno));
+		return false;
+	}
+	bool ok = true;
+	int lineno = 0;
+	char *save = NULL;
+	for (char *line = strtok_r(text, "\n", &save); line && ok; line = strtok_r(NULL, "\n", &save)) {
+		lineno++;
+		while (isspace((unsigned char)*line))
+			line++;
+		if (!*line || *line == '#')
+			continue;
+		char *eq = strchr(line, '=');
+		if (!eq) {
+			*err = xasprintf("%s:%d: expected NAME = value", path, lineno);
+			ok = false;
+			break;
+		}
+		char *name = line, *value = eq + 1;
+		char *ne = eq;
+		while (ne > name && isspace((unsigned char)ne[-1]))
+			ne--;
+		*ne = '\0';
+		while (isspace((unsigned char)*value))
+			value++;
+		size_t vn = strlen(value);
+		while (vn && isspace((unsigned char)value[vn - 1]))
+			value[--vn] = '\0';
+		if (vn >= 2 && (value[0] == '"' || value[0] == '\'') && value[vn - 1] == value[0]) {
+			value[vn - 1] = '\0';
+			value++;
+		}
+		const struct setting *s = find_env(name);
+		if (!s) {
+			*err = xasprintf("%s:%d: unknown setting %s", path, lineno, name);
+			ok = false;
+			break;
+		}
+		ok = apply(c, s, value, err);
+	}
+	free(text);
+	return ok;
+}
+
+bool
+config_load(struct config *c, int argc, char **argv, char ***rest, int *nrest, char **err)
+{
+	set_defaults(c);
+	*err = NULL;
+
+	/* The config file is named by the environment or a flag, and must be
+	 * read before both so they can override it. */
+	const char *file = getenv("RAPPORT_CONFIG");
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+			file = argv[i + 1];
+		else if (strncmp(argv[i], "--config=", 9) == 0)
+			file = argv[i] + 9;
+	}
+	if (file) {
+		c->config_file = xstrdup(file);
+		if (!load_file(c, file, err))
+			return false;
+	}
+
+	for (size_t i = 0; i < NSETTINGS; i++) {
+		const char *v = getenv(settings[i].env);
+		if (v && !apply(c, &settings[i], v, err))
+			return false;
+	}
+
+	*rest = xcalloc((size_t)argc + 1, sizeof(char *));
+	*nrest = 0;
+	for (int i = 0; i < argc; i++) {
+		const char *arg = argv[i];
+		if (strncmp(arg, "--", 2) != 0 || strcmp(arg, "--") == 0) {
+			(*rest)[(*nrest)++] = argv[i];
+			continue;
+		}
+		const char *eq = strchr(arg, '=');
+		size_t nlen = eq ? (size_t)(eq - arg) : strlen(arg);
+		const char *value = eq ? eq + 1 : NULL;
+		if (nlen == 8 && strncmp(arg, "--config", 8) == 0) {
+			if (!eq)
+				i++;
+			continue;
+		}
+		const struct setting *s = NULL;
+		for (size_t k = 0; k < NSETTINGS; k++)
+			if (settings[k].flag && strlen(settings[k].flag) == nlen &&
+			    strncmp(settings[k].flag, arg, nlen) == 0)
+				s = &settings[k];
+		if (!s) {
+			*err = xasprintf("unknown option %.*s (see rapport --help)", (int)nlen, arg);
+			goto fail;
+		}
+		if (!value) {
+			if (i + 1 >= argc) {
+				*err = xasprintf("option %s needs a value", arg);
+				goto fail;
+			}
+			value = argv[++i];
+		}
+		if (!apply(c, s, value, err))
+			goto fail;
+	}
+	return true;
+fail:
+	free(*rest);
+	*rest = NULL;
+	return false;
+}
+
+void
+config_free(struct config *c)
+{
+	free(c->listen);
+	free(c->database_url);
+	free(c->openai_api_key);
+	free(c->openai_base_url);
+	free(c->model);
+	free(c->scripts_dir);
+	free(c->prompts_dir);
+	free(c->config_file);
+	free_keys(c);
+	memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,44 @@
+/*
+ * config — the settings of one rapport process. Sources, weakest first:
+ * built-in defaults, an optional file (key = value lines, same names as the
+ * environment), the environment, then command-line flags. config_load()
+ * fills a struct config that main owns and frees with config_free().
+ */
+#ifndef RAPPORT_CONFIG_H
+#define RAPPORT_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct config {
+	char *listen;              /* RAPPORT_LISTEN "host:port" */
+	char *database_url;        /* DATABASE_URL */
+	char *openai_api_key;      /* OPENAI_API_KEY: never logged */
+	char *openai_base_url;     /* OPENAI_BASE_URL */
+	char *model;               /* RAPPORT_MODEL */
+	char *scripts_dir;         /* RAPPORT_SCRIPTS */
+	char *prompts_dir;         /* RAPPORT_PROMPTS */
+	char **api_keys;           /* RAPPORT_API_KEYS, comma-separated */
+	int n_api_keys;
+	size_t cache_bytes;        /* RAPPORT_CACHE_BYTES */
+	int db_pool_size;          /* RAPPORT_DB_POOL (8) */
+	int db_timeout_ms;         /* RAPPORT_DB_TIMEOUT_MS (5000): per query */
+	int llm_timeout_ms;        /* RAPPORT_LLM_TIMEOUT_MS (60000): whole call */
+	int llm_connect_timeout_ms;/* RAPPORT_LLM_CONNECT_TIMEOUT_MS (5000) */
+	int llm_max_retries;       /* RAPPORT_LLM_RETRIES (2) */
+	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): idle/slow clients */
+	size_t max_body_bytes;     /* RAPPORT_MAX_BODY (64 KiB) */
+	size_t max_header_bytes;   /* RAPPORT_MAX_HEADERS (16 KiB) */
+	int log_level;             /* RAPPORT_LOG_LEVEL debug|info|warn|error */
+	char *config_file;         /* RAPPORT_CONFIG or --config */
+};
+
+/* Parses argv flags (--listen, --database-url, --scripts, --prompts,
+ * --model, --config, --cache-bytes) after the subcommand; unknown flags are
+ * an error. Leftover positional arguments are returned in rest and nrest.
+ * Returns false and writes a message to *err (caller frees) on bad input. */
+bool config_load(struct config *cfg, int argc, char **argv,
+                 char ***rest, int *nrest, char **err);
+void config_free(struct config *cfg);
+
+#endif

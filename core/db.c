@@ -1,0 +1,994 @@
+/*
+ * db — asynchronous PostgreSQL connection pool on the libevent loop.
+ *
+ * This unit owns:
+ *   - `size` libpq connections (struct db_conn), each in one explicit state:
+ *       BACKOFF     no socket; a timer starts the next connect attempt
+ *       CONNECTING  PQconnectPoll loop on one-shot events, 2 s timer
+ *       IDLE        up, persistent EV_READ armed, no query
+ *       BUSY        up, running exactly one query
+ *   - every query handle (struct db_query) from db_query_send() until its
+ *     callback has returned or it was cancelled;
+ *   - the FIFO of queries waiting for a connection (pool->queue) and the list
+ *     of queries whose failure is reported on the next loop tick
+ *     (pool->failing).
+ *
+ * Data flow of one query:
+ *   db_query_send ─► queue (tail) ─► pool_dispatch: head → an IDLE connection
+ *   ─► PQsendQueryParams + PQflush (EV_WRITE only while PQflush says 1)
+ *   ─► EV_READ: PQconsumeInput, PQgetResult until NULL
+ *   ─► callback with the final result ─► connection IDLE ─► next in queue.
+ * Failures that are not a server answer (database down, lost connection,
+ * timeouts) go through pool->failing and a zero timer, so a callback never
+ * runs inside db_query_send() and never in the middle of our own bookkeeping.
+ *
+ * "Down" is a pool-level flag: set when a connect attempt fails while no
+ * connection is up, cleared when any connection comes up. While down, new
+ * queries fail at once (next tick) and the backoff timers keep probing, so
+ * the pool heals by itself when the server is back. While merely nobody is
+ * up yet (start-up, right after a restart broke everything) queries wait in
+ * the queue, at most DB_WAIT_MS, for the attempt in progress to decide.
+ *
+ * Per-query timeout: one evtimer per query, from send to callback. If it
+ * fires while the query runs, the connection is PQfinish()ed and reconnected
+ * (PQcancel blocks in libpq 15). A server-side statement_timeout slightly
+ * above it makes the orphaned backend stop too.
+ *
+ * Never blocks: no PQexec/PQconnectdb/PQcancel. One caveat from libpq: a host
+ * name (not an address) in the conninfo is resolved with a blocking
+ * getaddrinfo inside PQconnectPoll; use hostaddr= or a socket directory.
+ */
+#include "db.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "log.h"
+#include "util.h"
+
+#define DB_CONNECT_TIMEOUT_MS 2000   /* connect_timeout is ignored by PQconnectPoll */
+#define DB_BACKOFF_MIN_MS      100
+#define DB_BACKOFF_MAX_MS     2000
+#define DB_WAIT_MS            1000   /* longest wait for a connection while none is up */
+#define DB_STMT_TIMEOUT_SLACK_MS 1000
+
+#define MSG_UNAVAILABLE "database unavailable"
+#define MSG_TIMEOUT     "database query timed out"
+#define MSG_LOST        "database connection lost"
+#define MSG_SHUTDOWN    "database pool shut down"
+
+enum conn_state { CONN_BACKOFF, CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
+
+enum query_state {
+	Q_QUEUED,    /* in pool->queue, waiting for a connection */
+	Q_RUNNING,   /* sent on q->conn */
+	Q_FAILING,   /* in pool->failing, callback on the next tick */
+	Q_DONE,      /* callback running; freed when it returns */
+};
+
+struct db_conn {
+	db_pool *pool;
+	int idx;                     /* for logs */
+	enum conn_state state;
+	PGconn *pg;
+	struct event *io;            /* one-shot connect step; recreated each poll */
+	struct event *rd;            /* persistent EV_READ once up */
+	struct event *wr;            /* EV_WRITE, armed only while PQflush returns 1 */
+	struct event *timer;         /* connect timeout (CONNECTING) or retry (BACKOFF) */
+	int backoff_ms;              /* delay before the next retry */
+	bool flushing;
+	db_query *q;                 /* in-flight query (BUSY) */
+	PGresult *res;               /* result kept until PQgetResult returns NULL */
+};
+
+struct db_query {
+	db_pool *pool;
+	enum query_state state;
+	char *sql;
+	int nparams;
+	char **params;               /* NULL entries are SQL NULLs */
+	db_query_cb *cb;             /* NULL once cancelled */
+	void *arg;
+	struct event *timer;         /* wait cap while queued, deadline while running */
+	bool timer_is_deadline;      /* the armed timer is the query timeout itself */
+	double deadline_ms;          /* util_now_ms() based; 0 = no timeout */
+	struct db_conn *conn;        /* Q_RUNNING */
+	char *fail_msg;              /* Q_FAILING */
+	bool fail_unavailable;
+	unsigned fail_gen;
+	TAILQ_ENTRY(db_query) link;
+};
+
+TAILQ_HEAD(query_list, db_query);
+
+struct db_pool {
+	struct event_base *base;
+	const char *keys[8];         /* PQconnectStartParams arrays, NULL-terminated */
+	const char *vals[8];
+	char *conninfo;
+	char *options;
+	int size;
+	int query_timeout_ms;
+	struct db_conn *conns;
+	struct query_list queue;
+	int nqueued;
+	struct query_list failing;
+	struct event *fail_ev;       /* zero timer that reports pool->failing */
+	unsigned fail_gen;
+	bool down;
+	bool destroying;
+	bool dead;                   /* destroyed from inside a callback; free when it returns */
+	int cb_depth;                /* callbacks currently running */
+};
+
+static void conn_start(struct db_conn *c);
+static void pool_dispatch(db_pool *p);
+
+/* ---- small helpers ------------------------------------------------------ */
+
+/* libpq messages end in "\n" and may span lines ("\tIs the server running…");
+ * logs and API errors want one line. */
+static void one_line(const char *s, char *buf, size_t len)
+{
+	size_t n = 0;
+	if (!s)
+		s = "";
+	for (; *s && n + 1 < len; s++) {
+		bool space = *s == '\n' || *s == '\t' || *s == '\r' || *s == ' ';
+		if (space && (n == 0 || buf[n - 1] == ' '))
+			continue;
+		buf[n++] = space ? ' ' : *s;
+	}
+	while (n > 0 && buf[n - 1] == ' ')
+		n--;
+	buf[n] = '\0';
+}
+
+static bool conn_is_up(const struct db_conn *c)
+{
+	return c->state == CONN_IDLE || c->state == CONN_BUSY;
+}
+
+static bool pool_any_up(const db_pool *p)
+{
+	for (int i = 0; i < p->size; i++)
+		if (conn_is_up(&p->conns[i]))
+			return true;
+	return false;
+}
+
+/* ---- query lifetime ----------------------------------------------------- */
+
+static void query_free(db_query *q)
+{
+	if (q->timer)
+		event_free(q->timer);
+	for (int i = 0; i < q->nparams; i++)
+		free(q->params[i]);
+	free(q->params);
+	free(q->sql);
+	free(q->fail_msg);
+	free(q);
+}
+
+static void pool_free(db_pool *p);
+
+/* Runs the callback (unless cancelled) and frees q. Returns true when the
+ * pool was destroyed from inside the callback: the caller must then return
+ * without touching the pool or any connection. */
+static bool query_finish(db_query *q, const PGresult *res, const struct db_error *err)
+{
+	db_pool *p = q->pool;
+	q->state = Q_DONE;           /* db_query_cancel() from the callback is a no-op */
+	if (q->timer)
+		evtimer_del(q->timer);
+	if (q->cb) {
+		p->cb_depth++;
+		q->cb(q->arg, res, err);
+		p->cb_depth--;
+	}
+	query_free(q);
+	if (p->dead && p->cb_depth == 0) {
+		pool_free(p);
+		return true;
+	}
+	return p->dead;
+}
+
+static bool query_fail(db_query *q, const char *msg, bool unavailable)
+{
+	struct db_error err = { .unavailable = unavailable, .message = msg, .sqlstate = NULL };
+	return query_finish(q, NULL, &err);
+}
+
+/* Reported on the next loop tick: callers may be inside db_query_send() or
+ * halfway through changing a connection's state. */
+static void query_fail_later(db_query *q, const char *msg, bool unavailable)
+{
+	db_pool *p = q->pool;
+	static const struct timeval now = { 0, 0 };
+
+	if (q->timer)
+		evtimer_del(q->timer);
+	q->state = Q_FAILING;
+	q->conn = NULL;
+	free(q->fail_msg);
+	q->fail_msg = xstrdup(msg);
+	q->fail_unavailable = unavailable;
+	q->fail_gen = p->fail_gen;
+	TAILQ_INSERT_TAIL(&p->failing, q, link);
+	/* A zero timer, not event_active(): an active event re-activated from
+	 * its own callback runs again in the same pass, so a caller that
+	 * resends on failure would starve the loop. */
+	if (!p->destroying)
+		evtimer_add(p->fail_ev, &now);
+}
+
+static void on_fail_tick(evutil_socket_t fd, short what, void *arg)
+{
+	db_pool *p = arg;
+	unsigned gen = p->fail_gen++;
+	db_query *q;
+
+	/* Only what was there when the tick started; failures added by the
+	 * callbacks below carry the new generation and wait for the next tick. */
+	while ((q = TAILQ_FIRST(&p->failing)) && q->fail_gen == gen) {
+		TAILQ_REMOVE(&p->failing, q, link);
+		if (query_fail(q, q->fail_msg, q->fail_unavailable))
+			return;
+	}
+}
+
+/* Arms the query timer while q waits in the queue: the deadline, or
+ * DB_WAIT_MS to re-check that some connection is still up. */
+static void query_arm_wait(db_query *q)
+{
+	double now = util_now_ms();
+	double wait = DB_WAIT_MS;
+
+	q->timer_is_deadline = false;
+	if (q->deadline_ms > 0 && q->deadline_ms - now <= wait) {
+		wait = q->deadline_ms - now;
+		if (wait < 0)
+			wait = 0;
+		q->timer_is_deadline = true;
+	}
+	struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)((long)wait % 1000 * 1000) };
+	evtimer_add(q->timer, &tv);
+}
+
+static void query_arm_deadline(db_query *q)
+{
+	if (q->deadline_ms <= 0) {
+		evtimer_del(q->timer);
+		return;
+	}
+	double wait = q->deadline_ms - util_now_ms();
+	if (wait < 0)
+		wait = 0;
+	struct timeval tv = { (time_t)(wait / 1000), (suseconds_t)((long)wait % 1000 * 1000) };
+	q->timer_is_deadline = true;
+	evtimer_add(q->timer, &tv);
+}
+
+static void pool_enqueue_head(db_pool *p, db_query *q)
+{
+	q->state = Q_QUEUED;
+	q->conn = NULL;
+	TAILQ_INSERT_HEAD(&p->queue, q, link);
+	p->nqueued++;
+	query_arm_wait(q);
+}
+
+static void pool_dequeue(db_pool *p, db_query *q)
+{
+	TAILQ_REMOVE(&p->queue, q, link);
+	p->nqueued--;
+}
+
+/* ---- pool up / down ----------------------------------------------------- */
+
+/* A connect attempt failed. If nothing is up, the database is down: queued
+ * queries would only wait for the backoff, so fail them now, and new ones
+ * fail fast until a connection comes up again. */
+static void pool_mark_down(db_pool *p, const char *why)
+{
+	db_query *q;
+
+	if (p->down || p->destroying || pool_any_up(p))
+		return;
+	p->down = true;
+	log_event(LOG_WARN, "db down", LOG_S("error", why), LOG_END);
+	while ((q = TAILQ_FIRST(&p->queue))) {
+		pool_dequeue(p, q);
+		query_fail_later(q, MSG_UNAVAILABLE, true);
+	}
+}
+
+/* A connection came up. The others may sit in a long backoff: the server is
+ * evidently back, so retry them now rather than in up to 2 s. */
+static void pool_mark_up(db_pool *p)
+{
+	if (!p->down)
+		return;
+	p->down = false;
+	log_event(LOG_INFO, "db up", LOG_END);
+	for (int i = 0; i < p->size; i++) {
+		struct db_conn *c = &p->conns[i];
+		if (c->state == CONN_BACKOFF) {
+			evtimer_del(c->timer);
+			c->backoff_ms = DB_BACKOFF_MIN_MS;
+			conn_start(c);
+		}
+	}
+}
+
+/* ---- connection lifetime ------------------------------------------------ */
+
+static void conn_close(struct db_conn *c)
+{
+	if (c->io) {
+		event_free(c->io);
+		c->io = NULL;
+	}
+	if (c->rd) {
+		event_free(c->rd);
+		c->rd = NULL;
+	}
+	if (c->wr) {
+		event_free(c->wr);
+		c->wr = NULL;
+	}
+	if (c->timer)
+		evtimer_del(c->timer);
+	if (c->res) {
+		PQclear(c->res);
+		c->res = NULL;
+	}
+	if (c->pg) {
+		PQfinish(c->pg);
+		c->pg = NULL;
+	}
+	c->flushing = false;
+}
+
+static void conn_backoff(struct db_conn *c)
+{
+	struct timeval tv = { c->backoff_ms / 1000, (c->backoff_ms % 1000) * 1000 };
+
+	c->state = CONN_BACKOFF;
+	evtimer_add(c->timer, &tv);
+	c->backoff_ms *= 2;
+	if (c->backoff_ms > DB_BACKOFF_MAX_MS)
+		c->backoff_ms = DB_BACKOFF_MAX_MS;
+}
+
+static void conn_connect_failed(struct db_conn *c, const char *why)
+{
+	char msg[512];
+
+	one_line(why, msg, sizeof msg);
+	log_event(LOG_DEBUG, "db connect failed", LOG_I("conn", c->idx),
+	          LOG_S("error", msg), LOG_I("retry_ms", c->backoff_ms), LOG_END);
+	conn_close(c);
+	conn_backoff(c);
+	pool_mark_down(c->pool, msg);
+}
+
+/* An up connection stopped working (EOF, server restart, write error). Its
+ * query may or may not have run, so it fails rather than being retried. */
+static void conn_broken(struct db_conn *c, const char *why)
+{
+	char msg[512];
+	db_query *q = c->q;
+
+	one_line(why, msg, sizeof msg);
+	log_event(LOG_WARN, "db connection lost", LOG_I("conn", c->idx),
+	          LOG_S("error", msg), LOG_END);
+	c->q = NULL;
+	conn_close(c);
+	conn_backoff(c);
+	if (q) {
+		if (q->cb)
+			query_fail_later(q, MSG_LOST, true);
+		else
+			query_free(q);
+	}
+}
+
+static void on_notice(void *arg, const PGresult *res)
+{
+	struct db_conn *c = arg;
+	char msg[512];
+
+	one_line(PQresultErrorMessage(res), msg, sizeof msg);
+	log_event(LOG_DEBUG, "db notice", LOG_I("conn", c->idx), LOG_S("message", msg), LOG_END);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg);
+static void on_write(evutil_socket_t fd, short what, void *arg);
+static void on_connect_io(evutil_socket_t fd, short what, void *arg);
+
+static void conn_ready(struct db_conn *c)
+{
+	db_pool *p = c->pool;
+	int fd = PQsocket(c->pg);
+
+	event_free(c->io);
+	c->io = NULL;
+	evtimer_del(c->timer);
+	if (fd < 0 || PQsetnonblocking(c->pg, 1) != 0) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	PQsetNoticeReceiver(c->pg, on_notice, c);
+	/* The socket is fixed from here on: we never PQreset, a broken
+	 * connection is finished and a new one started. */
+	c->rd = event_new(p->base, fd, EV_READ | EV_PERSIST, on_read, c);
+	c->wr = event_new(p->base, fd, EV_WRITE, on_write, c);
+	if (!c->rd || !c->wr || event_add(c->rd, NULL) != 0) {
+		conn_connect_failed(c, "cannot register socket with libevent");
+		return;
+	}
+	c->state = CONN_IDLE;
+	c->backoff_ms = DB_BACKOFF_MIN_MS;
+	log_event(LOG_DEBUG, "db connected", LOG_I("conn", c->idx), LOG_END);
+	pool_mark_up(p);
+	pool_dispatch(p);
+}
+
+/* Waits for the socket as PQconnectPoll asked. A fresh one-shot event each
+ * step: the socket may be a different one after every poll (multi-host,
+ * SSL/GSS fallback), and a closed fd silently drops out of epoll. */
+static void conn_wait(struct db_conn *c, short what)
+{
+	int fd = PQsocket(c->pg);
+
+	if (c->io) {
+		event_free(c->io);
+		c->io = NULL;
+	}
+	if (fd < 0) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	c->io = event_new(c->pool->base, fd, what, on_connect_io, c);
+	if (!c->io || event_add(c->io, NULL) != 0) {
+		conn_connect_failed(c, "cannot register socket with libevent");
+		return;
+	}
+}
+
+static void on_connect_io(evutil_socket_t fd, short what, void *arg)
+{
+	struct db_conn *c = arg;
+
+	switch (PQconnectPoll(c->pg)) {
+	case PGRES_POLLING_READING:
+		conn_wait(c, EV_READ);
+		break;
+	case PGRES_POLLING_WRITING:
+		conn_wait(c, EV_WRITE);
+		break;
+	case PGRES_POLLING_OK:
+		conn_ready(c);
+		break;
+	default:
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		break;
+	}
+}
+
+static void conn_start(struct db_conn *c)
+{
+	db_pool *p = c->pool;
+	struct timeval tv = { DB_CONNECT_TIMEOUT_MS / 1000, (DB_CONNECT_TIMEOUT_MS % 1000) * 1000 };
+
+	c->state = CONN_CONNECTING;
+	c->pg = PQconnectStartParams(p->keys, p->vals, 1);
+	if (!c->pg) {
+		conn_connect_failed(c, "out of memory");
+		return;
+	}
+	if (PQstatus(c->pg) == CONNECTION_BAD) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	evtimer_add(c->timer, &tv);
+	/* As if PQconnectPoll had said WRITING (libpq docs). */
+	conn_wait(c, EV_WRITE);
+}
+
+/* The connection's own timer: connect timeout or end of backoff. */
+static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct db_conn *c = arg;
+
+	if (c->state == CONN_CONNECTING)
+		conn_connect_failed(c, "timeout expired while connecting");
+	else if (c->state == CONN_BACKOFF)
+		conn_start(c);
+}
+
+/* The connection must go (timeout, COPY): drop it and connect again at once,
+ * the server itself is fine. */
+static void conn_restart(struct db_conn *c)
+{
+	c->q = NULL;
+	conn_close(c);
+	conn_start(c);
+}
+
+/* ---- running queries ---------------------------------------------------- */
+
+static void conn_set_flushing(struct db_conn *c, bool pending)
+{
+	c->flushing = pending;
+	if (pending)
+		event_add(c->wr, NULL);
+	else
+		event_del(c->wr);
+}
+
+/* PQflush: 0 sent, 1 more to send (wait for EV_WRITE), -1 broken.
+ * Returns false when the connection broke. */
+static bool conn_flush(struct db_conn *c)
+{
+	int r = PQflush(c->pg);
+
+	if (r < 0) {
+		conn_broken(c, PQerrorMessage(c->pg));
+		return false;
+	}
+	conn_set_flushing(c, r == 1);
+	return true;
+}
+
+/* Sends q on the idle connection c. If the connection turns out dead, q goes
+ * back to the head of the queue (the server cannot have run it without the
+ * whole message) and false is returned. */
+static bool conn_dispatch(struct db_conn *c, db_query *q)
+{
+	db_pool *p = c->pool;
+	char msg[512];
+	int r = -1;
+
+	q->state = Q_RUNNING;
+	q->conn = c;
+	c->q = q;
+	c->state = CONN_BUSY;
+	if (PQsendQueryParams(c->pg, q->sql, q->nparams, NULL,
+	                      (const char *const *)q->params, NULL, NULL, 0))
+		r = PQflush(c->pg);
+	if (r >= 0) {
+		query_arm_deadline(q);
+		conn_set_flushing(c, r == 1);
+		return true;
+	}
+	one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+	c->q = NULL;
+	if (PQstatus(c->pg) == CONNECTION_BAD || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
+		pool_enqueue_head(p, q);
+		conn_broken(c, msg);
+		return false;
+	}
+	/* libpq refused the query itself (e.g. too many parameters): the
+	 * caller's mistake, not an outage. */
+	c->state = CONN_IDLE;
+	query_fail_later(q, msg, false);
+	return true;
+}
+
+/* Hands queued queries, oldest first, to idle connections. */
+static void pool_dispatch(db_pool *p)
+{
+	for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
+		struct db_conn *c = &p->conns[i];
+		if (c->state != CONN_IDLE)
+			continue;
+		db_query *q = TAILQ_FIRST(&p->queue);
+		pool_dequeue(p, q);
+		conn_dispatch(c, q);
+	}
+}
+
+/* SQLSTATEs that mean "the database, not the query, failed". */
+static bool sqlstate_unavailable(const char *st)
+{
+	if (!st)
+		return false;
+	return strncmp(st, "08", 2) == 0            /* connection exception */
+	    || strncmp(st, "57P0", 4) == 0          /* admin/crash shutdown, cannot connect now */
+	    || strcmp(st, "57014") == 0             /* statement_timeout */
+	    || strcmp(st, "53300") == 0;            /* too many connections */
+}
+
+/* PQgetResult returned NULL: the query is over. The connection is made idle
+ * (or dropped) before the callback, so a callback may send the next query. */
+static void conn_query_done(struct db_conn *c)
+{
+	db_pool *p = c->pool;
+	db_query *q = c->q;
+	PGresult *res = c->res;
+	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+	c->q = NULL;
+	c->res = NULL;
+	c->state = CONN_IDLE;
+
+	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+		if (query_finish(q, res, NULL)) {
+			PQclear(res);
+			return;
+		}
+	} else {
+		char msg[1024];
+		const char *primary = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
+		const char *sev = res ? PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED) : NULL;
+		struct db_error err = { 0 };
+
+		if (primary)
+			snprintf(msg, sizeof msg, "%s", primary);
+		else if (res && *PQresultErrorMessage(res))
+			one_line(PQresultErrorMessage(res), msg, sizeof msg);
+		else
+			snprintf(msg, sizeof msg, "unexpected result: %s", PQresStatus(st));
+		err.message = msg;
+		err.sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+		err.unavailable = sqlstate_unavailable(err.sqlstate);
+		/* A FATAL error ends the session (e.g. 57P01 on shutdown): the
+		 * server closes the socket next. */
+		if (PQstatus(c->pg) == CONNECTION_BAD || (sev && strcmp(sev, "FATAL") == 0)
+		    || (sev && strcmp(sev, "PANIC") == 0)) {
+			err.unavailable = true;
+			conn_broken(c, msg);
+		}
+		if (query_finish(q, NULL, &err)) {
+			PQclear(res);
+			return;
+		}
+	}
+	PQclear(res);
+	pool_dispatch(p);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
+{
+	conn_flush(arg);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+	struct db_conn *c = arg;
+	PGnotify *n;
+
+	if (!PQconsumeInput(c->pg)) {
+		conn_broken(c, PQerrorMessage(c->pg));
+		return;
+	}
+	/* Nobody LISTENs on pool connections, but never let them pile up. */
+	while ((n = PQnotifies(c->pg)))
+		PQfreemem(n);
+	/* The server may stop reading until we read (NOTICEs): retry the
+	 * pending flush now that we have. */
+	if (c->flushing && !conn_flush(c))
+		return;
+	if (c->state != CONN_BUSY) {
+		/* An idle session only talks when it is about to die (57P01
+		 * arrives as a notice); the EOF that follows fails
+		 * PQconsumeInput above. */
+		if (PQstatus(c->pg) == CONNECTION_BAD)
+			conn_broken(c, PQerrorMessage(c->pg));
+		return;
+	}
+	while (!PQisBusy(c->pg)) {
+		PGresult *r = PQgetResult(c->pg);
+		if (!r) {
+			conn_query_done(c);
+			return;   /* c may be reused or gone: do not touch it */
+		}
+		switch (PQresultStatus(r)) {
+		case PGRES_COPY_IN:
+		case PGRES_COPY_OUT:
+		case PGRES_COPY_BOTH: {
+			/* PQgetResult would return COPY results forever; the
+			 * session is unusable for us, so replace it. */
+			db_query *q = c->q;
+			struct db_error err = { false, "COPY is not supported", NULL };
+			PQclear(r);
+			conn_restart(c);
+			query_finish(q, NULL, &err);
+			return;
+		}
+		default:
+			break;
+		}
+		/* One statement gives one result; keep the first error if any,
+		 * else the last result. */
+		if (!c->res) {
+			c->res = r;
+		} else if (PQresultStatus(c->res) == PGRES_FATAL_ERROR) {
+			PQclear(r);
+		} else {
+			PQclear(c->res);
+			c->res = r;
+		}
+	}
+}
+
+/* The query's own timer: deadline, or the periodic "is anything up" check
+ * while queued. */
+static void on_query_timer(evutil_socket_t fd, short what, void *arg)
+{
+	db_query *q = arg;
+	db_pool *p = q->pool;
+
+	if (q->state == Q_QUEUED) {
+		if (q->timer_is_deadline) {
+			pool_dequeue(p, q);
+			query_fail(q, MSG_TIMEOUT, true);
+		} else if (!pool_any_up(p)) {
+			pool_dequeue(p, q);
+			query_fail(q, MSG_UNAVAILABLE, true);
+		} else {
+			query_arm_wait(q);
+		}
+	} else if (q->state == Q_RUNNING) {
+		struct db_conn *c = q->conn;
+		log_event(LOG_WARN, "db query timed out", LOG_I("conn", c->idx),
+		          LOG_I("timeout_ms", p->query_timeout_ms), LOG_END);
+		/* No PQcancel (blocking in libpq 15): drop the session; the
+		 * server-side statement_timeout stops the backend. */
+		conn_restart(c);
+		if (q->cb)
+			query_fail(q, MSG_TIMEOUT, true);
+		else
+			query_free(q);
+	}
+}
+
+/* ---- public API --------------------------------------------------------- */
+
+/* Our settings are appended after the user's `options` from the conninfo so
+ * that TimeZone/DateStyle, which rapport relies on, always win. */
+static char *build_options(const char *conninfo, int query_timeout_ms)
+{
+	char *user = NULL;
+	char *errmsg = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &errmsg);
+	char *out;
+
+	if (opts) {
+		for (PQconninfoOption *o = opts; o->keyword; o++)
+			if (strcmp(o->keyword, "options") == 0 && o->val && *o->val)
+				user = xstrdup(o->val);
+		PQconninfoFree(opts);
+	}
+	if (errmsg)
+		PQfreemem(errmsg);
+	if (query_timeout_ms > 0)
+		out = xasprintf("-c statement_timeout=%d %s%s-c TimeZone=UTC -c DateStyle=ISO",
+		                query_timeout_ms + DB_STMT_TIMEOUT_SLACK_MS,
+		                user ? user : "", user ? " " : "");
+	else
+		out = xasprintf("%s%s-c TimeZone=UTC -c DateStyle=ISO",
+		                user ? user : "", user ? " " : "");
+	free(user);
+	return out;
+}
+
+/* A bare word is a database name to libpq; anything else must parse. */
+static bool conninfo_valid(const char *conninfo)
+{
+	char *errmsg = NULL;
+	PQconninfoOption *opts;
+
+	if (!strchr(conninfo, '=') && !strstr(conninfo, "://"))
+		return true;
+	opts = PQconninfoParse(conninfo, &errmsg);
+	if (!opts) {
+		char msg[512];
+		one_line(errmsg ? errmsg : "out of memory", msg, sizeof msg);
+		log_event(LOG_ERROR, "db bad conninfo", LOG_S("error", msg), LOG_END);
+		if (errmsg)
+			PQfreemem(errmsg);
+		return false;
+	}
+	PQconninfoFree(opts);
+	return true;
+}
+
+db_pool *db_pool_create(struct event_base *base, const char *conninfo,
+                        int size, int query_timeout_ms)
+{
+	db_pool *p;
+	int k = 0;
+
+	if (!base || !conninfo || size < 1 || size > 1000 || !conninfo_valid(conninfo))
+		return NULL;
+	p = xcalloc(1, sizeof *p);
+	p->base = base;
+	p->size = size;
+	p->query_timeout_ms = query_timeout_ms > 0 ? query_timeout_ms : 0;
+	p->conninfo = xstrdup(conninfo);
+	p->options = build_options(conninfo, p->query_timeout_ms);
+	TAILQ_INIT(&p->queue);
+	TAILQ_INIT(&p->failing);
+
+	/* Order matters: later keywords override earlier ones. Keepalives go
+	 * before dbname so the conninfo may override them; options after, as
+	 * it already contains the user's options. */
+	p->keys[k] = "keepalives";          p->vals[k++] = "1";
+	p->keys[k] = "keepalives_idle";     p->vals[k++] = "30";
+	p->keys[k] = "keepalives_interval"; p->vals[k++] = "10";
+	p->keys[k] = "dbname";              p->vals[k++] = p->conninfo;
+	p->keys[k] = "options";             p->vals[k++] = p->options;
+	p->keys[k] = "fallback_application_name"; p->vals[k++] = "rapport";
+	p->keys[k] = NULL;                  p->vals[k] = NULL;
+
+	p->fail_ev = evtimer_new(base, on_fail_tick, p);
+	p->conns = xcalloc((size_t)size, sizeof *p->conns);
+	if (!p->fail_ev) {
+		pool_free(p);
+		return NULL;
+	}
+	for (int i = 0; i < size; i++) {
+		struct db_conn *c = &p->conns[i];
+		c->pool = p;
+		c->idx = i;
+		c->backoff_ms = DB_BACKOFF_MIN_MS;
+		c->state = CONN_BACKOFF;
+		c->timer = evtimer_new(base, on_conn_timer, c);
+		if (!c->timer) {
+			pool_free(p);
+			return NULL;
+		}
+	}
+	for (int i = 0; i < size; i++)
+		conn_start(&p->conns[i]);
+	return p;
+}
+
+/* Frees memory only; connections are closed and queries gone by now. */
+static void pool_free(db_pool *p)
+{
+	if (p->conns) {
+		for (int i = 0; i < p->size; i++) {
+			struct db_conn *c = &p->conns[i];
+			if (c->pool)
+				conn_close(c);
+			if (c->timer)
+				event_free(c->timer);
+		}
+		free(p->conns);
+	}
+	if (p->fail_ev)
+		event_free(p->fail_ev);
+	free(p->conninfo);
+	free(p->options);
+	free(p);
+}
+
+void db_pool_destroy(db_pool *p)
+{
+	db_query *q;
+
+	if (!p || p->destroying)
+		return;
+	p->destroying = true;
+	evtimer_del(p->fail_ev);
+	for (int i = 0; i < p->size; i++) {
+		struct db_conn *c = &p->conns[i];
+		q = c->q;
+		c->q = NULL;
+		conn_close(c);
+		c->state = CONN_CLOSED;
+		if (q) {
+			if (q->cb)
+				query_fail_later(q, MSG_SHUTDOWN, true);
+			else
+				query_free(q);
+		}
+	}
+	while ((q = TAILQ_FIRST(&p->queue))) {
+		pool_dequeue(p, q);
+		query_fail_later(q, MSG_SHUTDOWN, true);
+	}
+	/* Callbacks may send (they fail into this list) or cancel others. */
+	while ((q = TAILQ_FIRST(&p->failing))) {
+		TAILQ_REMOVE(&p->failing, q, link);
+		p->cb_depth++;       /* keep query_finish from freeing the pool */
+		query_fail(q, q->fail_msg, q->fail_unavailable);
+		p->cb_depth--;
+	}
+	if (p->cb_depth > 0)
+		p->dead = true;      /* called from a callback: freed when it returns */
+	else
+		pool_free(p);
+}
+
+db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
+                        const char *const *params, db_query_cb *cb, void *arg)
+{
+	db_query *q;
+
+	if (!pool || !sql || nparams < 0 || (nparams > 0 && !params) || !cb)
+		return NULL;
+	q = xcalloc(1, sizeof *q);
+	q->pool = pool;
+	q->sql = xstrdup(sql);
+	q->nparams = nparams;
+	if (nparams > 0) {
+		q->params = xcalloc((size_t)nparams, sizeof *q->params);
+		for (int i = 0; i < nparams; i++)
+			q->params[i] = params[i] ? xstrdup(params[i]) : NULL;
+	}
+	q->cb = cb;
+	q->arg = arg;
+	q->timer = evtimer_new(pool->base, on_query_timer, q);
+	if (!q->timer) {
+		query_free(q);
+		return NULL;
+	}
+	if (pool->query_timeout_ms > 0)
+		q->deadline_ms = util_now_ms() + pool->query_timeout_ms;
+
+	if (pool->down || pool->destroying) {
+		query_fail_later(q, pool->destroying ? MSG_SHUTDOWN : MSG_UNAVAILABLE, true);
+		return q;
+	}
+	q->state = Q_QUEUED;
+	TAILQ_INSERT_TAIL(&pool->queue, q, link);
+	pool->nqueued++;
+	query_arm_wait(q);
+	pool_dispatch(pool);
+	return q;
+}
+
+void db_query_cancel(db_query *q)
+{
+	if (!q)
+		return;
+	switch (q->state) {
+	case Q_QUEUED:
+		pool_dequeue(q->pool, q);
+		query_free(q);
+		break;
+	case Q_FAILING:
+		TAILQ_REMOVE(&q->pool->failing, q, link);
+		query_free(q);
+		break;
+	case Q_RUNNING:
+		/* Let it finish and drop the result; its timer stays armed so
+		 * a query that never ends still frees its connection. */
+		q->cb = NULL;
+		break;
+	case Q_DONE:
+		q->cb = NULL;
+		break;
+	}
+}
+
+bool db_pool_is_up(const db_pool *pool)
+{
+	return pool && pool_any_up(pool);
+}
+
+void db_pool_stats(const db_pool *pool, struct db_stats *out)
+{
+	memset(out, 0, sizeof *out);
+	if (!pool)
+		return;
+	out->size = pool->size;
+	out->queued = pool->nqueued;
+	for (int i = 0; i < pool->size; i++) {
+		const struct db_conn *c = &pool->conns[i];
+		if (conn_is_up(c))
+			out->connected++;
+		if (c->state == CONN_BUSY)
+			out->busy++;
+	}
+}

@@ -1,0 +1,792 @@
+/*
+ * http_api — routes, replies and the lifecycle of a waiting request.
+ *
+ * A request that can be answered at once (health, listings, errors, cache
+ * hits) is answered inside the evhttp callback. One that must wait gets a
+ * struct http_call, linked on the server's list, which owns:
+ *   - the analysis_wait handle (cancelled if the client leaves),
+ *   - a one-shot "peek" watcher on the socket: evhttp stops reading while
+ *     a request is being handled, so without it a client that hangs up
+ *     would go unnoticed until the reply is written (libevent #78),
+ *   - the connection's close callback, cleared before the reply is sent
+ *     because the callback belongs to the connection and would otherwise
+ *     fire later, for another request on the same keep-alive connection.
+ * Every exit (reply, client gone, shutdown) goes through call_free().
+ */
+#include "http_api.h"
+#include "log.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+
+struct http_call {
+	http_server *srv;
+	struct evhttp_request *req;
+	struct event *peek;
+	analysis_wait *wait;
+	char req_id[24];
+	char method[8];
+	char *path;
+	char *if_none_match;
+	bool head;
+	double t_start;
+	LIST_ENTRY(http_call) link;
+};
+
+struct http_server {
+	struct http_deps d;
+	struct evhttp *http;
+	struct evconnlistener *listener;
+	LIST_HEAD(, http_call) calls;
+	unsigned long long next_id;
+	unsigned id_salt;
+	long requests;
+	long responses_by_class[6];      /* 1xx..5xx */
+};
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static const char *
+method_name(enum evhttp_cmd_type m)
+{
+	switch (m) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	default: return "OTHER";
+	}
+}
+
+static const char *
+reason(int status)
+{
+	switch (status) {
+	case 200: return "OK";
+	case 202: return "Accepted";
+	case 204: return "No Content";
+	case 304: return "Not Modified";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 413: return "Payload Too Large";
+	case 429: return "Too Many Requests";
+	case 499: return "Client Closed Request";
+	case 500: return "Internal Server Error";
+	case 502: return "Bad Gateway";
+	case 503: return "Service Unavailable";
+	case 504: return "Gateway Timeout";
+	default: return "Unknown";
+	}
+}
+
+static void
+new_request_id(http_server *s, struct evhttp_request *req, char *out, size_t len)
+{
+	/* Keep a caller's id if it is short and printable, so logs can be
+	 * joined across services. */
+	const char *given = evhttp_find_header(evhttp_request_get_input_headers(req), "X-Request-Id");
+	if (given && strlen(given) > 0 && strlen(given) < len) {
+		bool ok = true;
+		for (const char *p = given; *p; p++)
+			if (!isalnum((unsigned char)*p) && !strchr("-_.:", *p))
+				ok = false;
+		if (ok) {
+			snprintf(out, len, "%s", given);
+			return;
+		}
+	}
+	snprintf(out, len, "%08x%08llx", s->id_salt, ++s->next_id);
+}
+
+/* Sends status + JSON body (or none for HEAD / 304) with the common headers. */
+static void
+send_json(http_server *s, struct evhttp_request *req, const char *req_id, int status,
+          const char *body, size_t len, bool head)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "X-Request-Id", req_id);
+	struct evbuffer *buf = NULL;
+	if (status != 304 && status != 204) {
+		evhttp_add_header(h, "Content-Type", "application/json; charset=utf-8");
+		buf = evbuffer_new();
+		if (head) {
+			/* HEAD: the length GET would have, no body. */
+			char n[24];
+			snprintf(n, sizeof n, "%zu", len);
+			evhttp_add_header(h, "Content-Length", n);
+		} else {
+			evbuffer_add(buf, body, len);
+		}
+	}
+	if (status >= 100 && status < 600)
+		s->responses_by_class[status / 100]++;
+	evhttp_send_reply(req, status, reason(status), buf);
+	if (buf)
+		evbuffer_free(buf);
+}
+
+/* {"error":{"code":…,"message":…},"request_id":…} */
+static void
+send_error(http_server *s, struct evhttp_request *req, const char *req_id, int status,
+           const char *code, const char *message, bool head)
+{
+	json_t *doc = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message",
+	                        message ? message : reason(status), "request_id", req_id);
+	char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	json_decref(doc);
+	if (!text)
+		text = xstrdup("{\"error\":{\"code\":\"internal_error\",\"message\":\"cannot encode error\"}}");
+	send_json(s, req, req_id, status, text, strlen(text), head);
+	free(text);
+}
+
+static void
+log_simple(http_server *s, const char *req_id, const char *method, const char *path,
+           int status, double t_start)
+{
+	bool probe = strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+	             strcmp(path, "/metrics") == 0;
+	log_event(probe ? LOG_DEBUG : LOG_INFO, "request", LOG_S("req_id", req_id),
+	          LOG_S("method", method), LOG_S("path", path), LOG_I("status", status),
+	          LOG_N("total_ms", util_now_ms() - t_start), LOG_END);
+}
+
+/* Constant-time comparison: the time taken must not tell how much of a
+ * guessed key was right. */
+static bool
+key_equal(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b);
+	unsigned char diff = la != lb;
+	for (size_t i = 0; i < la; i++)
+		diff |= (unsigned char)(a[i] ^ b[i % (lb ? lb : 1)]);
+	return diff == 0;
+}
+
+static bool
+authorized(http_server *s, struct evhttp_request *req)
+{
+	const struct config *cfg = s->d.cfg;
+	if (cfg->n_api_keys == 0)
+		return true;
+	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+		return false;
+	const char *key = auth + 7;
+	while (*key == ' ')
+		key++;
+	bool ok = false;
+	for (int i = 0; i < cfg->n_api_keys; i++)
+		ok |= key_equal(key, cfg->api_keys[i]);
+	return ok;
+}
+
+/* ---- waiting requests ---------------------------------------------------- */
+
+static void
+call_free(struct http_call *c)
+{
+	LIST_REMOVE(c, link);
+	if (c->peek)
+		event_free(c->peek);
+	struct evhttp_connection *evcon = c->req ? evhttp_request_get_connection(c->req) : NULL;
+	if (evcon)
+		evhttp_connection_set_closecb(evcon, NULL, NULL);
+	free(c->path);
+	free(c->if_none_match);
+	free(c);
+}
+
+/* The client left while we waited: stop waiting and let evhttp tear the
+ * connection down by answering into it (the write fails, evhttp frees the
+ * request and the connection). */
+static void
+call_client_gone(struct http_call *c, const char *how)
+{
+	log_event(LOG_INFO, "client gone", LOG_S("req_id", c->req_id), LOG_S("path", c->path),
+	          LOG_S("how", how), LOG_N("waited_ms", util_now_ms() - c->t_start), LOG_END);
+	if (c->wait)
+		analysis_wait_cancel(c->wait);
+	c->wait = NULL;
+	struct evhttp_request *req = c->req;
+	http_server *s = c->srv;
+	char id[24];
+	snprintf(id, sizeof id, "%s", c->req_id);
+	call_free(c);
+	if (req) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		send_error(s, req, id, 499, "client_closed_request", "the client closed the connection", false);
+	}
+}
+
+static void
+on_peek(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_call *c = arg;
+	char byte;
+	ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+	if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+		call_client_gone(c, n == 0 ? "eof" : "error");
+		return;
+	}
+	if (n > 0) {
+		/* A pipelined request: the client is still there. Stop
+		 * watching; evhttp reads it after our reply. */
+		event_del(c->peek);
+	}
+}
+
+/* Deferred free of a request whose connection died under it: evhttp left
+ * it to us (req->evcon is NULL) and reply_end releases it. */
+static void
+free_orphan(evutil_socket_t fd, short what, void *arg)
+{
+	evhttp_send_reply_end(arg);
+}
+
+static void
+on_conn_close(struct evhttp_connection *evcon, void *arg)
+{
+	struct http_call *c = arg;
+	struct evhttp_request *req = c->req;
+	bool orphaned = req && evhttp_request_get_connection(req) == NULL;
+	if (c->wait)
+		analysis_wait_cancel(c->wait);
+	c->wait = NULL;
+	c->req = NULL;
+	log_event(LOG_INFO, "client gone", LOG_S("req_id", c->req_id), LOG_S("path", c->path),
+	          LOG_S("how", "connection closed"), LOG_END);
+	call_free(c);
+	if (orphaned)
+		event_base_once(c->srv->d.base, -1, EV_TIMEOUT, free_orphan, req, NULL);
+}
+
+static struct http_call *
+call_new(http_server *s, struct evhttp_request *req, const char *req_id, const char *path)
+{
+	struct http_call *c = xcalloc(1, sizeof *c);
+	c->srv = s;
+	c->req = req;
+	c->t_start = util_now_ms();
+	c->path = xstrdup(path);
+	c->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	snprintf(c->method, sizeof c->method, "%s", method_name(evhttp_request_get_command(req)));
+	snprintf(c->req_id, sizeof c->req_id, "%s", req_id);
+	const char *inm = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
+	if (inm)
+		c->if_none_match = xstrdup(inm);
+	LIST_INSERT_HEAD(&s->calls, c, link);
+	return c;
+}
+
+/* Starts watching for the client leaving while we wait. */
+static void
+call_watch(struct http_call *c)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+	if (!evcon)
+		return;
+	evhttp_connection_set_closecb(evcon, on_conn_close, c);
+	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+	if (fd >= 0) {
+		c->peek = event_new(c->srv->d.base, fd, EV_READ | EV_PERSIST, on_peek, c);
+		event_add(c->peek, NULL);
+	}
+}
+
+/* ---- analyses ------------------------------------------------------------ */
+
+static bool
+etag_matches(const char *inm, const char *etag)
+{
+	if (!inm || !etag)
+		return false;
+	if (strcmp(inm, "*") == 0)
+		return true;
+	/* A list of tags, possibly weak (W/"…"): a plain substring test on the
+	 * quoted tag is exact enough since tags contain no commas. */
+	return strstr(inm, etag) != NULL;
+}
+
+static void
+log_analysis(struct http_call *c, const struct analysis_reply *r, int status)
+{
+	log_event(status >= 500 ? LOG_WARN : LOG_INFO, "request", LOG_S("req_id", c->req_id),
+	          LOG_S("method", c->method), LOG_S("path", c->path), LOG_I("status", status),
+	          LOG_I("contact", r->contact_id), LOG_S("type", r->type),
+	          LOG_S("cache", r->cache_status), LOG_N("age_ms", r->age_ms),
+	          LOG_N("db_ms", r->db_ms), LOG_N("script_ms", r->script_ms),
+	          LOG_N("llm_ms", r->llm_ms), LOG_N("total_ms", r->total_ms),
+	          LOG_I("prompt_tokens", r->prompt_tokens),
+	          LOG_I("completion_tokens", r->completion_tokens),
+	          LOG_S("error", r->error_code), LOG_END);
+}
+
+static void
+on_analysis_reply(void *arg, const struct analysis_reply *r)
+{
+	struct http_call *c = arg;
+	http_server *s = c->srv;
+	struct evhttp_request *req = c->req;
+	c->wait = NULL;
+	if (r->status != 200) {
+		log_analysis(c, r, r->status);
+		char id[24];
+		snprintf(id, sizeof id, "%s", c->req_id);
+		bool head = c->head;
+		call_free(c);
+		send_error(s, req, id, r->status, r->error_code, r->error_message, head);
+		return;
+	}
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	char v[256];
+	evhttp_add_header(h, "ETag", r->etag);
+	long max_age = r->remaining_ms > 0 ? (long)(r->remaining_ms / 1000) : 0;
+	snprintf(v, sizeof v, "private, max-age=%ld", max_age);
+	evhttp_add_header(h, "Cache-Control", v);
+	snprintf(v, sizeof v, "%ld", (long)(r->age_ms / 1000));
+	evhttp_add_header(h, "Age", v);
+	const char *xc = strcmp(r->cache_status, "hit") == 0 ? "HIT"
+	               : strcmp(r->cache_status, "coalesced") == 0 ? "COALESCED" : "MISS";
+	evhttp_add_header(h, "X-Cache", xc);
+	if (strcmp(r->cache_status, "hit") == 0)
+		snprintf(v, sizeof v, "cache;desc=\"hit\", total;dur=%.3f", r->total_ms);
+	else
+		snprintf(v, sizeof v, "db;dur=%.3f, script;dur=%.3f, llm;dur=%.3f, total;dur=%.3f",
+		         r->db_ms, r->script_ms, r->llm_ms, r->total_ms);
+	evhttp_add_header(h, "Server-Timing", v);
+	int status = etag_matches(c->if_none_match, r->etag) ? 304 : 200;
+	log_analysis(c, r, status);
+	char id[24];
+	snprintf(id, sizeof id, "%s", c->req_id);
+	bool head = c->head;
+	call_free(c);
+	send_json(s, req, id, status, r->body, r->body_len, head);
+}
+
+/* Query flag set to 1/true/yes. */
+static bool
+query_flag(struct evkeyvalq *q, const char *name)
+{
+	const char *v = evhttp_find_header(q, name);
+	return v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
+}
+
+static bool
+wants_refresh(struct evhttp_request *req, struct evkeyvalq *q)
+{
+	const char *cc = evhttp_find_header(evhttp_request_get_input_headers(req), "Cache-Control");
+	if (cc && (strstr(cc, "no-cache") || strstr(cc, "max-age=0")))
+		return true;
+	const char *pragma = evhttp_find_header(evhttp_request_get_input_headers(req), "Pragma");
+	if (pragma && strstr(pragma, "no-cache"))
+		return true;
+	return query_flag(q, "refresh");
+}
+
+static bool
+valid_type(const char *t)
+{
+	size_t n = strlen(t);
+	if (n == 0 || n > 64)
+		return false;
+	for (; *t; t++)
+		if (!islower((unsigned char)*t) && !isdigit((unsigned char)*t) && *t != '_')
+			return false;
+	return true;
+}
+
+static void
+handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
+                const char *path, const char *id_str, const char *type, struct evkeyvalq *q)
+{
+	bool head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+	int64_t id;
+	if (!util_parse_i64(id_str, &id) || id <= 0) {
+		send_error(s, req, req_id, 400, "invalid_contact_id",
+		           "the contact id must be a positive integer", head);
+		return;
+	}
+	if (!valid_type(type)) {
+		send_error(s, req, req_id, 404, "unknown_analysis_type",
+		           "unknown analysis type (see /v1/analysis-types)", head);
+		return;
+	}
+	struct http_call *c = call_new(s, req, req_id, path);
+	int flags = wants_refresh(req, q) ? ANALYSIS_REFRESH : 0;
+	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply, c);
+	if (w) {
+		c->wait = w;
+		call_watch(c);     /* still waiting: notice if the client leaves */
+	}
+	/* else on_analysis_reply has already run and freed c */
+}
+
+static void
+handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, const char *id_str,
+            const char *type)
+{
+	int64_t id;
+	if (!util_parse_i64(id_str, &id) || id <= 0) {
+		send_error(s, req, req_id, 400, "invalid_contact_id",
+		           "the contact id must be a positive integer", false);
+		return;
+	}
+	int n = cache_drop_contact(s->d.cache, id, type);
+	char body[128];
+	int len = snprintf(body, sizeof body, "{\"contact_id\":%lld,\"dropped\":%d}", (long long)id, n);
+	send_json(s, req, req_id, 200, body, (size_t)len, false);
+}
+
+/* ---- other endpoints ---------------------------------------------------- */
+
+static void
+handle_types(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
+{
+	json_t *list = json_array();
+	int n = script_registry_count(s->d.scripts);
+	for (int i = 0; i < n; i++) {
+		const char *name, *error;
+		script *cur;
+		script_registry_entry(s->d.scripts, i, &name, &cur, &error);
+		json_t *t = json_object();
+		json_object_set_new(t, "name", json_string(name));
+		if (cur) {
+			const struct script_info *si = script_info(cur);
+			char version[9];
+			snprintf(version, sizeof version, "%.8s", si->version);
+			json_object_set_new(t, "description", json_string(si->description));
+			json_object_set_new(t, "version", json_string(version));
+			json_object_set_new(t, "ttl", json_real(si->ttl_ms / 1000.0));
+			json_object_set_new(t, "model", json_string(si->model));
+			json_t *qs = json_array();
+			for (int k = 0; k < si->nqueries; k++)
+				json_array_append_new(qs, json_string(si->queries[k].name));
+			json_object_set_new(t, "queries", qs);
+			json_object_set_new(t, "structured", json_boolean(si->schema != NULL));
+			json_object_set_new(t, "has_fallback", json_boolean(si->has_fallback));
+		}
+		json_object_set_new(t, "loaded", json_boolean(cur != NULL));
+		json_object_set_new(t, "error", error ? json_string(error) : json_null());
+		json_array_append_new(list, t);
+	}
+	json_t *doc = json_pack("{s:o}", "types", list);
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(doc);
+	send_json(s, req, req_id, 200, text, strlen(text), head);
+	free(text);
+}
+
+static int
+loaded_scripts(http_server *s, int *errors)
+{
+	int n = script_registry_count(s->d.scripts), loaded = 0;
+	*errors = 0;
+	for (int i = 0; i < n; i++) {
+		const char *name, *error;
+		script *cur;
+		script_registry_entry(s->d.scripts, i, &name, &cur, &error);
+		loaded += cur != NULL;
+		*errors += error != NULL;
+	}
+	return loaded;
+}
+
+static void
+handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
+{
+	int errors;
+	int loaded = loaded_scripts(s, &errors);
+	bool db_up = db_pool_is_up(s->d.db);
+	bool ready = db_up && loaded > 0;
+	char body[256];
+	int n = snprintf(body, sizeof body,
+	                 "{\"status\":\"%s\",\"database\":\"%s\",\"scripts_loaded\":%d,"
+	                 "\"script_errors\":%d}",
+	                 ready ? "ready" : "not_ready", db_up ? "up" : "down", loaded, errors);
+	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
+}
+
+static void
+handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
+{
+	struct cache_stats cs;
+	struct db_stats ds;
+	struct llm_stats ls;
+	struct analysis_stats as;
+	cache_stats(s->d.cache, &cs);
+	db_pool_stats(s->d.db, &ds);
+	llm_client_stats(s->d.llm, &ls);
+	analysis_stats(s->d.analysis, &as);
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add_printf(b,
+		"# TYPE rapport_http_requests_total counter\nrapport_http_requests_total %ld\n"
+		"# TYPE rapport_http_responses_total counter\n", s->requests);
+	for (int k = 1; k < 6; k++)
+		evbuffer_add_printf(b, "rapport_http_responses_total{class=\"%dxx\"} %ld\n", k,
+		                    s->responses_by_class[k]);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_cache_hits_total counter\nrapport_cache_hits_total %ld\n"
+		"# TYPE rapport_cache_misses_total counter\nrapport_cache_misses_total %ld\n"
+		"# TYPE rapport_cache_evictions_total counter\nrapport_cache_evictions_total %ld\n"
+		"# TYPE rapport_cache_expired_total counter\nrapport_cache_expired_total %ld\n"
+		"# TYPE rapport_cache_entries gauge\nrapport_cache_entries %ld\n"
+		"# TYPE rapport_cache_bytes gauge\nrapport_cache_bytes %zu\n"
+		"# TYPE rapport_cache_max_bytes gauge\nrapport_cache_max_bytes %zu\n",
+		cs.hits, cs.misses, cs.evictions, cs.expired, cs.entries, cs.bytes, cs.max_bytes);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_db_connections gauge\nrapport_db_connections{state=\"configured\"} %d\n"
+		"rapport_db_connections{state=\"connected\"} %d\nrapport_db_connections{state=\"busy\"} %d\n"
+		"# TYPE rapport_db_queued gauge\nrapport_db_queued %d\n",
+		ds.size, ds.connected, ds.busy, ds.queued);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_llm_calls_total counter\nrapport_llm_calls_total %ld\n"
+		"# TYPE rapport_llm_attempts_total counter\nrapport_llm_attempts_total %ld\n"
+		"# TYPE rapport_llm_in_flight gauge\nrapport_llm_in_flight %ld\n"
+		"# TYPE rapport_llm_connections_total counter\nrapport_llm_connections_total %ld\n",
+		ls.calls, ls.attempts, ls.in_flight, ls.connections);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_analysis_flights gauge\nrapport_analysis_flights %ld\n"
+		"# TYPE rapport_analysis_generated_total counter\nrapport_analysis_generated_total %ld\n"
+		"# TYPE rapport_analysis_failed_total counter\nrapport_analysis_failed_total %ld\n"
+		"# TYPE rapport_analysis_coalesced_total counter\nrapport_analysis_coalesced_total %ld\n",
+		as.flights, as.generated, as.failed, as.coalesced);
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_add_header(h, "X-Request-Id", req_id);
+	s->responses_by_class[2]++;
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+/* ---- routing ------------------------------------------------------------- */
+
+static void
+method_not_allowed(http_server *s, struct evhttp_request *req, const char *req_id,
+                   const char *allow)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS) {
+		send_json(s, req, req_id, 204, NULL, 0, false);
+		return;
+	}
+	char msg[96];
+	snprintf(msg, sizeof msg, "method not allowed here; allowed: %s", allow);
+	send_error(s, req, req_id, 405, "method_not_allowed", msg, false);
+}
+
+/* Splits "/a/b/c" into at most max segments; returns the count, or -1 when
+ * there are more. Segments point into buf. */
+static int
+split_path(char *buf, char **seg, int max)
+{
+	int n = 0;
+	char *save = NULL;
+	for (char *t = strtok_r(buf, "/", &save); t; t = strtok_r(NULL, "/", &save)) {
+		if (n == max)
+			return -1;
+		seg[n++] = t;
+	}
+	return n;
+}
+
+static void
+route(struct evhttp_request *req, void *arg)
+{
+	http_server *s = arg;
+	char req_id[24];
+	double t_start = util_now_ms();
+	s->requests++;
+	new_request_id(s, req, req_id, sizeof req_id);
+	enum evhttp_cmd_type m = evhttp_request_get_command(req);
+	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
+	bool head = m == EVHTTP_REQ_HEAD;
+
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
+	char *path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
+	if (!path) {
+		send_error(s, req, req_id, 400, "bad_request", "malformed request path", head);
+		return;
+	}
+	struct evkeyvalq query;
+	TAILQ_INIT(&query);
+	const char *qs = uri ? evhttp_uri_get_query(uri) : NULL;
+	if (qs && evhttp_parse_query_str(qs, &query) != 0) {
+		send_error(s, req, req_id, 400, "bad_request", "malformed query string", head);
+		goto done;
+	}
+	int status_logged = 0;
+
+	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it). */
+	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+	if (body_len > s->d.cfg->max_body_bytes) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "request body larger than %zu bytes", s->d.cfg->max_body_bytes);
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		send_error(s, req, req_id, 413, "payload_too_large", msg, head);
+		log_simple(s, req_id, method_name(m), path, 413, t_start);
+		goto done;
+	}
+
+	if (strcmp(path, "/healthz") == 0) {
+		if (!get)
+			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else
+			send_json(s, req, req_id, 200, "{\"status\":\"ok\"}", 15, head);
+		goto logged;
+	}
+	if (strcmp(path, "/readyz") == 0) {
+		if (!get)
+			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else
+			handle_ready(s, req, req_id, head);
+		goto logged;
+	}
+	if (strcmp(path, "/metrics") == 0) {
+		if (!get)
+			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else
+			handle_metrics(s, req, req_id);
+		goto logged;
+	}
+
+	char *buf = xstrdup(path);
+	char *seg[8];
+	int n = split_path(buf, seg, 8);
+	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
+	if (v1 && !authorized(s, req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+		                  "Bearer realm=\"rapport\"");
+		send_error(s, req, req_id, 401, "unauthorized",
+		           "missing or wrong API key (Authorization: Bearer <key>)", head);
+	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
+		if (!get)
+			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else
+			handle_types(s, req, req_id, head);
+	} else if (v1 && n == 5 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0) {
+		if (get) {
+			handle_analysis(s, req, req_id, path, seg[2], seg[4], &query);
+			status_logged = 1;     /* logged when the answer is sent */
+		} else if (m == EVHTTP_REQ_DELETE) {
+			handle_drop(s, req, req_id, seg[2], seg[4]);
+		} else {
+			method_not_allowed(s, req, req_id, "GET, HEAD, DELETE");
+		}
+	} else if (v1 && n == 4 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0) {
+		if (m == EVHTTP_REQ_DELETE)
+			handle_drop(s, req, req_id, seg[2], NULL);
+		else
+			method_not_allowed(s, req, req_id, "DELETE");
+	} else {
+		send_error(s, req, req_id, 404, "not_found", "no such endpoint", head);
+	}
+	free(buf);
+	if (status_logged)
+		goto done;
+logged:
+	log_simple(s, req_id, method_name(m), path, -1, t_start);
+done:
+	evhttp_clear_headers(&query);
+	free(path);
+}
+
+/* ---- lifecycle ----------------------------------------------------------- */
+
+static void
+on_accept_error(struct evconnlistener *l, void *arg)
+{
+	int err = EVUTIL_SOCKET_ERROR();
+	log_event(LOG_ERROR, "accept failed", LOG_S("error", evutil_socket_error_to_string(err)),
+	          LOG_END);
+	/* EMFILE and friends: the listener retries on the next readiness;
+	 * nothing to free here. */
+}
+
+http_server *
+http_server_create(const struct http_deps *deps, char **err)
+{
+	const struct config *cfg = deps->cfg;
+	struct sockaddr_storage ss;
+	int sslen = sizeof ss;
+	if (evutil_parse_sockaddr_port(cfg->listen, (struct sockaddr *)&ss, &sslen) != 0) {
+		*err = xasprintf("RAPPORT_LISTEN: cannot parse \"%s\" (expected host:port)", cfg->listen);
+		return NULL;
+	}
+	http_server *s = xcalloc(1, sizeof *s);
+	s->d = *deps;
+	LIST_INIT(&s->calls);
+	s->id_salt = (unsigned)getpid() * 2654435761u ^ (unsigned)util_wall_ms();
+	/* Our own listener: evhttp's bind hard-codes a backlog of 128. */
+	s->listener = evconnlistener_new_bind(deps->base, NULL, NULL,
+	                                      LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_FREE |
+	                                      LEV_OPT_CLOSE_ON_EXEC,
+	                                      1024, (struct sockaddr *)&ss, sslen);
+	if (!s->listener) {
+		*err = xasprintf("cannot listen on %s: %s", cfg->listen,
+		                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		free(s);
+		return NULL;
+	}
+	evconnlistener_set_error_cb(s->listener, on_accept_error);
+	s->http = evhttp_new(deps->base);
+	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+	                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+	evhttp_set_default_content_type(s->http, "application/json; charset=utf-8");
+	evhttp_set_max_headers_size(s->http, (ev_ssize_t)cfg->max_header_bytes);
+	/* evhttp's cap answers with an HTML 413; keep it well above ours so
+	 * ordinary oversized bodies get our JSON error, while a huge one
+	 * still cannot make us buffer without bound. */
+	size_t hard = cfg->max_body_bytes * 16;
+	evhttp_set_max_body_size(s->http, (ev_ssize_t)(hard < (1u << 20) ? (1u << 20) : hard));
+	evhttp_set_timeout(s->http, cfg->http_timeout_s);
+	evhttp_set_gencb(s->http, route, s);
+	evhttp_bind_listener(s->http, s->listener);
+	return s;
+}
+
+void
+http_server_destroy(http_server *s)
+{
+	if (!s)
+		return;
+	/* Answer the waiting requests first: evhttp_free would otherwise free
+	 * them under our feet. */
+	struct http_call *c;
+	while ((c = LIST_FIRST(&s->calls))) {
+		struct evhttp_request *req = c->req;
+		char id[24];
+		snprintf(id, sizeof id, "%s", c->req_id);
+		if (c->wait)
+			analysis_wait_cancel(c->wait);
+		c->wait = NULL;
+		call_free(c);
+		if (req)
+			send_error(s, req, id, 503, "shutting_down", "the server is shutting down", false);
+	}
+	evhttp_free(s->http);     /* also frees the bound listener */
+	free(s);
+}

@@ -1,0 +1,38 @@
+/*
+ * http_api — the HTTP API on libevent's evhttp: routing, auth, JSON errors,
+ * cache headers, the per-request log line, and noticing clients that leave
+ * while their answer is being prepared.
+ *
+ * Owns the evhttp instance, its listener and every in-progress request
+ * (struct http_call). Analyses are handed to the analysis pipeline; the
+ * reply comes back through a callback and is written here.
+ */
+#ifndef RAPPORT_HTTP_API_H
+#define RAPPORT_HTTP_API_H
+
+#include "analysis.h"
+#include "cache.h"
+#include "config.h"
+#include "db.h"
+#include "llm.h"
+#include "script.h"
+
+struct event_base;
+typedef struct http_server http_server;
+
+struct http_deps {
+	struct event_base *base;
+	const struct config *cfg;
+	analysis *analysis;
+	script_registry *scripts;
+	db_pool *db;
+	llm_client *llm;
+	cache *cache;
+};
+
+/* Binds cfg->listen; NULL with *err set (caller frees) on failure. */
+http_server *http_server_create(const struct http_deps *deps, char **err);
+/* Stops accepting, answers 503 to requests still waiting, frees all. */
+void http_server_destroy(http_server *s);
+
+#endif

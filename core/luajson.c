@@ -1,0 +1,396 @@
+/*
+ * luajson — Lua ⇄ jansson conversion and the `json` module scripts see.
+ */
+#include "luajson.h"
+
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+#define MAX_DEPTH 100
+static const char ARRAY_MT[] = "rapport.json.array";
+
+void
+luajson_mark_array(lua_State *L, int idx)
+{
+	idx = lua_absindex(L, idx);
+	luaL_getmetatable(L, ARRAY_MT);
+	lua_setmetatable(L, idx);
+}
+
+static bool
+is_marked_array(lua_State *L, int idx)
+{
+	if (!lua_getmetatable(L, idx))
+		return false;
+	luaL_getmetatable(L, ARRAY_MT);
+	bool same = lua_rawequal(L, -1, -2);
+	lua_pop(L, 2);
+	return same;
+}
+
+static void
+push_value(lua_State *L, const json_t *v, int depth)
+{
+	luaL_checkstack(L, 4, "JSON too deeply nested");
+	switch (json_typeof(v)) {
+	case JSON_OBJECT: {
+		const char *k;
+		json_t *item;
+		lua_createtable(L, 0, (int)json_object_size(v));
+		json_object_foreach((json_t *)v, k, item) {
+			push_value(L, item, depth + 1);
+			lua_setfield(L, -2, k);
+		}
+		break;
+	}
+	case JSON_ARRAY: {
+		size_t i;
+		json_t *item;
+		lua_createtable(L, (int)json_array_size(v), 0);
+		json_array_foreach(v, i, item) {
+			push_value(L, item, depth + 1);
+			lua_rawseti(L, -2, (lua_Integer)i + 1);
+		}
+		luajson_mark_array(L, -1);
+		break;
+	}
+	case JSON_STRING:
+		lua_pushlstring(L, json_string_value(v), json_string_length(v));
+		break;
+	case JSON_INTEGER:
+		lua_pushinteger(L, (lua_Integer)json_integer_value(v));
+		break;
+	case JSON_REAL:
+		lua_pushnumber(L, json_real_value(v));
+		break;
+	case JSON_TRUE:
+		lua_pushboolean(L, 1);
+		break;
+	case JSON_FALSE:
+		lua_pushboolean(L, 0);
+		break;
+	case JSON_NULL:
+		lua_pushlightuserdata(L, NULL);
+		break;
+	}
+}
+
+void
+luajson_push(lua_State *L, const json_t *v)
+{
+	push_value(L, v, 0);
+}
+
+/* The schema for one property / item, or NULL when the schema is silent. */
+static const json_t *
+schema_child(const json_t *schema, const char *key)
+{
+	if (!schema)
+		return NULL;
+	if (!key)
+		return json_object_get(schema, "items");
+	return json_object_get(json_object_get(schema, "properties"), key);
+}
+
+static bool
+schema_allows(const json_t *schema, const char *type)
+{
+	const json_t *t = schema ? json_object_get(schema, "type") : NULL;
+	if (json_is_string(t))
+		return strcmp(json_string_value(t), type) == 0;
+	if (json_is_array(t)) {
+		size_t i;
+		json_t *x;
+		json_array_foreach(t, i, x)
+			if (json_is_string(x) && strcmp(json_string_value(x), type) == 0)
+				return true;
+	}
+	return false;
+}
+
+struct conv {
+	lua_State *L;
+	char *err;
+	size_t errlen;
+};
+
+static json_t *convert(struct conv *c, int idx, const json_t *schema, int depth);
+
+/* A table with keys exactly 1..n (n > 0) reads as an array. */
+static bool
+looks_like_array(lua_State *L, int idx, size_t *n_out)
+{
+	size_t n = (size_t)lua_rawlen(L, idx);
+	size_t count = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (!lua_isinteger(L, -1)) {
+			lua_pop(L, 1);
+			return false;
+		}
+		lua_Integer k = lua_tointeger(L, -1);
+		if (k < 1 || (size_t)k > n) {
+			lua_pop(L, 1);
+			return false;
+		}
+		count++;
+	}
+	*n_out = n;
+	return n > 0 && count == n;
+}
+
+static json_t *
+convert_array(struct conv *c, int idx, size_t n, const json_t *schema, int depth)
+{
+	json_t *arr = json_array();
+	const json_t *items = schema_child(schema, NULL);
+	for (size_t i = 1; i <= n; i++) {
+		lua_rawgeti(c->L, idx, (lua_Integer)i);
+		json_t *v = convert(c, lua_gettop(c->L), items, depth + 1);
+		lua_pop(c->L, 1);
+		if (!v) {
+			json_decref(arr);
+			return NULL;
+		}
+		json_array_append_new(arr, v);
+	}
+	return arr;
+}
+
+static json_t *
+convert_object(struct conv *c, int idx, const json_t *schema, int depth)
+{
+	lua_State *L = c->L;
+	json_t *obj = json_object();
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		char kbuf[32];
+		const char *key;
+		if (lua_type(L, -2) == LUA_TSTRING) {
+			key = lua_tostring(L, -2);
+		} else if (lua_isinteger(L, -2)) {
+			snprintf(kbuf, sizeof kbuf, "%lld", (long long)lua_tointeger(L, -2));
+			key = kbuf;
+		} else {
+			snprintf(c->err, c->errlen, "table key of type %s cannot be a JSON key",
+			         luaL_typename(L, -2));
+			lua_pop(L, 2);
+			json_decref(obj);
+			return NULL;
+		}
+		json_t *v = convert(c, lua_gettop(L), schema_child(schema, key), depth + 1);
+		if (!v) {
+			lua_pop(L, 2);
+			json_decref(obj);
+			return NULL;
+		}
+		if (json_object_set_new(obj, key, v) != 0) {
+			snprintf(c->err, c->errlen, "key is not valid UTF-8");
+			lua_pop(L, 2);
+			json_decref(obj);
+			return NULL;
+		}
+		lua_pop(L, 1);
+	}
+	return obj;
+}
+
+static json_t *
+convert(struct conv *c, int idx, const json_t *schema, int depth)
+{
+	lua_State *L = c->L;
+	if (depth > MAX_DEPTH) {
+		snprintf(c->err, c->errlen, "value nested deeper than %d levels (a cycle?)", MAX_DEPTH);
+		return NULL;
+	}
+	if (!lua_checkstack(L, 4)) {
+		snprintf(c->err, c->errlen, "Lua stack exhausted");
+		return NULL;
+	}
+	switch (lua_type(L, idx)) {
+	case LUA_TNIL:
+		return json_null();
+	case LUA_TBOOLEAN:
+		return json_boolean(lua_toboolean(L, idx));
+	case LUA_TNUMBER:
+		if (lua_isinteger(L, idx))
+			return json_integer((json_int_t)lua_tointeger(L, idx));
+		{
+			double d = lua_tonumber(L, idx);
+			if (!isfinite(d)) {
+				snprintf(c->err, c->errlen, "number %g cannot be JSON", d);
+				return NULL;
+			}
+			if (schema_allows(schema, "integer") && d == floor(d) && fabs(d) < 9.0e15)
+				return json_integer((json_int_t)d);
+			return json_real(d);
+		}
+	case LUA_TSTRING: {
+		size_t len;
+		const char *s = lua_tolstring(L, idx, &len);
+		json_t *v = json_stringn(s, len);
+		if (!v)
+			snprintf(c->err, c->errlen, "string is not valid UTF-8");
+		return v;
+	}
+	case LUA_TLIGHTUSERDATA:
+		if (lua_touserdata(L, idx) == NULL)
+			return json_null();
+		break;
+	case LUA_TTABLE: {
+		size_t n = 0;
+		if (is_marked_array(L, idx))
+			return convert_array(c, idx, (size_t)lua_rawlen(L, idx), schema, depth);
+		bool arr = looks_like_array(L, idx, &n);
+		if (!arr && n == 0 && schema_allows(schema, "array")) {
+			/* An empty table the schema calls an array: [] not {}. */
+			lua_pushnil(L);
+			bool empty = lua_next(L, idx) == 0;
+			if (!empty)
+				lua_pop(L, 2);
+			if (empty)
+				return json_array();
+		}
+		return arr ? convert_array(c, idx, n, schema, depth)
+		           : convert_object(c, idx, schema, depth);
+	}
+	default:
+		break;
+	}
+	snprintf(c->err, c->errlen, "a %s cannot be converted to JSON", luaL_typename(L, idx));
+	return NULL;
+}
+
+json_t *
+luajson_from_lua(lua_State *L, int idx, const json_t *schema, char *err, size_t errlen)
+{
+	struct conv c = { L, err, errlen };
+	err[0] = '\0';
+	return convert(&c, lua_absindex(L, idx), schema, 0);
+}
+
+/* A userdata owning one jansson reference, so a Lua error (out of memory
+ * under the state's cap) while the value is being pushed cannot leak it:
+ * the box becomes garbage and its __gc drops the reference. */
+static const char BOX_MT[] = "rapport.json.box";
+
+static int
+box_gc(lua_State *L)
+{
+	json_t **box = luaL_checkudata(L, 1, BOX_MT);
+	json_decref(*box);
+	*box = NULL;
+	return 0;
+}
+
+void
+luajson_push_owned(lua_State *L, json_t *v)
+{
+	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+	*box = v;
+	luaL_setmetatable(L, BOX_MT);
+	push_value(L, v, 0);
+	json_decref(v);
+	*box = NULL;
+	lua_remove(L, -2);
+}
+
+/* json.decode(s) → value; raises on invalid JSON (use pcall to handle). */
+static int
+l_decode(lua_State *L)
+{
+	size_t len;
+	const char *s = luaL_checklstring(L, 1, &len);
+	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+	*box = NULL;
+	luaL_setmetatable(L, BOX_MT);
+	json_error_t e;
+	*box = json_loadb(s, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
+	if (!*box)
+		return luaL_error(L, "json.decode: %s at line %d column %d", e.text, e.line, e.column);
+	push_value(L, *box, 0);
+	json_decref(*box);
+	*box = NULL;
+	return 1;
+}
+
+static int
+dump_to_buffer(const char *buf, size_t size, void *data)
+{
+	luaL_addlstring(data, buf, size);
+	return 0;
+}
+
+/* json.encode(v) → string; raises when v cannot be JSON. The value is boxed
+ * before the output buffer grows, since growing may raise. */
+static int
+l_encode(lua_State *L)
+{
+	char err[256];
+	luaL_checkany(L, 1);
+	lua_settop(L, 1);
+	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+	*box = NULL;
+	luaL_setmetatable(L, BOX_MT);
+	*box = luajson_from_lua(L, 1, NULL, err, sizeof err);
+	if (!*box)
+		return luaL_error(L, "json.encode: %s", err);
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	json_dump_callback(*box, dump_to_buffer, &b, JSON_COMPACT | JSON_ENCODE_ANY);
+	luaL_pushresult(&b);
+	return 1;
+}
+
+static int
+l_array(lua_State *L)
+{
+	if (lua_isnoneornil(L, 1))
+		lua_newtable(L);
+	else
+		luaL_checktype(L, 1, LUA_TTABLE);
+	lua_settop(L, 1);
+	luajson_mark_array(L, 1);
+	return 1;
+}
+
+static int
+l_is_array(lua_State *L)
+{
+	lua_pushboolean(L, lua_type(L, 1) == LUA_TTABLE && is_marked_array(L, 1));
+	return 1;
+}
+
+int
+luajson_open(lua_State *L)
+{
+	if (luaL_newmetatable(L, ARRAY_MT)) {
+		/* Scripts must not be able to change or remove the marker. */
+		lua_pushstring(L, "json.array");
+		lua_setfield(L, -2, "__metatable");
+	}
+	lua_pop(L, 1);
+	if (luaL_newmetatable(L, BOX_MT)) {
+		lua_pushcfunction(L, box_gc);
+		lua_setfield(L, -2, "__gc");
+		lua_pushstring(L, "json.box");
+		lua_setfield(L, -2, "__metatable");
+	}
+	lua_pop(L, 1);
+	static const luaL_Reg fns[] = {
+		{ "decode", l_decode },
+		{ "encode", l_encode },
+		{ "array", l_array },
+		{ "is_array", l_is_array },
+		{ NULL, NULL },
+	};
+	luaL_newlib(L, fns);
+	lua_pushlightuserdata(L, NULL);
+	lua_setfield(L, -2, "null");
+	return 1;
+}

@@ -1,0 +1,40 @@
+/*
+ * luajson — moves values between Lua and jansson, the one JSON library of
+ * the C core (lua-cjson stays available to scripts, but its 2.1.0 limits —
+ * every number a float, no empty array, %.14g — would corrupt ids and lists
+ * on the host's own paths).
+ *
+ * JSON arrays become Lua tables carrying a marker metatable, so an empty
+ * array read from JSON is written back as [] and not {}. When converting
+ * Lua → JSON an optional JSON Schema guides the ambiguous cases: an empty
+ * table where the schema says "array" is [], an integral float where it
+ * says "integer" is an integer.
+ */
+#ifndef RAPPORT_LUAJSON_H
+#define RAPPORT_LUAJSON_H
+
+#include <stddef.h>
+#include <jansson.h>
+#include <lua.h>
+
+/* Pushes the `json` module table (decode, encode, null, array, is_array)
+ * and registers the array marker; call once per Lua state. */
+int luajson_open(lua_State *L);
+
+/* Pushes v as a Lua value (null → json.null, a NULL lightuserdata equal to
+ * cjson.null). Raises a Lua error only on stack exhaustion. */
+void luajson_push(lua_State *L, const json_t *v);
+
+/* Like luajson_push, but takes ownership of v and frees it even when a Lua
+ * error (memory cap) interrupts the push. */
+void luajson_push_owned(lua_State *L, json_t *v);
+
+/* Sets the array marker on the table at idx. */
+void luajson_mark_array(lua_State *L, int idx);
+
+/* Converts the Lua value at idx; schema may be NULL. Returns a new
+ * reference, or NULL with a message in err (functions, cycles, invalid
+ * UTF-8, NaN, non-string keys). Never raises. */
+json_t *luajson_from_lua(lua_State *L, int idx, const json_t *schema, char *err, size_t errlen);
+
+#endif

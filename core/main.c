@@ -1,0 +1,299 @@
+/*
+ * main — the rapport command: `serve`, `check`, `analyze`, `--help`.
+ *
+ * Builds the subsystems in dependency order on one event loop (scripts,
+ * database pool, upstream client, cache, pipeline, HTTP API, file watch),
+ * runs the loop, and tears them down in reverse on SIGINT/SIGTERM. SIGHUP
+ * reloads every script.
+ */
+#include "analysis.h"
+#include "cache.h"
+#include "config.h"
+#include "db.h"
+#include "http_api.h"
+#include "llm.h"
+#include "log.h"
+#include "script.h"
+#include "util.h"
+#include "watch.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <event2/event.h>
+
+static const char usage[] =
+	"usage: rapport <command> [options]\n"
+	"\n"
+	"commands:\n"
+	"  serve                     run the HTTP API\n"
+	"  check                     compile every analysis script and report errors\n"
+	"  analyze <contact> <type>  run one analysis now and print its JSON\n"
+	"  --help                    this text\n"
+	"\n"
+	"options (each also an environment variable; flags win):\n"
+	"  --listen HOST:PORT        RAPPORT_LISTEN      (127.0.0.1:8080)\n"
+	"  --database-url URL        DATABASE_URL        (dbname=rapport)\n"
+	"  --openai-base-url URL     OPENAI_BASE_URL     (https://api.openai.com/v1)\n"
+	"  --model NAME              RAPPORT_MODEL       (gpt-4o-mini)\n"
+	"  --scripts DIR             RAPPORT_SCRIPTS     (./scripts)\n"
+	"  --prompts DIR             RAPPORT_PROMPTS     (./prompts)\n"
+	"  --cache-bytes N           RAPPORT_CACHE_BYTES (256MiB)\n"
+	"  --db-pool N               RAPPORT_DB_POOL     (8)\n"
+	"  --log-level LEVEL         RAPPORT_LOG_LEVEL   (info)\n"
+	"  --config FILE             RAPPORT_CONFIG: NAME = value lines\n"
+	"environment only: OPENAI_API_KEY (never logged), RAPPORT_API_KEYS (comma-separated\n"
+	"client keys; empty = no auth), RAPPORT_LLM_TIMEOUT_MS, RAPPORT_DB_TIMEOUT_MS,\n"
+	"RAPPORT_HTTP_TIMEOUT, RAPPORT_MAX_BODY, RAPPORT_LLM_RETRIES.\n";
+
+/* Everything one process runs, in creation order. */
+struct app {
+	struct config cfg;
+	struct event_base *base;
+	script_registry *scripts;
+	db_pool *db;
+	llm_client *llm;
+	cache *cache;
+	analysis *analysis;
+	http_server *http;
+	watch *watch;
+	struct event *sig_int, *sig_term, *sig_hup;
+	int exit_code;
+};
+
+static const struct script_limits default_limits = {
+	.memory_bytes = 128u << 20,
+	.instructions = 50000000,
+};
+
+static void
+reload_scripts(void *arg)
+{
+	struct app *app = arg;
+	int failed = script_registry_reload(app->scripts);
+	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded",
+	          LOG_I("types", script_registry_count(app->scripts)), LOG_I("failed", failed),
+	          LOG_END);
+}
+
+static void
+on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct app *app = arg;
+	if (sig == SIGHUP) {
+		reload_scripts(app);
+		return;
+	}
+	log_event(LOG_INFO, "shutting down", LOG_S("signal", sig == SIGINT ? "SIGINT" : "SIGTERM"),
+	          LOG_END);
+	event_base_loopbreak(app->base);
+}
+
+/* Creates the parts every command that runs analyses needs. */
+static bool
+app_start_core(struct app *app)
+{
+	struct config *cfg = &app->cfg;
+	app->base = event_base_new();
+	if (!app->base) {
+		fprintf(stderr, "rapport: cannot create the event loop\n");
+		return false;
+	}
+	app->scripts = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
+	                                      &default_limits);
+	reload_scripts(app);
+	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
+	if (!app->db) {
+		fprintf(stderr, "rapport: DATABASE_URL is not a valid connection string\n");
+		return false;
+	}
+	struct llm_config lc = {
+		.base_url = cfg->openai_base_url,
+		.api_key = cfg->openai_api_key,
+		.connect_timeout_ms = cfg->llm_connect_timeout_ms,
+		.max_retries = cfg->llm_max_retries,
+	};
+	app->llm = llm_client_create(app->base, &lc);
+	if (!app->llm) {
+		fprintf(stderr, "rapport: cannot create the upstream client\n");
+		return false;
+	}
+	app->cache = cache_create(cfg->cache_bytes);
+	struct analysis_deps ad = {
+		.base = app->base, .db = app->db, .llm = app->llm, .cache = app->cache,
+		.scripts = app->scripts, .llm_timeout_ms = cfg->llm_timeout_ms,
+	};
+	app->analysis = analysis_create(&ad);
+	return true;
+}
+
+static void
+app_stop(struct app *app)
+{
+	http_server_destroy(app->http);
+	analysis_destroy(app->analysis);
+	watch_destroy(app->watch);
+	if (app->sig_int)
+		event_free(app->sig_int);
+	if (app->sig_term)
+		event_free(app->sig_term);
+	if (app->sig_hup)
+		event_free(app->sig_hup);
+	if (app->llm)
+		llm_client_destroy(app->llm);
+	if (app->db)
+		db_pool_destroy(app->db);
+	cache_destroy(app->cache);
+	script_registry_destroy(app->scripts);
+	if (app->base)
+		event_base_free(app->base);
+}
+
+static int
+cmd_serve(struct app *app)
+{
+	struct config *cfg = &app->cfg;
+	if (!app_start_core(app))
+		return 1;
+	struct http_deps hd = {
+		.base = app->base, .cfg = cfg, .analysis = app->analysis, .scripts = app->scripts,
+		.db = app->db, .llm = app->llm, .cache = app->cache,
+	};
+	char *err = NULL;
+	app->http = http_server_create(&hd, &err);
+	if (!app->http) {
+		log_event(LOG_ERROR, "cannot start the HTTP API", LOG_S("error", err), LOG_END);
+		fprintf(stderr, "rapport: %s\n", err);
+		free(err);
+		return 1;
+	}
+	char lib[4096];
+	snprintf(lib, sizeof lib, "%s/lib", cfg->scripts_dir);
+	const char *dirs[] = { cfg->scripts_dir, lib, cfg->prompts_dir, NULL };
+	app->watch = watch_create(app->base, dirs, reload_scripts, app);
+	app->sig_int = evsignal_new(app->base, SIGINT, on_signal, app);
+	app->sig_term = evsignal_new(app->base, SIGTERM, on_signal, app);
+	app->sig_hup = evsignal_new(app->base, SIGHUP, on_signal, app);
+	event_add(app->sig_int, NULL);
+	event_add(app->sig_term, NULL);
+	event_add(app->sig_hup, NULL);
+
+	if (cfg->n_api_keys == 0)
+		log_event(LOG_WARN, "RAPPORT_API_KEYS is empty: the API accepts every client", LOG_END);
+	/* The key itself is never logged, only whether there is one. */
+	log_event(LOG_INFO, "rapport serving", LOG_S("listen", cfg->listen),
+	          LOG_S("upstream", cfg->openai_base_url),
+	          LOG_S("upstream_key", cfg->openai_api_key && *cfg->openai_api_key ? "set" : "unset"),
+	          LOG_S("model", cfg->model), LOG_S("scripts", cfg->scripts_dir),
+	          LOG_S("prompts", cfg->prompts_dir), LOG_I("cache_bytes", cfg->cache_bytes),
+	          LOG_I("db_pool", cfg->db_pool_size), LOG_END);
+	event_base_dispatch(app->base);
+	return 0;
+}
+
+static int
+cmd_check(struct app *app)
+{
+	struct config *cfg = &app->cfg;
+	script_registry *r = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
+	                                            &default_limits);
+	int failed = script_registry_reload(r);
+	int n = script_registry_count(r);
+	for (int i = 0; i < n; i++) {
+		const char *name, *error;
+		script *s;
+		script_registry_entry(r, i, &name, &s, &error);
+		if (error)
+			printf("FAIL %s: %s\n", name, error);
+		else
+			printf("ok   %s (version %.8s)\n", name, script_info(s)->version);
+	}
+	printf("%d scripts, %d failed\n", n, failed);
+	script_registry_destroy(r);
+	return failed || n == 0 ? 1 : 0;
+}
+
+struct analyze_ctx {
+	struct app *app;
+	int status;
+};
+
+static void
+on_analyze_reply(void *arg, const struct analysis_reply *r)
+{
+	struct analyze_ctx *ac = arg;
+	ac->status = r->status;
+	if (r->status == 200) {
+		fwrite(r->body, 1, r->body_len, stdout);
+		fputc('\n', stdout);
+	} else {
+		json_t *e = json_pack("{s:{s:s,s:s,s:i}}", "error", "code", r->error_code, "message",
+		                      r->error_message ? r->error_message : "", "status", r->status);
+		char *t = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		puts(t);
+		free(t);
+		json_decref(e);
+	}
+	event_base_loopbreak(ac->app->base);
+}
+
+static int
+cmd_analyze(struct app *app, char **args, int nargs)
+{
+	int64_t id;
+	if (nargs != 2 || !util_parse_i64(args[0], &id) || id <= 0) {
+		fprintf(stderr, "usage: rapport analyze <contact id> <type>\n");
+		return 2;
+	}
+	if (!app_start_core(app))
+		return 1;
+	struct analyze_ctx ac = { app, 0 };
+	if (analysis_get(app->analysis, id, args[1], ANALYSIS_REFRESH, on_analyze_reply, &ac))
+		event_base_dispatch(app->base);
+	return ac.status == 200 ? 0 : 1;
+}
+
+int
+main(int argc, char **argv)
+{
+	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		fputs(usage, argc < 2 ? stderr : stdout);
+		return argc < 2 ? 2 : 0;
+	}
+	const char *cmd = argv[1];
+	/* A peer resetting a socket must be an error return, not a signal. */
+	signal(SIGPIPE, SIG_IGN);
+
+	struct app app = { 0 };
+	char **rest = NULL, *err = NULL;
+	int nrest = 0;
+	if (!config_load(&app.cfg, argc - 2, argv + 2, &rest, &nrest, &err)) {
+		fprintf(stderr, "rapport: %s\n", err);
+		free(err);
+		config_free(&app.cfg);
+		return 2;
+	}
+	log_set_level((enum log_level)app.cfg.log_level);
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+
+	int rc;
+	if (strcmp(cmd, "serve") == 0 && nrest == 0)
+		rc = cmd_serve(&app);
+	else if (strcmp(cmd, "check") == 0 && nrest == 0)
+		rc = cmd_check(&app);
+	else if (strcmp(cmd, "analyze") == 0)
+		rc = cmd_analyze(&app, rest, nrest);
+	else {
+		fprintf(stderr, "rapport: unknown command or extra arguments: %s\n%s", cmd, usage);
+		rc = 2;
+	}
+	app_stop(&app);
+	curl_global_cleanup();
+	free(rest);
+	config_free(&app.cfg);
+	return rc;
+}

@@ -1,0 +1,97 @@
+/*
+ * script — the Lua host. One `struct script` is one compiled analysis type:
+ * its own sandboxed lua_State, the table the file returned, the resolved
+ * named queries, the JSON schema and a version hash over everything that
+ * shapes its output (the file, the lib modules it required, the prompt files
+ * it read, the SQL of its queries).
+ *
+ * The registry maps type names to their current script. Reloading compiles
+ * every file into a new script and swaps it in; a file that fails keeps its
+ * previous version serving and records the error. Scripts are refcounted,
+ * so a request finishes on the version it started with.
+ *
+ * A `script_run` is one request's use of a script: its ctx table (rows from
+ * the database), then prompt(ctx) → chat request, then post(reply, ctx) →
+ * result. Every call into Lua is protected, runs under an instruction budget
+ * and the state's memory cap, and never raises into C.
+ */
+#ifndef RAPPORT_SCRIPT_H
+#define RAPPORT_SCRIPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <jansson.h>
+#include <libpq-fe.h>
+
+typedef struct script script;
+typedef struct script_registry script_registry;
+typedef struct script_run script_run;
+
+struct script_query {
+	char *name;
+	char *sql;
+	bool one;          /* at most one row: ctx.<name> is a row or nil */
+};
+
+struct script_limits {
+	size_t memory_bytes;    /* cap per Lua state */
+	long instructions;      /* budget per call into Lua */
+};
+
+/* What a script declared, for callers and /v1/analysis-types. */
+struct script_info {
+	const char *name;
+	const char *description;
+	const char *version;         /* 16 hex digits */
+	const char *path;
+	const char *model;
+	double ttl_ms;
+	double temperature;          /* < 0 when not set */
+	long max_tokens;             /* 0 when not set */
+	const struct script_query *queries;
+	int nqueries;
+	const json_t *schema;        /* NULL when none */
+	bool has_post, has_fallback;
+};
+
+script_registry *script_registry_create(const char *scripts_dir, const char *prompts_dir,
+                                        const char *default_model,
+                                        const struct script_limits *limits);
+void script_registry_destroy(script_registry *r);
+/* Compiles every <type>.lua of the scripts folder (lib/ excluded) and swaps
+ * in what compiled; returns how many files failed. Errors are logged and
+ * kept for script_registry_entry(). */
+int script_registry_reload(script_registry *r);
+/* The serving version of a type (borrowed: script_ref() to keep it), or
+ * NULL when the type is unknown or has never compiled. */
+script *script_registry_get(script_registry *r, const char *type);
+/* Entries in name order, for listings: the serving script (may be NULL)
+ * and the last load error (NULL when the last load succeeded). */
+int script_registry_count(const script_registry *r);
+void script_registry_entry(const script_registry *r, int i, const char **name,
+                           script **current, const char **error);
+
+void script_ref(script *s);
+void script_unref(script *s);
+const struct script_info *script_info(const script *s);
+
+/* One request. now_iso is the request's time, given to Lua as ctx.now. */
+script_run *script_run_new(script *s, int64_t contact_id, const char *now_iso);
+void script_run_free(script_run *run);
+/* Puts a query's rows into ctx (typed values). False with err on failure. */
+bool script_run_add_rows(script_run *run, const struct script_query *q, const PGresult *res,
+                         char *err, size_t errlen);
+/* True when the script asked for the `contact` query and it had no row. */
+bool script_run_contact_missing(const script_run *run);
+/* prompt(ctx) → the chat completions request (model, messages,
+ * temperature, max_completion_tokens, response_format). New reference or
+ * NULL with err. */
+json_t *script_run_request(script_run *run, char *err, size_t errlen);
+/* post(reply, ctx) (or the default) → the result object. */
+json_t *script_run_post(script_run *run, const char *content, const char *finish_reason,
+                        const char *model, char *err, size_t errlen);
+/* fallback(ctx) → result, or NULL (err empty when the script has none). */
+json_t *script_run_fallback(script_run *run, char *err, size_t errlen);
+
+#endif
