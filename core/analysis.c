@@ -29,6 +29,7 @@ enum flight_state { FL_START, FL_DB, FL_LLM, FL_DONE };
 struct analysis_wait {
 	struct flight *f;
 	analysis_reply_cb *cb;
+	analysis_delta_cb *on_delta;
 	void *arg;
 	double t_start;
 	const char *cache_status;     /* "miss" for the first, then "coalesced" */
@@ -42,6 +43,7 @@ struct flight {
 	uint64_t hash;
 	struct flight *chain;
 	int64_t contact_id;
+	bool stale;                   /* the data changed under us: don't cache */
 	script *s;
 	script_run *run;
 	TAILQ_HEAD(, analysis_wait) waiters;
@@ -53,6 +55,9 @@ struct flight {
 	int pending;                  /* queries not answered yet */
 	llm_call *llm;
 	struct event *start_ev;
+	struct event *first_token_ev;     /* armed until the first text arrives */
+	char *text;                   /* the model's text so far, for joiners */
+	size_t text_len, text_cap;
 	double t_db, db_ms, script_ms, llm_ms;
 	long prompt_tokens, completion_tokens;
 };
@@ -103,9 +108,10 @@ deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *
 	                 r->llm_ms, r->total_ms);
 	char stackbuf[4096];
 	size_t len = prefix_len + (size_t)n;
-	char *body = len <= sizeof stackbuf ? stackbuf : xmalloc(len);
+	char *body = len < sizeof stackbuf ? stackbuf : xmalloc(len + 1);
 	memcpy(body, prefix, prefix_len);
 	memcpy(body + prefix_len, suffix, (size_t)n);
+	body[len] = '\0';
 	r->body = body;
 	r->body_len = len;
 	cb(arg, r);
@@ -150,8 +156,11 @@ flight_free(struct flight *f)
 		llm_cancel(f->llm);
 	if (f->start_ev)
 		event_free(f->start_ev);
+	if (f->first_token_ev)
+		event_free(f->first_token_ev);
 	script_run_free(f->run);
 	script_unref(f->s);
+	free(f->text);
 	free(f->key);
 	free(f);
 	a->st.flights--;
@@ -235,8 +244,9 @@ succeed(struct flight *f, json_t *result, const char *model)
 	snprintf(etag, sizeof etag, "\"%s-%016llx\"", version,
 	         (unsigned long long)util_fnv1a(UTIL_FNV_SEED, text, len));
 	double now = util_now_ms();
-	cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
-	          si->ttl_ms);
+	if (!f->stale)
+		cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
+		          si->ttl_ms);
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
 		.created_wall_ms = wall, .remaining_ms = si->ttl_ms,
@@ -246,6 +256,47 @@ succeed(struct flight *f, json_t *result, const char *model)
 }
 
 /* ---- stage 3: the model ------------------------------------------------- */
+
+/* Keeps the text for callers that join later and hands it to every
+ * streaming waiter. The next waiter is taken before the callback, which may
+ * cancel its own waiter. */
+static void
+on_llm_delta(void *arg, const char *text, size_t len)
+{
+	struct flight *f = arg;
+	if (f->first_token_ev) {
+		event_free(f->first_token_ev);
+		f->first_token_ev = NULL;
+	}
+	if (f->text_len + len + 1 > f->text_cap) {
+		f->text_cap = (f->text_len + len + 1) * 2;
+		f->text = xrealloc(f->text, f->text_cap);
+	}
+	memcpy(f->text + f->text_len, text, len);
+	f->text_len += len;
+	f->text[f->text_len] = '\0';
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (w->on_delta)
+			w->on_delta(w->arg, text, len);
+	}
+}
+
+/* The model has not written a word in time: a stalled stream is ended
+ * early instead of holding every waiter until the overall deadline. */
+static void
+on_first_token_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct flight *f = arg;
+	char msg[128];
+	event_free(f->first_token_ev);
+	f->first_token_ev = NULL;
+	llm_cancel(f->llm);
+	f->llm = NULL;
+	snprintf(msg, sizeof msg, "the model sent no text within %ld ms", f->a->d.llm_first_token_ms);
+	fail(f, 504, "upstream_timeout", msg);
+}
 
 static void
 on_llm_done(void *arg, const struct llm_result *res)
@@ -334,8 +385,15 @@ context_ready(struct flight *f)
 		return;
 	}
 	f->state = FL_LLM;
-	f->llm = llm_chat(a->d.llm, req, a->d.llm_timeout_ms, NULL, on_llm_done, f);
+	/* Always streamed from upstream: a streaming caller may join at any
+	 * moment and must get the text written so far, then the rest live. */
+	f->llm = llm_chat(a->d.llm, req, a->d.llm_timeout_ms, on_llm_delta, on_llm_done, f);
 	json_decref(req);
+	if (a->d.llm_first_token_ms > 0) {
+		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
+		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
+		evtimer_add(f->first_token_ev, &tv);
+	}
 }
 
 static void
@@ -408,7 +466,7 @@ flight_start(evutil_socket_t fd, short what, void *arg)
 
 analysis_wait *
 analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
-             analysis_reply_cb *cb, void *arg)
+             analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg)
 {
 	double t_start = util_now_ms();
 	script *s = script_registry_get(a->d.scripts, type);
@@ -444,6 +502,7 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	struct flight *f = *slot;
 	struct analysis_wait *w = xcalloc(1, sizeof *w);
 	w->cb = cb;
+	w->on_delta = on_delta;
 	w->arg = arg;
 	w->t_start = t_start;
 	if (f) {
@@ -474,6 +533,25 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	return w;
 }
 
+const char *
+analysis_wait_status(const analysis_wait *w)
+{
+	return w->cache_status;
+}
+
+const char *
+analysis_wait_text(const analysis_wait *w, size_t *len)
+{
+	*len = w->f->text_len;
+	return w->f->text ? w->f->text : "";
+}
+
+const char *
+analysis_wait_version(const analysis_wait *w)
+{
+	return script_info(w->f->s)->version;
+}
+
 void
 analysis_wait_cancel(analysis_wait *w)
 {
@@ -494,6 +572,15 @@ analysis_destroy(analysis *a)
 			fail(a->buckets[i], 503, "shutting_down", "the server is shutting down");
 		}
 	free(a);
+}
+
+void
+analysis_contact_changed(analysis *a, int64_t contact_id)
+{
+	for (int i = 0; i < NBUCKETS; i++)
+		for (struct flight *f = a->buckets[i]; f; f = f->chain)
+			if (contact_id < 0 || f->contact_id == contact_id)
+				f->stale = true;
 }
 
 void

@@ -36,6 +36,7 @@ struct analysis_deps {
 	cache *cache;
 	script_registry *scripts;
 	long llm_timeout_ms;
+	long llm_first_token_ms;     /* no text by then: the stream is stalled (0 = off) */
 };
 
 /* What one caller gets. Strings live only during the callback. */
@@ -43,7 +44,7 @@ struct analysis_reply {
 	int status;                 /* 200, or the HTTP status of the error */
 	const char *error_code;     /* e.g. "contact_not_found"; NULL on 200 */
 	const char *error_message;
-	const char *body;           /* the JSON document (200 only) */
+	const char *body;           /* the JSON document, NUL-terminated (200 only) */
 	size_t body_len;
 	const char *etag;           /* quoted, 200 only */
 	const char *cache_status;   /* "hit", "miss", "coalesced" */
@@ -58,6 +59,10 @@ struct analysis_reply {
 };
 
 typedef void analysis_reply_cb(void *arg, const struct analysis_reply *r);
+/* Text as the model writes it, for streaming callers. Runs from inside the
+ * upstream client's write path: copy or write the text out, nothing more
+ * (analysis_wait_cancel of this very waiter is allowed). */
+typedef void analysis_delta_cb(void *arg, const char *text, size_t len);
 
 enum { ANALYSIS_REFRESH = 1 };   /* skip the cache lookup, regenerate */
 
@@ -67,11 +72,25 @@ void analysis_destroy(analysis *a);
 
 /* Replies through cb exactly once. When the answer is ready at once (cache
  * hit, unknown type, bad request) cb runs before this returns and the
- * result is NULL; otherwise it returns a handle valid until cb runs. */
+ * result is NULL; otherwise it returns a handle valid until cb runs.
+ * on_delta (may be NULL) gets the model's text from now on; what was
+ * written before this caller joined is in analysis_wait_text(). */
 analysis_wait *analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
-                            analysis_reply_cb *cb, void *arg);
+                            analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg);
+/* "miss" when this caller started the generation, "coalesced" when it
+ * joined one in progress. */
+const char *analysis_wait_status(const analysis_wait *w);
+/* The text the model has written so far for this waiter's generation. */
+const char *analysis_wait_text(const analysis_wait *w, size_t *len);
+/* The script version this waiter's generation runs on (16 hex digits). */
+const char *analysis_wait_version(const analysis_wait *w);
 /* The caller has gone: cb will not run. The generation goes on. */
 void analysis_wait_cancel(analysis_wait *w);
+
+/* The contact's data changed (NOTIFY): generations of it already in
+ * progress read the old rows, so their results are served to their
+ * waiters but not cached. contact_id < 0 means every contact. */
+void analysis_contact_changed(analysis *a, int64_t contact_id);
 
 struct analysis_stats {
 	long flights;            /* in progress */

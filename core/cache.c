@@ -6,6 +6,8 @@
  * byte it holds; `bytes` counts those copies plus the entry struct, so the
  * configured bound is what the cache really costs. Lookups move an entry to
  * the LRU head; stores evict from the tail until the bound holds.
+ * A second index by contact id makes an invalidation cost the contact's
+ * entries, not a walk of the whole cache (a bulk update NOTIFYs per row).
  */
 #include "cache.h"
 #include "util.h"
@@ -19,11 +21,13 @@ struct entry {
 	uint64_t hash;
 	struct entry *chain;           /* next in the same bucket */
 	struct entry *prev, *next;     /* LRU: head = most recent */
+	struct entry *cprev, *cnext;   /* same contact bucket */
 };
 
 struct cache {
 	struct entry **buckets;
-	size_t nbuckets;               /* power of two */
+	struct entry **cbuckets;       /* by contact id, for invalidation */
+	size_t nbuckets;               /* power of two, both tables */
 	struct entry *head, *tail;
 	struct cache_stats st;
 };
@@ -40,6 +44,7 @@ cache_create(size_t max_bytes)
 	cache *c = xcalloc(1, sizeof *c);
 	c->nbuckets = 1024;
 	c->buckets = xcalloc(c->nbuckets, sizeof *c->buckets);
+	c->cbuckets = xcalloc(c->nbuckets, sizeof *c->cbuckets);
 	c->st.max_bytes = max_bytes;
 	return c;
 }
@@ -70,6 +75,36 @@ lru_push_front(cache *c, struct entry *e)
 		c->tail = e;
 }
 
+static size_t
+contact_bucket(const cache *c, int64_t id)
+{
+	uint64_t h = (uint64_t)id * 0x9e3779b97f4a7c15ULL;
+	return (size_t)(h >> 32) & (c->nbuckets - 1);
+}
+
+static void
+contact_link(cache *c, struct entry *e)
+{
+	struct entry **head = &c->cbuckets[contact_bucket(c, e->pub.contact_id)];
+	e->cprev = NULL;
+	e->cnext = *head;
+	if (*head)
+		(*head)->cprev = e;
+	*head = e;
+}
+
+static void
+contact_unlink(cache *c, struct entry *e)
+{
+	if (e->cprev)
+		e->cprev->cnext = e->cnext;
+	else
+		c->cbuckets[contact_bucket(c, e->pub.contact_id)] = e->cnext;
+	if (e->cnext)
+		e->cnext->cprev = e->cprev;
+	e->cprev = e->cnext = NULL;
+}
+
 static struct entry **
 bucket_slot(cache *c, const char *key, uint64_t h)
 {
@@ -86,6 +121,7 @@ entry_remove(cache *c, struct entry *e)
 	struct entry **pp = bucket_slot(c, e->pub.key, e->hash);
 	*pp = e->chain;
 	lru_unlink(c, e);
+	contact_unlink(c, e);
 	c->st.bytes -= e->pub.bytes;
 	c->st.entries--;
 	free((char *)e->pub.key);
@@ -113,8 +149,12 @@ maybe_grow(cache *c)
 		}
 	}
 	free(c->buckets);
+	free(c->cbuckets);
 	c->buckets = b;
 	c->nbuckets = n;
+	c->cbuckets = xcalloc(n, sizeof *c->cbuckets);
+	for (struct entry *e = c->head; e; e = e->next)
+		contact_link(c, e);
 }
 
 void
@@ -125,6 +165,7 @@ cache_destroy(cache *c)
 	while (c->head)
 		entry_remove(c, c->head);
 	free(c->buckets);
+	free(c->cbuckets);
 	free(c);
 }
 
@@ -185,6 +226,7 @@ cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
 	e->chain = *slot;
 	*slot = e;
 	lru_push_front(c, e);
+	contact_link(c, e);
 	c->st.bytes += bytes;
 	c->st.entries++;
 	c->st.stores++;
@@ -196,11 +238,9 @@ int
 cache_drop_contact(cache *c, int64_t contact_id, const char *type)
 {
 	int n = 0;
-	struct entry *e = c->head, *next;
-	/* A linear walk: invalidations are rare next to lookups, and an index
-	 * by contact would cost memory on every entry. */
+	struct entry *e = c->cbuckets[contact_bucket(c, contact_id)], *next;
 	for (; e; e = next) {
-		next = e->next;
+		next = e->cnext;
 		if (e->pub.contact_id == contact_id &&
 		    (!type || strcmp(type, e->pub.type) == 0)) {
 			entry_remove(c, e);
@@ -209,6 +249,15 @@ cache_drop_contact(cache *c, int64_t contact_id, const char *type)
 	}
 	c->st.drops += n;
 	return n;
+}
+
+void
+cache_clear(cache *c)
+{
+	while (c->head) {
+		entry_remove(c, c->head);
+		c->st.drops++;
+	}
 }
 
 void

@@ -50,6 +50,8 @@ const struct cache_entry *cache_put(cache *c, const char *key, int64_t contact_i
 /* Drops the entries of one contact, of one type or all types (type NULL).
  * Returns how many were dropped. */
 int cache_drop_contact(cache *c, int64_t contact_id, const char *type);
+/* Drops every entry; each counts in drops. */
+void cache_clear(cache *c);
 void cache_stats(const cache *c, struct cache_stats *out);
 
 #endif

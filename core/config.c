@@ -38,6 +38,7 @@ static const struct setting settings[] = {
 	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms) },
 	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
 	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
+	{ "RAPPORT_LLM_FIRST_TOKEN_MS", NULL, K_INT, OFF(llm_first_token_ms) },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s) },
 	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes) },
 	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
@@ -61,6 +62,7 @@ set_defaults(struct config *c)
 	c->llm_timeout_ms = 60000;
 	c->llm_connect_timeout_ms = 5000;
 	c->llm_max_retries = 2;
+	c->llm_first_token_ms = 20000;
 	c->http_timeout_s = 60;
 	c->max_body_bytes = 64u << 10;
 	c->max_header_bytes = 16u << 10;

@@ -26,6 +26,7 @@ struct config {
 	int llm_timeout_ms;        /* RAPPORT_LLM_TIMEOUT_MS (60000): whole call */
 	int llm_connect_timeout_ms;/* RAPPORT_LLM_CONNECT_TIMEOUT_MS (5000) */
 	int llm_max_retries;       /* RAPPORT_LLM_RETRIES (2) */
+	int llm_first_token_ms;    /* RAPPORT_LLM_FIRST_TOKEN_MS (20000): stalled-stream cut-off */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): idle/slow clients */
 	size_t max_body_bytes;     /* RAPPORT_MAX_BODY (64 KiB) */
 	size_t max_header_bytes;   /* RAPPORT_MAX_HEADERS (16 KiB) */

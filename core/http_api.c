@@ -15,6 +15,7 @@
  */
 #include "http_api.h"
 #include "log.h"
+#include "sse.h"
 #include "util.h"
 
 #include <ctype.h>
@@ -39,6 +40,11 @@ struct http_call {
 	struct evhttp_request *req;
 	struct event *peek;
 	analysis_wait *wait;
+	bool sse;                     /* answering as Server-Sent Events */
+	bool streaming;               /* the 200 and headers are out */
+	unsigned seq;                 /* SSE event id */
+	long deltas_skipped;          /* dropped for a slow reader */
+	struct event *heartbeat;
 	char req_id[24];
 	char method[8];
 	char *path;
@@ -209,6 +215,8 @@ call_free(struct http_call *c)
 	LIST_REMOVE(c, link);
 	if (c->peek)
 		event_free(c->peek);
+	if (c->heartbeat)
+		event_free(c->heartbeat);
 	struct evhttp_connection *evcon = c->req ? evhttp_request_get_connection(c->req) : NULL;
 	if (evcon)
 		evhttp_connection_set_closecb(evcon, NULL, NULL);
@@ -265,7 +273,7 @@ free_orphan(evutil_socket_t fd, short what, void *arg)
 }
 
 static void
-on_conn_close(struct evhttp_connection *evcon, void *arg)
+on_conn_close_cb(struct evhttp_connection *evcon, void *arg)
 {
 	struct http_call *c = arg;
 	struct evhttp_request *req = c->req;
@@ -276,9 +284,10 @@ on_conn_close(struct evhttp_connection *evcon, void *arg)
 	c->req = NULL;
 	log_event(LOG_INFO, "client gone", LOG_S("req_id", c->req_id), LOG_S("path", c->path),
 	          LOG_S("how", "connection closed"), LOG_END);
+	struct event_base *base = c->srv->d.base;
 	call_free(c);
 	if (orphaned)
-		event_base_once(c->srv->d.base, -1, EV_TIMEOUT, free_orphan, req, NULL);
+		event_base_once(base, -1, EV_TIMEOUT, free_orphan, req, NULL);
 }
 
 static struct http_call *
@@ -306,13 +315,121 @@ call_watch(struct http_call *c)
 	struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
 	if (!evcon)
 		return;
-	evhttp_connection_set_closecb(evcon, on_conn_close, c);
+	evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	if (fd >= 0) {
 		c->peek = event_new(c->srv->d.base, fd, EV_READ | EV_PERSIST, on_peek, c);
 		event_add(c->peek, NULL);
 	}
+}
+
+/* ---- Server-Sent Events ---------------------------------------------------- */
+
+/* Past this much unsent output a slow reader stops getting deltas (the
+ * result event still carries the whole text), so memory stays bounded. */
+#define SSE_HIGH_WATER (256 * 1024)
+#define SSE_HEARTBEAT_S 15
+
+static size_t
+pending_output(struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev = evcon ? evhttp_connection_get_bufferevent(evcon) : NULL;
+	return bev ? evbuffer_get_length(bufferevent_get_output(bev)) : 0;
+}
+
+/* One event: "event: <name>", "id: <seq>", "data: <json>". */
+static void
+sse_send(struct http_call *c, const char *event, const char *data)
+{
+	if (!c->req || !evhttp_request_get_connection(c->req))
+		return;
+	char id[16];
+	snprintf(id, sizeof id, "%u", ++c->seq);
+	struct evbuffer *b = evbuffer_new();
+	sse_format_event(b, event, id, data);
+	evhttp_send_reply_chunk(c->req, b);
+	evbuffer_free(b);
+}
+
+static void
+on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+	struct http_call *c = arg;
+	if (!c->req || !evhttp_request_get_connection(c->req))
+		return;
+	/* A comment: ignored by EventSource, keeps proxies and our own
+	 * write timeout from taking a silent stream for a dead one. */
+	struct evbuffer *b = evbuffer_new();
+	evbuffer_add(b, ": ping\n\n", 8);
+	evhttp_send_reply_chunk(c->req, b);
+	evbuffer_free(b);
+}
+
+/* Sends the 200 with SSE headers and the meta event. */
+static void
+sse_start(struct http_call *c, const char *cache_status, const char *version,
+          int64_t contact_id, const char *type)
+{
+	http_server *s = c->srv;
+	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+	evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
+	evhttp_add_header(h, "Cache-Control", "no-cache");
+	evhttp_add_header(h, "X-Accel-Buffering", "no");
+	evhttp_add_header(h, "X-Request-Id", c->req_id);
+	const char *xc = strcmp(cache_status, "hit") == 0 ? "HIT"
+	               : strcmp(cache_status, "coalesced") == 0 ? "COALESCED" : "MISS";
+	evhttp_add_header(h, "X-Cache", xc);
+	s->responses_by_class[2]++;
+	evhttp_send_reply_start(c->req, 200, "OK");
+	c->streaming = true;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
+	if (evcon) {
+		/* While streaming, evhttp reads to notice a hang-up; its read
+		 * timeout would then kill a quiet stream (libevent #715), so
+		 * keep only the write timeout. The close callback now tells us
+		 * when the client leaves. */
+		struct timeval wt = { s->d.cfg->http_timeout_s, 0 };
+		bufferevent_set_timeouts(evhttp_connection_get_bufferevent(evcon), NULL, &wt);
+		evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
+	}
+	if (c->peek) {
+		event_free(c->peek);
+		c->peek = NULL;
+	}
+	struct timeval hb = { SSE_HEARTBEAT_S, 0 };
+	c->heartbeat = event_new(s->d.base, -1, EV_PERSIST, on_heartbeat, c);
+	event_add(c->heartbeat, &hb);
+	char version8[9] = "";
+	if (version)
+		snprintf(version8, sizeof version8, "%.8s", version);
+	json_t *meta = json_pack("{s:I, s:s, s:s, s:s, s:s}", "contact_id", (json_int_t)contact_id,
+	                         "type", type, "script_version", version8, "cache", cache_status,
+	                         "request_id", c->req_id);
+	char *text = json_dumps(meta, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	sse_send(c, "meta", text);
+	free(text);
+	json_decref(meta);
+}
+
+static void
+on_analysis_delta(void *arg, const char *text, size_t len)
+{
+	struct http_call *c = arg;
+	if (!c->streaming || !c->req)
+		return;
+	if (pending_output(c->req) > SSE_HIGH_WATER) {
+		c->deltas_skipped++;
+		return;
+	}
+	json_t *d = json_pack("{s:s%}", "text", text, len);
+	if (!d)
+		return;            /* not UTF-8: the result event has the text */
+	char *data = json_dumps(d, JSON_COMPACT);
+	sse_send(c, "delta", data);
+	free(data);
+	json_decref(d);
 }
 
 /* ---- analyses ------------------------------------------------------------ */
@@ -340,7 +457,34 @@ log_analysis(struct http_call *c, const struct analysis_reply *r, int status)
 	          LOG_N("llm_ms", r->llm_ms), LOG_N("total_ms", r->total_ms),
 	          LOG_I("prompt_tokens", r->prompt_tokens),
 	          LOG_I("completion_tokens", r->completion_tokens),
-	          LOG_S("error", r->error_code), LOG_END);
+	          LOG_S("error", r->error_code), LOG_I("stream", c->sse), LOG_END);
+}
+
+/* The end of a streamed answer: a result or error event, then the end of
+ * the chunked body. */
+static void
+sse_finish(struct http_call *c, const struct analysis_reply *r)
+{
+	if (!c->streaming)
+		sse_start(c, r->cache_status, r->version, r->contact_id, r->type);
+	if (r->status == 200) {
+		sse_send(c, "result", r->body);
+	} else {
+		json_t *e = json_pack("{s:{s:s, s:s, s:i}, s:s}", "error", "code", r->error_code,
+		                      "message", r->error_message ? r->error_message : "",
+		                      "status", r->status, "request_id", c->req_id);
+		char *text = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
+		sse_send(c, "error", text);
+		free(text);
+		json_decref(e);
+	}
+	log_analysis(c, r, r->status);
+	if (c->deltas_skipped)
+		log_event(LOG_INFO, "slow stream reader", LOG_S("req_id", c->req_id),
+		          LOG_I("deltas_skipped", c->deltas_skipped), LOG_END);
+	struct evhttp_request *req = c->req;
+	call_free(c);
+	evhttp_send_reply_end(req);
 }
 
 static void
@@ -350,6 +494,12 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	http_server *s = c->srv;
 	struct evhttp_request *req = c->req;
 	c->wait = NULL;
+	if (c->sse && (c->streaming || r->status == 200)) {
+		sse_finish(c, r);
+		return;
+	}
+	/* An error known before the stream began keeps its HTTP status, so an
+	 * EventSource gives up instead of reconnecting to a 404 forever. */
 	if (r->status != 200) {
 		log_analysis(c, r, r->status);
 		char id[24];
@@ -406,6 +556,13 @@ wants_refresh(struct evhttp_request *req, struct evkeyvalq *q)
 }
 
 static bool
+wants_sse(struct evhttp_request *req, struct evkeyvalq *q)
+{
+	const char *accept = evhttp_find_header(evhttp_request_get_input_headers(req), "Accept");
+	return query_flag(q, "stream") || (accept && strstr(accept, "text/event-stream"));
+}
+
+static bool
 valid_type(const char *t)
 {
 	size_t n = strlen(t);
@@ -434,13 +591,24 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		return;
 	}
 	struct http_call *c = call_new(s, req, req_id, path);
+	c->sse = wants_sse(req, q);
 	int flags = wants_refresh(req, q) ? ANALYSIS_REFRESH : 0;
-	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply, c);
-	if (w) {
-		c->wait = w;
+	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
+	                                c->sse ? on_analysis_delta : NULL, c);
+	if (!w)
+		return;            /* on_analysis_reply has already run and freed c */
+	c->wait = w;
+	if (!c->sse) {
 		call_watch(c);     /* still waiting: notice if the client leaves */
+		return;
 	}
-	/* else on_analysis_reply has already run and freed c */
+	/* Streaming: headers and meta now, then what the model has already
+	 * written (when joining a generation in progress), then live deltas. */
+	sse_start(c, analysis_wait_status(w), analysis_wait_version(w), id, type);
+	size_t len;
+	const char *text = analysis_wait_text(w, &len);
+	if (len)
+		on_analysis_delta(c, text, len);
 }
 
 static void

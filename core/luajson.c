@@ -2,8 +2,10 @@
  * luajson — Lua ⇄ jansson conversion and the `json` module scripts see.
  */
 #include "luajson.h"
+#include "util.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -162,40 +164,108 @@ convert_array(struct conv *c, int idx, size_t n, const json_t *schema, int depth
 	return arr;
 }
 
+/* One key of a Lua table being written as a JSON object. */
+struct okey {
+	char *name;             /* the JSON key */
+	bool is_int;            /* came from an integer Lua key */
+	lua_Integer i;
+};
+
+static int
+cmp_keys(const void *a, const void *b)
+{
+	return strcmp(((const struct okey *)a)->name, ((const struct okey *)b)->name);
+}
+
+/* Collects the keys of the table at idx; false with c->err on a key that
+ * cannot be JSON. */
+static bool
+collect_keys(struct conv *c, int idx, struct okey **out, size_t *n)
+{
+	lua_State *L = c->L;
+	size_t cap = 16;
+	struct okey *keys = xmalloc(cap * sizeof *keys);
+	*n = 0;
+	lua_pushnil(L);
+	while (lua_next(L, idx)) {
+		lua_pop(L, 1);
+		if (*n == cap)
+			keys = xrealloc(keys, (cap *= 2) * sizeof *keys);
+		struct okey *k = &keys[*n];
+		if (lua_type(L, -1) == LUA_TSTRING) {
+			*k = (struct okey){ xstrdup(lua_tostring(L, -1)), false, 0 };
+		} else if (lua_isinteger(L, -1)) {
+			char buf[32];
+			snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, -1));
+			*k = (struct okey){ xstrdup(buf), true, lua_tointeger(L, -1) };
+		} else {
+			snprintf(c->err, c->errlen, "table key of type %s cannot be a JSON key",
+			         luaL_typename(L, -1));
+			lua_pop(L, 1);
+			*out = keys;
+			return false;
+		}
+		(*n)++;
+	}
+	*out = keys;
+	return true;
+}
+
+/* Keys are written sorted: Lua's table order is a hash order, and a
+ * document whose bytes change from one run to the next would defeat ETags
+ * and make results impossible to diff. The values are converted in a second
+ * lua_next pass (no key is pushed anew, so nothing here can raise). */
 static json_t *
 convert_object(struct conv *c, int idx, const json_t *schema, int depth)
 {
 	lua_State *L = c->L;
-	json_t *obj = json_object();
+	struct okey *keys;
+	size_t n;
+	bool ok = collect_keys(c, idx, &keys, &n);
+	json_t **values = xcalloc(n ? n : 1, sizeof *values);
+	if (ok)
+		qsort(keys, n, sizeof *keys, cmp_keys);
 	lua_pushnil(L);
-	while (lua_next(L, idx)) {
-		char kbuf[32];
-		const char *key;
-		if (lua_type(L, -2) == LUA_TSTRING) {
-			key = lua_tostring(L, -2);
-		} else if (lua_isinteger(L, -2)) {
-			snprintf(kbuf, sizeof kbuf, "%lld", (long long)lua_tointeger(L, -2));
-			key = kbuf;
-		} else {
-			snprintf(c->err, c->errlen, "table key of type %s cannot be a JSON key",
-			         luaL_typename(L, -2));
-			lua_pop(L, 2);
-			json_decref(obj);
-			return NULL;
-		}
-		json_t *v = convert(c, lua_gettop(L), schema_child(schema, key), depth + 1);
-		if (!v) {
-			lua_pop(L, 2);
-			json_decref(obj);
-			return NULL;
-		}
-		if (json_object_set_new(obj, key, v) != 0) {
-			snprintf(c->err, c->errlen, "key is not valid UTF-8");
-			lua_pop(L, 2);
-			json_decref(obj);
-			return NULL;
-		}
+	while (ok && lua_next(L, idx)) {
+		char buf[32];
+		const char *name = buf;
+		if (lua_type(L, -2) == LUA_TSTRING)
+			name = lua_tostring(L, -2);
+		else
+			snprintf(buf, sizeof buf, "%lld", (long long)lua_tointeger(L, -2));
+		struct okey probe = { (char *)name, false, 0 };
+		struct okey *k = bsearch(&probe, keys, n, sizeof *keys, cmp_keys);
+		size_t j = (size_t)(k - keys);
+		json_t *v = convert(c, lua_gettop(L), schema_child(schema, name), depth + 1);
 		lua_pop(L, 1);
+		if (!v) {
+			lua_pop(L, 1);
+			ok = false;
+		} else if (values[j]) {
+			/* both 1 and "1": the same JSON key twice */
+			json_decref(v);
+			snprintf(c->err, c->errlen, "key \"%s\" appears as both a number and a string", name);
+			lua_pop(L, 1);
+			ok = false;
+		} else {
+			values[j] = v;
+		}
+	}
+	json_t *obj = json_object();
+	for (size_t i = 0; i < n; i++) {
+		if (ok && json_object_set_new(obj, keys[i].name, values[i]) != 0) {
+			snprintf(c->err, c->errlen, "key is not valid UTF-8");
+			ok = false;
+		} else if (!ok) {
+			json_decref(values[i]);
+		}
+		free(keys[i].name);
+	}
+	free(keys);
+	free(values);
+	if (!ok) {
+		json_decref(obj);
+		return NULL;
 	}
 	return obj;
 }

@@ -10,6 +10,7 @@
 #include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "db_listen.h"
 #include "http_api.h"
 #include "llm.h"
 #include "log.h"
@@ -55,6 +56,7 @@ struct app {
 	struct event_base *base;
 	script_registry *scripts;
 	db_pool *db;
+	db_listener *listener;   /* cache invalidation (serve only) */
 	llm_client *llm;
 	cache *cache;
 	analysis *analysis;
@@ -125,6 +127,7 @@ app_start_core(struct app *app)
 	struct analysis_deps ad = {
 		.base = app->base, .db = app->db, .llm = app->llm, .cache = app->cache,
 		.scripts = app->scripts, .llm_timeout_ms = cfg->llm_timeout_ms,
+		.llm_first_token_ms = cfg->llm_first_token_ms,
 	};
 	app->analysis = analysis_create(&ad);
 	return true;
@@ -144,6 +147,7 @@ app_stop(struct app *app)
 		event_free(app->sig_hup);
 	if (app->llm)
 		llm_client_destroy(app->llm);
+	db_listen_destroy(app->listener);
 	if (app->db)
 		db_pool_destroy(app->db);
 	cache_destroy(app->cache);
@@ -152,12 +156,54 @@ app_stop(struct app *app)
 		event_base_free(app->base);
 }
 
+/* A trigger NOTIFYed that this contact's rows changed: its analyses are
+ * stale. A payload that is not an id is not ours to interpret, so assume
+ * anything may have changed. */
+static void
+on_contact_changed(void *arg, const char *payload)
+{
+	struct app *app = arg;
+	int64_t id;
+	if (!util_parse_i64(payload, &id) || id <= 0) {
+		log_event(LOG_WARN, "bad invalidation payload, cache cleared",
+		          LOG_S("payload", payload), LOG_END);
+		cache_clear(app->cache);
+		analysis_contact_changed(app->analysis, -1);
+		return;
+	}
+	int n = cache_drop_contact(app->cache, id, NULL);
+	analysis_contact_changed(app->analysis, id);
+	log_event(LOG_DEBUG, "invalidated", LOG_I("contact", id), LOG_I("dropped", n), LOG_END);
+}
+
+/* The listener was not listening for a while: changes made meanwhile went
+ * unheard, so nothing cached can be trusted. */
+static void
+on_listen_reset(void *arg)
+{
+	struct app *app = arg;
+	struct cache_stats st;
+	cache_stats(app->cache, &st);
+	cache_clear(app->cache);
+	analysis_contact_changed(app->analysis, -1);
+	log_event(LOG_INFO, "cache reset", LOG_S("reason", "invalidation listener reconnected"),
+	          LOG_I("dropped", st.entries), LOG_END);
+}
+
 static int
 cmd_serve(struct app *app)
 {
 	struct config *cfg = &app->cfg;
 	if (!app_start_core(app))
 		return 1;
+	/* sql/schema.sql's triggers NOTIFY the id of every contact whose rows
+	 * change. */
+	app->listener = db_listen_create(app->base, cfg->database_url, "rapport_contact_changed",
+	                                 on_contact_changed, on_listen_reset, app);
+	if (!app->listener) {
+		fprintf(stderr, "rapport: cannot create the invalidation listener\n");
+		return 1;
+	}
 	struct http_deps hd = {
 		.base = app->base, .cfg = cfg, .analysis = app->analysis, .scripts = app->scripts,
 		.db = app->db, .llm = app->llm, .cache = app->cache,
@@ -251,7 +297,7 @@ cmd_analyze(struct app *app, char **args, int nargs)
 	if (!app_start_core(app))
 		return 1;
 	struct analyze_ctx ac = { app, 0 };
-	if (analysis_get(app->analysis, id, args[1], ANALYSIS_REFRESH, on_analyze_reply, &ac))
+	if (analysis_get(app->analysis, id, args[1], ANALYSIS_REFRESH, on_analyze_reply, NULL, &ac))
 		event_base_dispatch(app->base);
 	return ac.status == 200 ? 0 : 1;
 }

@@ -93,6 +93,17 @@ test_many_entries_stay_reachable(void)
 		found += cache_get(c, key, 1) != NULL;
 	}
 	ok(found == 20000, "all 20000 entries are found after the table grew (%d)", found);
+	int dropped = 0;
+	for (int i = 0; i < 20000; i += 2)
+		dropped += cache_drop_contact(c, i, NULL);
+	struct cache_stats st;
+	cache_stats(c, &st);
+	ok(dropped == 10000 && st.entries == 10000, "dropping by contact after growth finds each entry (%d)", dropped);
+	snprintf(key, sizeof key, "%d:t:v", 1);
+	ok(cache_get(c, key, 1) != NULL, "odd contacts stay");
+	cache_clear(c);
+	cache_stats(c, &st);
+	ok(st.entries == 0 && st.bytes == 0, "cache_clear empties the cache and its byte count");
 	cache_destroy(c);
 }
 

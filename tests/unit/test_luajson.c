@@ -90,6 +90,20 @@ main(void)
 	ok(!s && strstr(err, "JSON"), "NaN is refused (%s)", err);
 	free(s);
 
+	{
+		(void)!luaL_dostring(L, "return {zeta = 1, alpha = 2, mid = {b = 1, a = 2}, [7] = 'x'}");
+		json_t *v = luajson_from_lua(L, -1, NULL, err, sizeof err);
+		lua_pop(L, 1);
+		char *text = v ? json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+		ok(text && strcmp(text, "{\"7\":\"x\",\"alpha\":2,\"mid\":{\"a\":2,\"b\":1},\"zeta\":1}") == 0,
+		   "object keys are written sorted, so the same result is the same bytes (%s)", text);
+		free(text);
+		json_decref(v);
+	}
+	s = encode(L, "{[1] = 'a', ['1'] = 'b', x = 1}", NULL, err, sizeof err);
+	ok(!s && strstr(err, "both"), "a key present as number and string is refused (%s)", err);
+	free(s);
+
 	int rc = luaL_dostring(L, "local t = json.decode('[]'); return json.is_array(t), #t");
 	ok(rc == LUA_OK && lua_toboolean(L, -2) && lua_tointeger(L, -1) == 0,
 	   "a decoded [] is a marked, empty Lua table");

@@ -1,0 +1,160 @@
+"""Cache invalidation end to end: the schema's triggers NOTIFY
+rapport_contact_changed with the contact id, rapport LISTENs on a dedicated
+connection (core/db_listen.c) and drops that contact's cached analyses.
+
+Contacts 150..199 belong to this file, so other tests' cache entries and rows
+never interfere.
+"""
+
+import time
+
+import pytest
+
+TYPE = "relationship_health"
+CHANNEL = "rapport_contact_changed"
+
+
+def analysis(srv, contact):
+    return srv.get("/v1/contacts/%s/analyses/%s" % (contact, TYPE))
+
+
+def calls(fake):
+    return fake.stats()["chat_calls"]
+
+
+def listening(srv, timeout=5.0):
+    """Waits until the listener has confirmed its first LISTEN: before that a
+    change is not heard (and nothing tells the test)."""
+    srv.wait_for_log(lambda l: l.get("msg") == "db listen up", timeout=timeout)
+
+
+def cache(srv, contact, timeout=10.0):
+    """Makes sure the contact's analysis is cached: the second GET is a HIT.
+    Retries 503s (the pool may still be reconnecting after a restart)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = analysis(srv, contact)
+        if r.status == 200:
+            break
+        assert r.status == 503 and time.monotonic() < deadline, r.body
+        time.sleep(0.1)
+    hit = analysis(srv, contact)
+    assert hit.status == 200, hit.body
+    assert hit.headers["X-Cache"] == "HIT", "contact %s was not cached" % contact
+
+
+def wait_miss(srv, fake, contact, timeout=2.0):
+    """Polls until a GET is no longer served from the cache; returns how long
+    that took. The MISS must have generated again (a new upstream call)."""
+    t0 = time.monotonic()
+    before = calls(fake)
+    while True:
+        r = analysis(srv, contact)
+        assert r.status == 200, r.body
+        if r.headers["X-Cache"] != "HIT":
+            assert r.headers["X-Cache"] == "MISS", r.headers.items()
+            assert calls(fake) == before + 1, "a MISS must call the model again"
+            return time.monotonic() - t0
+        assert time.monotonic() - t0 < timeout, \
+            "contact %s still cached %.1f s after the change" % (contact, timeout)
+        time.sleep(0.05)
+
+
+def assert_hit(srv, contact):
+    r = analysis(srv, contact)
+    assert r.status == 200, r.body
+    assert r.headers["X-Cache"] == "HIT", "contact %s lost its entry" % contact
+
+
+def invalidated(srv, contact, timeout=2.0):
+    return srv.wait_for_log(lambda l: l.get("msg") == "invalidated"
+                            and l.get("contact") == contact, timeout=timeout)
+
+
+# ---- one change, one contact ----------------------------------------------
+
+def test_updating_a_contact_drops_its_analysis_and_no_other(server, fake, pg):
+    listening(server)
+    cache(server, 150)
+    cache(server, 151)
+    pg.sql("UPDATE contacts SET notes = notes || '.' WHERE id = 150")
+    wait_miss(server, fake, 150)
+    assert_hit(server, 151)
+    line = invalidated(server, 150)
+    assert line["level"] == "debug" and line["dropped"] >= 1
+    assert not [l for l in server.log_lines()
+                if l.get("msg") == "invalidated" and l.get("contact") == 151]
+
+
+def test_a_new_activity_drops_the_contacts_analysis(server, fake, pg):
+    listening(server)
+    cache(server, 152)
+    cache(server, 153)
+    pg.sql("INSERT INTO activities (contact_id, kind, direction, subject, body, outcome)"
+           " VALUES (152, 'call', 'outbound', 'invalidation test', 'left a message',"
+           " 'voicemail')")
+    wait_miss(server, fake, 152)
+    assert_hit(server, 153)
+
+
+def test_deleting_a_deal_drops_the_contacts_analysis(server, fake, pg):
+    listening(server)
+    deal = pg.scalar("INSERT INTO deals (contact_id, name, stage, amount, probability)"
+                     " VALUES (154, 'invalidation test', 'proposal', 1000, 40)"
+                     " RETURNING id")
+    # The INSERT notifies too: let that pass before caching.
+    invalidated(server, 154)
+    cache(server, 154)
+    cache(server, 155)
+    pg.sql("DELETE FROM deals WHERE id = %d" % int(deal))
+    wait_miss(server, fake, 154)
+    assert_hit(server, 155)
+
+
+def test_a_payload_that_is_not_an_id_clears_the_whole_cache(server, fake, pg):
+    listening(server)
+    cache(server, 156)
+    pg.sql("NOTIFY %s, 'not-an-id'" % CHANNEL)
+    server.wait_for_log(lambda l: l.get("msg") == "bad invalidation payload, cache cleared"
+                        and l.get("payload") == "not-an-id", timeout=2.0)
+    wait_miss(server, fake, 156)
+
+
+# ---- the listener survives a database restart -------------------------------
+
+@pytest.mark.timeout(120)
+def test_the_listener_reconnects_after_a_restart_and_resets_the_cache(server, fake, pg):
+    listening(server)
+    cache(server, 157)
+    cache(server, 158)
+    pg.restart()
+    # Whatever changed while it was away is unknown: everything goes.
+    reset = server.wait_for_log(lambda l: l.get("msg") == "cache reset", timeout=15.0)
+    assert reset["level"] == "info" and reset["dropped"] >= 2
+    assert server.wait_for_log(lambda l: l.get("msg") == "db listen lost")["level"] == "warn"
+    ups = [l for l in server.log_lines() if l.get("msg") == "db listen up"]
+    assert len(ups) == 2 and ups[0]["reset"] == "no" and ups[1]["reset"] == "yes"
+    cache(server, 157)       # regenerated (the reset dropped it), then cached
+    cache(server, 158)
+    pg.sql("UPDATE contacts SET notes = notes || '.' WHERE id = 157")
+    wait_miss(server, fake, 157)
+    assert_hit(server, 158)
+
+
+def test_a_change_during_generation_is_not_cached_as_fresh(server, fake, pg):
+    """The rows were read before the change: the answer goes to its caller
+    but must not be cached, or the stale result would outlive the change."""
+    listening(server)
+    fake.config(latency_ms=800)
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", analysis(server, 159)))
+    t.start()
+    time.sleep(0.3)
+    pg.sql("UPDATE contacts SET notes = coalesce(notes, '') || '!' WHERE id = 159")
+    t.join()
+    assert out["r"].status == 200
+    fake.config(latency_ms=20)
+    time.sleep(0.3)
+    r = analysis(server, 159)
+    assert r.headers["X-Cache"] == "MISS", "a result built from old rows was cached"
