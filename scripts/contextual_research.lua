@@ -79,8 +79,8 @@ local function fallback(ctx)
   if f.last_touch_days and f.last_touch_days > 30 then
     risks[#risks + 1] = "No email, call or meeting for " .. f.last_touch_days .. " days."
   end
-  if f.outbound_since_last_inbound >= 3 then
-    risks[#risks + 1] = fmt.plural(f.outbound_since_last_inbound, "message or call", "messages or calls")
+  if f.unanswered_outreach >= 3 then
+    risks[#risks + 1] = fmt.plural(f.unanswered_outreach, "message or call", "messages or calls")
       .. " from us without an answer."
   end
   if f.overdue_deals > 0 then

@@ -61,10 +61,10 @@ local function data_tips(ctx)
       f.last_touch_days and ("No email, call or meeting for " .. f.last_touch_days .. " days.")
         or "No email, call or meeting on record.", "email", "this week"))
   end
-  if f.outbound_since_last_inbound >= 3 then
+  if f.unanswered_outreach >= 3 then
     add(tip("Switch channel",
       "Try a short call or a LinkedIn message instead of another email.",
-      f.outbound_since_last_inbound .. " messages or calls from us since " .. name .. " last replied.",
+      f.unanswered_outreach .. " emails or calls from us unanswered since " .. name .. " last engaged.",
       "call", "this week"))
   end
   for _, d in ipairs(ctx.deals or {}) do

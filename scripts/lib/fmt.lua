@@ -228,7 +228,7 @@ function fmt.deal_line(d, now)
     if closed then
       parts[#parts + 1] = "closed " .. fmt.date(d.close_date)
     elseif days and days < 0 then
-      parts[#parts + 1] = "close date " .. fmt.date(d.close_date) .. " (OVERDUE by " .. -days .. " days)"
+      parts[#parts + 1] = "close date " .. fmt.date(d.close_date) .. " (OVERDUE by " .. fmt.plural(-days, "day") .. ")"
     else
       parts[#parts + 1] = "closes " .. fmt.dated(d.close_date, now)
     end
@@ -242,7 +242,7 @@ function fmt.deal_list(deals, now, limit)
   local lines = {}
   for i, d in ipairs(deals) do
     if limit and i > limit then
-      lines[#lines + 1] = "- … and " .. (#deals - limit) .. " older deals"
+      lines[#lines + 1] = "- … and " .. fmt.plural(#deals - limit, "older deal")
       break
     end
     lines[#lines + 1] = fmt.deal_line(d, now)
@@ -276,7 +276,8 @@ function fmt.timeline(activities, now, opts)
   local lines = {}
   for i, a in ipairs(activities) do
     if i > limit then
-      lines[#lines + 1] = "- … " .. (#activities - limit) .. " older activities not shown"
+      local rest = fmt.plural(#activities - limit, "older activity", "older activities")
+      lines[#lines + 1] = "- … " .. rest .. " not shown"
       break
     end
     local parts = { fmt.dated(a.occurred_at, now),
@@ -300,7 +301,7 @@ function fmt.activity_stats(s, now)
       s[prefix .. "_30d"] or 0, s[prefix .. "_90d"] or 0, s[prefix .. "_365d"] or 0)
   end
   return table.concat({
-    "Touches (emails, calls, held meetings): " .. windows("touches"),
+    "Touches (emails, calls, meetings): " .. windows("touches"),
     "From the contact (inbound): " .. windows("inbound"),
     "From us (outbound): " .. windows("outbound"),
     "Emails: " .. windows("emails"),
@@ -311,7 +312,8 @@ function fmt.activity_stats(s, now)
     "Last touch: " .. fmt.dated(s.last_touch_at, now),
     "Last message or call from the contact: " .. fmt.dated(s.last_inbound_at, now),
     "Last message or call from us: " .. fmt.dated(s.last_outbound_at, now),
-    "Last two-way contact (their message, a connected call or a meeting): " .. fmt.dated(s.last_two_way_at, now),
+    "Last two-way contact (their message or reply, a connected call, a meeting): "
+      .. fmt.dated(s.last_two_way_at, now),
     "Last meeting held: " .. fmt.dated(s.last_meeting_at, now),
     "First activity: " .. fmt.dated(s.first_activity_at, now),
     "Activities in total: " .. s.activities_total,

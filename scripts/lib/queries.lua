@@ -90,8 +90,8 @@ return {
   -- One row of engagement numbers. A "touch" is an email, call or meeting (notes
   -- and tasks are internal). Windows end now: 30, 90 and 365 days. Meetings count
   -- only when held (not no_show / rescheduled). "Two-way" is a message or call
-  -- from the contact, a connected call or a held meeting. Always one row: zeros
-  -- and nils when the contact has no activities.
+  -- from the contact, a reply to ours, a connected call or a held meeting (as
+  -- in signals.lua). Always one row: zeros and nils when there are no activities.
   activity_stats = { one = true, sql = [[
     WITH a AS (
       SELECT a.kind,
@@ -137,7 +137,8 @@ return {
            max(occurred_at) FILTER (WHERE direction = 'outbound')         AS last_outbound_at,
            max(occurred_at) FILTER (WHERE meeting_held)                   AS last_meeting_at,
            max(occurred_at) FILTER (WHERE direction = 'inbound' OR meeting_held
-                                       OR (kind = 'call' AND outcome = 'connected'))
+                                       OR (kind = 'call' AND outcome = 'connected')
+                                       OR (kind = 'email' AND outcome = 'replied'))
                                                                           AS last_two_way_at,
            max(occurred_at)                                               AS last_activity_at,
            min(occurred_at)                                               AS first_activity_at

@@ -9,15 +9,22 @@ local fmt = require("fmt")
 
 local signals = {}
 
-local TOUCH = { email = true, call = true, meeting = true }
+-- Did the contact take part? Their message or call, a reply to ours, a
+-- connected call or a held meeting.
+local function two_way(a)
+  return a.direction == "inbound"
+    or (a.kind == "meeting" and a.outcome ~= "no_show" and a.outcome ~= "rescheduled")
+    or (a.kind == "call" and a.outcome == "connected")
+    or (a.kind == "email" and a.outcome == "replied")
+end
 
--- How many emails/calls we sent since the contact last wrote or called us
--- (from the recent activities, newest first).
-function signals.outbound_since_last_inbound(activities)
+-- How many emails and calls from us went unanswered since the last two-way
+-- contact (from the recent activities, newest first).
+function signals.unanswered_outreach(activities)
   local n = 0
   for _, a in ipairs(activities or {}) do
-    if a.direction == "inbound" then break end
-    if a.direction == "outbound" and TOUCH[a.kind] then n = n + 1 end
+    if two_way(a) then break end
+    if a.direction == "outbound" and (a.kind == "email" or a.kind == "call") then n = n + 1 end
   end
   return n
 end
@@ -60,7 +67,7 @@ function signals.compute(ctx)
     outbound_90d = s.outbound_90d or 0,
     meetings_90d = s.meetings_90d or 0,
     unanswered_emails_90d = s.unanswered_emails_90d or 0,
-    outbound_since_last_inbound = signals.outbound_since_last_inbound(ctx.recent_activities),
+    unanswered_outreach = signals.unanswered_outreach(ctx.recent_activities),
     open_deals = deals.open,
     overdue_deals = deals.overdue,
     won_deals = deals.won,
@@ -74,7 +81,7 @@ function signals.for_ui(f)
   for _, k in ipairs({ "last_touch_days", "last_inbound_days", "last_outbound_days",
                        "last_meeting_days", "last_two_way_days", "touches_30d", "touches_90d", "touches_365d",
                        "inbound_90d", "outbound_90d", "meetings_90d", "unanswered_emails_90d",
-                       "outbound_since_last_inbound", "open_deals", "overdue_deals" }) do
+                       "unanswered_outreach", "open_deals", "overdue_deals" }) do
     if f[k] == nil then out[k] = json.null else out[k] = f[k] end
   end
   return out
@@ -95,7 +102,7 @@ end
 --   touches in 90 days                    0..20  (2 points each)
 --   share of them from the contact        0..25  (half or more -> 25)
 --   open business 10, a won deal 5; an overdue deal -5
---   minus 4 per message from us beyond the first since their last reply (max -20)
+--   minus 4 per unanswered email/call from us beyond the first (max -20)
 function signals.health_score(f)
   local directed = f.inbound_90d + f.outbound_90d
   local score = recency_points(f.last_two_way_days)
@@ -104,7 +111,7 @@ function signals.health_score(f)
     + (f.open_deals > f.overdue_deals and 10 or 0)
     + (f.won_deals > 0 and 5 or 0)
     - (f.overdue_deals > 0 and 5 or 0)
-    - math.min(20, 4 * math.max(0, f.outbound_since_last_inbound - 1))
+    - math.min(20, 4 * math.max(0, f.unanswered_outreach - 1))
   return math.tointeger(math.max(0, math.min(100, math.floor(score + 0.5))))
 end
 
@@ -113,9 +120,9 @@ end
 -- days before.
 function signals.health_trend(f)
   local days = f.last_two_way_days
-  if days == nil or days > 90 or f.outbound_since_last_inbound >= 5 then return "at_risk" end
+  if days == nil or days > 90 or f.unanswered_outreach >= 5 then return "at_risk" end
   local before = (f.touches_90d - f.touches_30d) / 2
-  if days > 30 or f.outbound_since_last_inbound >= 3 or f.touches_30d < before * 0.6 then
+  if days > 30 or f.unanswered_outreach >= 3 or f.touches_30d < before * 0.6 then
     return "cooling"
   end
   if f.touches_30d >= 2 and f.touches_30d > before * 1.3 then return "improving" end
@@ -140,9 +147,9 @@ function signals.health_reasons(f)
     add(string.format("%s in the last 30 days, %d in the last 90 (%d from the contact, %d from us).",
       fmt.plural(f.touches_30d, "touch", "touches"), f.touches_90d, f.inbound_90d, f.outbound_90d))
   end
-  if f.outbound_since_last_inbound >= 2 then
-    add(string.format("%s from us since the contact last replied.",
-      fmt.plural(f.outbound_since_last_inbound, "message or call", "messages or calls")))
+  if f.unanswered_outreach >= 2 then
+    add(string.format("%s from us unanswered since the last two-way contact.",
+      fmt.plural(f.unanswered_outreach, "message or call", "messages or calls")))
   end
   if f.overdue_deals > 0 then
     add(fmt.plural(f.overdue_deals, "open deal") .. " past the close date.")

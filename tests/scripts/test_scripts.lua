@@ -72,7 +72,7 @@ end
 local NULLABLE_INT = { type = { "integer", "null" } }
 local SIGNAL_KEYS = { "last_touch_days", "last_inbound_days", "last_outbound_days",
   "last_meeting_days", "last_two_way_days", "touches_30d", "touches_90d", "touches_365d", "inbound_90d",
-  "outbound_90d", "meetings_90d", "unanswered_emails_90d", "outbound_since_last_inbound",
+  "outbound_90d", "meetings_90d", "unanswered_emails_90d", "unanswered_outreach",
   "open_deals", "overdue_deals" }
 local signal_props = {}
 for _, k in ipairs(SIGNAL_KEYS) do signal_props[k] = NULLABLE_INT end
@@ -258,7 +258,7 @@ group("relationship_health post clamps", function()
   local res = post({})
   is(res.signals.last_touch_days, 5, "health: signals.last_touch_days from ctx.now")
   is(res.signals.last_inbound_days, 28, "health: signals.last_inbound_days")
-  is(res.signals.outbound_since_last_inbound, 3, "health: signals.outbound_since_last_inbound")
+  is(res.signals.unanswered_outreach, 3, "health: signals.unanswered_outreach")
   is(res.signals.overdue_deals, 1, "health: signals.overdue_deals")
   is(res.source, "model", "health: source model")
   local cooling = s.fallback(ctx)
