@@ -1,7 +1,7 @@
 # rapport — plain Makefile. `make` builds ./rapport (objects under build/).
 # `make run` and `make test` first install missing Debian packages (tools/deps.sh).
 
-PKGS      := libevent libcurl libpq lua5.4 lua5.4-cjson jansson
+PKGS      := libevent libcurl libpq lua5.4 lua5.4-cjson jansson readline
 CC        ?= cc
 OPT       ?= -O2 -g
 SANITIZE  ?=
@@ -14,6 +14,9 @@ ifeq ($(SANITIZE),1)
   CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
   LDFLAGS += -fsanitize=address,undefined
   BUILD   := build/asan
+else ifeq ($(BENCH),1)
+  OPT     := -O3 -g -DNDEBUG
+  BUILD   := build/bench
 else
   BUILD   := build
 endif
@@ -26,10 +29,10 @@ FAKE_OBJ  := $(FAKE_SRC:tools/fake_openai/%.c=$(BUILD)/fake/%.o)
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 
-ifeq ($(SANITIZE),1)
-  BIN     := $(BUILD)/rapport
-else
+ifeq ($(BUILD),build)
   BIN     := rapport
+else
+  BIN     := $(BUILD)/rapport
 endif
 
 .PHONY: all deps run test unit-tests bench clean asan
@@ -73,9 +76,10 @@ asan: deps
 	@$(MAKE) --no-print-directory SANITIZE=1 all
 	@RAPPORT_BIN=build/asan/rapport FAKE_BIN=build/asan/fake_openai tools/test.sh
 
+# Optimised build under build/bench, then the harness (bench/bench.py).
 bench: deps
-	@$(MAKE) --no-print-directory OPT="-O3 -DNDEBUG" all
-	@bench/run.sh
+	@$(MAKE) --no-print-directory BENCH=1 build/bench/rapport build/bench/fake_openai
+	@RAPPORT_BIN=build/bench/rapport FAKE_BIN=build/bench/fake_openai bench/run.sh
 
 clean:
 	rm -rf build rapport

@@ -108,7 +108,8 @@ def main():
     pg = PgCluster(directory=REPO / "var" / "bench-pg", port=int(os.environ.get("BENCH_PG_PORT", 54339)))
     pg.start()
     counts = ensure_data(pg, args.contacts)
-    fake = FakeOpenAI(binary=str(REPO / "build" / "fake_openai"), latency_ms=args.latency_ms,
+    fake = FakeOpenAI(binary=os.environ.get("FAKE_BIN", str(REPO / "build" / "fake_openai")),
+                      latency_ms=args.latency_ms,
                       chunk_delay_ms=0, extra_args=["--quiet"])
     fake.start()
     srv = Rapport(pg=pg, fake=fake, env={"RAPPORT_LOG_LEVEL": "warn",

@@ -5,12 +5,17 @@
  * Lifecycle of a flight (state = what it is waiting on):
  *   FL_START   created, first waiter attached; starts on the next loop tick
  *   FL_DB      the named queries are out, one per pool connection
- *   FL_LLM     the chat request is out
+ *   FL_QUEUED  waiting for an upstream slot (the limiter's queue)
+ *   FL_LLM     the chat request is out (a second time when the reply broke
+ *              the schema and gets one repair attempt)
  *   then finish(): reply to every waiter, unlink, free.
+ * While the breaker is open no request goes upstream: the script's
+ * fallback(ctx) answers (never cached), or 503.
  * A waiter is one caller. It is unlinked when it gets its reply or when
  * analysis_wait_cancel() says the caller has gone; neither frees the flight.
  */
 #include "analysis.h"
+#include "jschema.h"
 #include "log.h"
 #include "util.h"
 
@@ -24,7 +29,7 @@
 #define MAX_QUERIES 32
 #define NBUCKETS 1024
 
-enum flight_state { FL_START, FL_DB, FL_LLM, FL_DONE };
+enum flight_state { FL_START, FL_DB, FL_QUEUED, FL_LLM, FL_DONE };
 
 struct analysis_wait {
 	struct flight *f;
@@ -44,6 +49,11 @@ struct flight {
 	struct flight *chain;
 	int64_t contact_id;
 	bool stale;                   /* the data changed under us: don't cache */
+	bool repaired;                /* the one schema repair attempt is used */
+	json_t *request;              /* the chat request (kept for a repair) */
+	limiter_waiter lw;            /* our place in the upstream limiter */
+	struct event *orphan_ev;      /* deferred cancel when no one waits */
+	double cost_usd;
 	script *s;
 	script_run *run;
 	TAILQ_HEAD(, analysis_wait) waiters;
@@ -78,6 +88,8 @@ struct outcome {
 	const char *etag;
 	int64_t created_wall_ms;
 	double remaining_ms;
+	const char *cache_status;     /* overrides the waiter's ("fallback") */
+	int retry_after_s;
 };
 
 analysis *
@@ -158,6 +170,12 @@ flight_free(struct flight *f)
 		event_free(f->start_ev);
 	if (f->first_token_ev)
 		event_free(f->first_token_ev);
+	if (f->orphan_ev)
+		event_free(f->orphan_ev);
+	/* Both are no-ops unless we are queued / hold a slot. */
+	limiter_cancel(a->d.limiter, &f->lw);
+	limiter_release(a->d.limiter, &f->lw, util_now_ms());
+	json_decref(f->request);
 	script_run_free(f->run);
 	script_unref(f->s);
 	free(f->text);
@@ -184,12 +202,13 @@ finish(struct flight *f, const struct outcome *o)
 		a->st.waiters--;
 		struct analysis_reply r = {
 			.status = o->status, .error_code = o->code, .error_message = o->message,
-			.etag = o->etag, .cache_status = w->cache_status,
+			.etag = o->etag, .cache_status = o->cache_status ? o->cache_status : w->cache_status,
 			.contact_id = f->contact_id, .type = si->name, .version = si->version,
 			.age_ms = 0, .ttl_ms = si->ttl_ms, .remaining_ms = o->remaining_ms,
 			.db_ms = f->db_ms, .script_ms = f->script_ms, .llm_ms = f->llm_ms,
 			.total_ms = now - w->t_start,
 			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
+			.cost_usd = f->cost_usd, .retry_after_s = o->retry_after_s,
 		};
 		deliver(w->cb, w->arg, &r, o->prefix, o->prefix_len);
 		free(w);
@@ -198,20 +217,28 @@ finish(struct flight *f, const struct outcome *o)
 }
 
 static void
-fail(struct flight *f, int status, const char *code, const char *message)
+fail_retry(struct flight *f, int status, const char *code, const char *message, int retry_after_s)
 {
-	struct outcome o = { .status = status, .code = code, .message = message };
+	struct outcome o = { .status = status, .code = code, .message = message,
+	                     .retry_after_s = retry_after_s };
 	log_event(LOG_WARN, "analysis failed", LOG_S("type", script_info(f->s)->name),
 	          LOG_I("contact", f->contact_id), LOG_I("status", status), LOG_S("code", code),
 	          LOG_S("error", message), LOG_END);
 	finish(f, &o);
 }
 
+static void
+fail(struct flight *f, int status, const char *code, const char *message)
+{
+	fail_retry(f, status, code, message, 0);
+}
+
 /* ---- stage 4: the result ------------------------------------------------ */
 
-/* Builds the stored body prefix from the result, caches it, replies. */
+/* Builds the stored body prefix from the result, caches it (unless it is a
+ * fallback or the data changed meanwhile), replies. */
 static void
-succeed(struct flight *f, json_t *result, const char *model)
+succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 {
 	analysis *a = f->a;
 	const struct script_info *si = script_info(f->s);
@@ -224,16 +251,19 @@ succeed(struct flight *f, json_t *result, const char *model)
 	json_object_set_new(doc, "contact_id", json_integer(f->contact_id));
 	json_object_set_new(doc, "type", json_string(si->name));
 	json_object_set_new(doc, "result", result);
-	json_object_set_new(doc, "model", json_string(model ? model : si->model));
+	json_object_set_new(doc, "model", fallback ? json_null() : json_string(model ? model : si->model));
 	json_object_set_new(doc, "script_version", json_string(version));
 	json_object_set_new(doc, "generated_at", json_string(generated_at));
+	if (fallback)
+		json_object_set_new(doc, "fallback", json_true());
 	json_t *usage = json_object();
 	json_object_set_new(usage, "prompt_tokens",
 	                    f->prompt_tokens >= 0 ? json_integer(f->prompt_tokens) : json_null());
 	json_object_set_new(usage, "completion_tokens",
 	                    f->completion_tokens >= 0 ? json_integer(f->completion_tokens) : json_null());
+	json_object_set_new(usage, "cost_usd", json_real(f->cost_usd));
 	json_object_set_new(doc, "usage", usage);
-	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
 	json_decref(doc);
 	if (!text) {
 		fail(f, 500, "internal_error", "cannot encode the result");
@@ -244,15 +274,38 @@ succeed(struct flight *f, json_t *result, const char *model)
 	snprintf(etag, sizeof etag, "\"%s-%016llx\"", version,
 	         (unsigned long long)util_fnv1a(UTIL_FNV_SEED, text, len));
 	double now = util_now_ms();
-	if (!f->stale)
+	if (!f->stale && !fallback)
 		cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
 		          si->ttl_ms);
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
-		.created_wall_ms = wall, .remaining_ms = si->ttl_ms,
+		.created_wall_ms = wall, .remaining_ms = fallback ? 0 : si->ttl_ms,
+		.cache_status = fallback ? "fallback" : NULL,
 	};
 	finish(f, &o);
 	free(text);
+}
+
+/* The upstream is not to be called (breaker open): the script's fallback
+ * answers, marked as such and never cached; without one, 503. */
+static void
+serve_fallback(struct flight *f, int retry_after_s, const char *why)
+{
+	const struct script_info *si = script_info(f->s);
+	char err[1024], msg[1200];
+	if (si->has_fallback) {
+		json_t *result = script_run_fallback(f->run, err, sizeof err);
+		if (result) {
+			log_event(LOG_INFO, "fallback served", LOG_S("type", si->name),
+			          LOG_I("contact", f->contact_id), LOG_S("why", why), LOG_END);
+			succeed(f, result, NULL, true);
+			return;
+		}
+		snprintf(msg, sizeof msg, "%s; the fallback failed too: %s", why, err);
+		fail_retry(f, 503, "upstream_unavailable", msg, retry_after_s);
+		return;
+	}
+	fail_retry(f, 503, "upstream_unavailable", why, retry_after_s);
 }
 
 /* ---- stage 3: the model ------------------------------------------------- */
@@ -294,19 +347,75 @@ on_first_token_timeout(evutil_socket_t fd, short what, void *arg)
 	f->first_token_ev = NULL;
 	llm_cancel(f->llm);
 	f->llm = NULL;
+	breaker_record(f->a->d.breaker, false, util_now_ms());
 	snprintf(msg, sizeof msg, "the model sent no text within %ld ms", f->a->d.llm_first_token_ms);
 	fail(f, 504, "upstream_timeout", msg);
+}
+
+static void upstream_begin(struct flight *f);
+
+/* Whether this outcome says something about the upstream's health: a 4xx
+ * other than 408/429 is our request's fault, not the provider's. */
+static bool
+upstream_healthy(const struct llm_result *res)
+{
+	if (res->status == LLM_OK)
+		return true;
+	if (res->status == LLM_ERR_HTTP && res->http_status >= 400 && res->http_status < 500)
+		return res->http_status != 408 && res->http_status != 429;
+	return false;
+}
+
+static void
+add_usage(struct flight *f, const struct llm_result *res)
+{
+	const struct script_info *si = script_info(f->s);
+	if (res->prompt_tokens >= 0)
+		f->prompt_tokens = (f->prompt_tokens > 0 ? f->prompt_tokens : 0) + res->prompt_tokens;
+	if (res->completion_tokens >= 0)
+		f->completion_tokens = (f->completion_tokens > 0 ? f->completion_tokens : 0) +
+		                       res->completion_tokens;
+	f->cost_usd += acct_record(f->a->d.acct, si->name, res->model ? res->model : si->model,
+	                           res->prompt_tokens, res->completion_tokens);
+}
+
+/* Asks the model once to fix a reply that broke the schema: the bad reply
+ * and the validator's message go back as the next turns. */
+static void
+repair(struct flight *f, const char *content, const char *problem)
+{
+	json_t *req = json_deep_copy(f->request);
+	json_t *msgs = json_object_get(req, "messages");
+	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", content));
+	char text[1400];
+	snprintf(text, sizeof text,
+	         "That reply does not match the required JSON schema: %s. Reply again with only "
+	         "the complete, corrected JSON object.", problem);
+	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", text));
+	json_decref(f->request);
+	f->request = req;
+	f->repaired = true;
+	log_event(LOG_INFO, "schema repair attempt", LOG_S("type", script_info(f->s)->name),
+	          LOG_I("contact", f->contact_id), LOG_S("problem", problem), LOG_END);
+	upstream_begin(f);
 }
 
 static void
 on_llm_done(void *arg, const struct llm_result *res)
 {
 	struct flight *f = arg;
+	analysis *a = f->a;
+	double now = util_now_ms();
 	f->llm = NULL;            /* the client frees the call after this */
-	f->llm_ms = res->elapsed_ms;
-	f->prompt_tokens = res->prompt_tokens;
-	f->completion_tokens = res->completion_tokens;
-	char msg[1024];
+	if (f->first_token_ev) {
+		event_free(f->first_token_ev);
+		f->first_token_ev = NULL;
+	}
+	limiter_release(a->d.limiter, &f->lw, now);
+	breaker_record(a->d.breaker, upstream_healthy(res), now);
+	f->llm_ms += res->elapsed_ms;
+	add_usage(f, res);
+	char msg[1400];
 	switch (res->status) {
 	case LLM_OK:
 		break;
@@ -338,15 +447,28 @@ on_llm_done(void *arg, const struct llm_result *res)
 		return;
 	}
 	if (si->schema) {
-		/* A schema-bound reply that is not a JSON object (cut by a length
-		 * stop, or malformed) must never become a result. */
-		json_t *probe = json_loads(res->content, 0, NULL);
-		bool ok = json_is_object(probe);
-		json_decref(probe);
-		if (!ok) {
-			snprintf(msg, sizeof msg, "the model's reply is not the JSON the schema asks for%s",
+		/* A schema-bound reply must be valid before it is ever served or
+		 * cached: one repair attempt, then an error. */
+		json_error_t je;
+		json_t *reply = json_loads(res->content, 0, &je);
+		char problem[900];
+		bool ok = false;
+		if (!json_is_object(reply))
+			snprintf(problem, sizeof problem, "it is not a JSON object (%s)%s",
+			         reply ? "another JSON value" : je.text,
 			         res->finish_reason && strcmp(res->finish_reason, "length") == 0
-			                 ? " (cut at max_tokens)" : "");
+			                 ? "; it was cut at max_tokens" : "");
+		else
+			ok = jschema_validate(si->schema, reply, problem, sizeof problem);
+		json_decref(reply);
+		if (!ok) {
+			bool cut = res->finish_reason && strcmp(res->finish_reason, "length") == 0;
+			if (!f->repaired && !cut) {
+				repair(f, res->content, problem);
+				return;
+			}
+			snprintf(msg, sizeof msg, "the model's reply does not match the schema%s: %s",
+			         f->repaired ? " (after one repair attempt)" : "", problem);
 			fail(f, 502, "upstream_invalid_reply", msg);
 			return;
 		}
@@ -360,7 +482,58 @@ on_llm_done(void *arg, const struct llm_result *res)
 		fail(f, 500, "script_error", err);
 		return;
 	}
-	succeed(f, result, res->model);
+	succeed(f, result, res->model, false);
+}
+
+/* A slot is ours: the request goes out (streamed, see on_llm_delta). */
+static void
+upstream_send(struct flight *f)
+{
+	analysis *a = f->a;
+	f->state = FL_LLM;
+	/* Always streamed from upstream: a streaming caller may join at any
+	 * moment and must get the text written so far, then the rest live. */
+	f->llm = llm_chat(a->d.llm, f->request, a->d.llm_timeout_ms, on_llm_delta, on_llm_done, f);
+	if (a->d.llm_first_token_ms > 0) {
+		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
+		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
+		evtimer_add(f->first_token_ev, &tv);
+	}
+}
+
+static void
+on_slot(void *arg)
+{
+	upstream_send(arg);
+}
+
+/* Breaker, then limiter, then the call. */
+static void
+upstream_begin(struct flight *f)
+{
+	analysis *a = f->a;
+	double now = util_now_ms();
+	if (!breaker_allow(a->d.breaker, now)) {
+		int ra = (int)((breaker_retry_after_ms(a->d.breaker, now) + 999) / 1000);
+		serve_fallback(f, ra > 0 ? ra : 1,
+		               "the model provider is failing; calls are paused (circuit breaker open)");
+		return;
+	}
+	switch (limiter_acquire(a->d.limiter, &f->lw, on_slot, f, now)) {
+	case LIMITER_GO:
+		upstream_send(f);
+		break;
+	case LIMITER_QUEUED:
+		f->state = FL_QUEUED;
+		break;
+	case LIMITER_FULL: {
+		/* No call, so no verdict for the breaker (a half-open probe
+		 * slot taken here is presumed lost after its timeout). */
+		fail_retry(f, 429, "overloaded", "too many analyses are waiting for the model; retry later",
+		           limiter_retry_after_s(a->d.limiter));
+		break;
+	}
+	}
 }
 
 /* ---- stage 2: the context is complete ----------------------------------- */
@@ -368,7 +541,6 @@ on_llm_done(void *arg, const struct llm_result *res)
 static void
 context_ready(struct flight *f)
 {
-	analysis *a = f->a;
 	f->db_ms = f->t_db > 0 ? util_now_ms() - f->t_db : 0;
 	if (script_run_contact_missing(f->run)) {
 		char msg[96];
@@ -384,16 +556,8 @@ context_ready(struct flight *f)
 		fail(f, 500, "script_error", err);
 		return;
 	}
-	f->state = FL_LLM;
-	/* Always streamed from upstream: a streaming caller may join at any
-	 * moment and must get the text written so far, then the rest live. */
-	f->llm = llm_chat(a->d.llm, req, a->d.llm_timeout_ms, on_llm_delta, on_llm_done, f);
-	json_decref(req);
-	if (a->d.llm_first_token_ms > 0) {
-		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
-		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
-		evtimer_add(f->first_token_ev, &tv);
-	}
+	f->request = req;
+	upstream_begin(f);
 }
 
 static void
@@ -552,14 +716,36 @@ analysis_wait_version(const analysis_wait *w)
 	return script_info(w->f->s)->version;
 }
 
+static void
+on_orphaned(evutil_socket_t fd, short what, void *arg)
+{
+	struct flight *f = arg;
+	event_free(f->orphan_ev);
+	f->orphan_ev = NULL;
+	if (!TAILQ_EMPTY(&f->waiters))
+		return;            /* someone joined meanwhile */
+	log_event(LOG_INFO, "generation cancelled: no one is waiting",
+	          LOG_S("type", script_info(f->s)->name), LOG_I("contact", f->contact_id), LOG_END);
+	f->a->st.failed++;
+	flight_free(f);
+}
+
 void
 analysis_wait_cancel(analysis_wait *w)
 {
 	struct flight *f = w->f;
+	analysis *a = f->a;
 	TAILQ_REMOVE(&f->waiters, w, link);
-	f->a->st.waiters--;
+	a->st.waiters--;
 	free(w);
-	/* The flight goes on: its result will be cached for the next caller. */
+	/* By default the flight goes on: the tokens are paid for and the result
+	 * will be cached for the next caller. With the cancel policy it ends,
+	 * from the loop, since we may be inside its own delta callback. */
+	if (a->d.cancel_orphans && TAILQ_EMPTY(&f->waiters) && !f->orphan_ev) {
+		f->orphan_ev = evtimer_new(a->d.base, on_orphaned, f);
+		struct timeval zero = { 0, 0 };
+		evtimer_add(f->orphan_ev, &zero);
+	}
 }
 
 void

@@ -20,8 +20,11 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "accounting.h"
+#include "breaker.h"
 #include "cache.h"
 #include "db.h"
+#include "limiter.h"
 #include "llm.h"
 #include "script.h"
 
@@ -37,6 +40,10 @@ struct analysis_deps {
 	script_registry *scripts;
 	long llm_timeout_ms;
 	long llm_first_token_ms;     /* no text by then: the stream is stalled (0 = off) */
+	limiter *limiter;            /* cap on upstream calls in flight */
+	breaker *breaker;            /* upstream circuit breaker */
+	accounting *acct;            /* tokens and cost per type */
+	bool cancel_orphans;         /* no one waits any more: cancel (else finish and cache) */
 };
 
 /* What one caller gets. Strings live only during the callback. */
@@ -47,7 +54,7 @@ struct analysis_reply {
 	const char *body;           /* the JSON document, NUL-terminated (200 only) */
 	size_t body_len;
 	const char *etag;           /* quoted, 200 only */
-	const char *cache_status;   /* "hit", "miss", "coalesced" */
+	const char *cache_status;   /* "hit", "miss", "coalesced", "fallback" */
 	int64_t contact_id;
 	const char *type;
 	const char *version;        /* script version, or NULL */
@@ -56,6 +63,8 @@ struct analysis_reply {
 	double remaining_ms;        /* until it expires from the cache */
 	double db_ms, script_ms, llm_ms, total_ms;
 	long prompt_tokens, completion_tokens;  /* -1 when unknown / cached */
+	double cost_usd;            /* this generation's upstream cost */
+	int retry_after_s;          /* > 0: when to try again (429, 503) */
 };
 
 typedef void analysis_reply_cb(void *arg, const struct analysis_reply *r);

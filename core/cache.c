@@ -261,6 +261,13 @@ cache_clear(cache *c)
 }
 
 void
+cache_each(cache *c, void (*fn)(void *arg, const struct cache_entry *e), void *arg)
+{
+	for (struct entry *e = c->head; e; e = e->next)
+		fn(arg, &e->pub);
+}
+
+void
 cache_stats(const cache *c, struct cache_stats *out)
 {
 	*out = c->st;

@@ -52,6 +52,10 @@ const struct cache_entry *cache_put(cache *c, const char *key, int64_t contact_i
 int cache_drop_contact(cache *c, int64_t contact_id, const char *type);
 /* Drops every entry; each counts in drops. */
 void cache_clear(cache *c);
+/* Calls fn for every entry, most recently used first, expired ones
+ * included (they go at their next lookup). For listings (the admin socket,
+ * the console): fn must not call into the cache. */
+void cache_each(cache *c, void (*fn)(void *arg, const struct cache_entry *e), void *arg);
 void cache_stats(const cache *c, struct cache_stats *out);
 
 #endif

@@ -39,10 +39,17 @@ static const struct setting settings[] = {
 	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
 	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
 	{ "RAPPORT_LLM_FIRST_TOKEN_MS", NULL, K_INT, OFF(llm_first_token_ms) },
+	{ "RAPPORT_LLM_MAX_IN_FLIGHT", NULL, K_INT, OFF(llm_max_in_flight) },
+	{ "RAPPORT_LLM_QUEUE", NULL, K_INT, OFF(llm_max_queue) },
+	{ "RAPPORT_BREAKER_FAILURES", NULL, K_INT, OFF(breaker_failures) },
+	{ "RAPPORT_BREAKER_OPEN_MS", NULL, K_INT, OFF(breaker_open_ms) },
+	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices) },
+	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy) },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s) },
 	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes) },
 	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
 	{ "RAPPORT_LOG_LEVEL", "--log-level", K_LEVEL, OFF(log_level) },
+	{ "RAPPORT_ADMIN_SOCKET", "--admin-socket", K_STR, OFF(admin_socket) },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -63,6 +70,11 @@ set_defaults(struct config *c)
 	c->llm_connect_timeout_ms = 5000;
 	c->llm_max_retries = 2;
 	c->llm_first_token_ms = 20000;
+	c->llm_max_in_flight = 64;
+	c->llm_max_queue = 256;
+	c->breaker_failures = 5;
+	c->breaker_open_ms = 5000;
+	c->orphan_policy = xstrdup("finish");
 	c->http_timeout_s = 60;
 	c->max_body_bytes = 64u << 10;
 	c->max_header_bytes = 16u << 10;
@@ -208,6 +220,29 @@ load_file(struct config *c, const char *path, char **err)
 	return ok;
 }
 
+/* ./var/run/rapport-<port>.sock: found from the working directory `make
+ * run` uses, and one per listen port, so several servers started from the
+ * same directory (the tests) never share a socket. Unset means this default;
+ * "off" (or "") means no admin socket. */
+static void
+finish_admin_socket(struct config *c)
+{
+	if (c->admin_socket) {
+		if (strcmp(c->admin_socket, "off") == 0)
+			c->admin_socket[0] = '\0';
+		return;
+	}
+	const char *colon = strrchr(c->listen, ':');
+	const char *port = colon ? colon + 1 : c->listen;
+	char safe[32];
+	size_t n = 0;
+	for (; *port && n < sizeof safe - 1; port++)
+		if (isalnum((unsigned char)*port))
+			safe[n++] = *port;
+	safe[n] = '\0';
+	c->admin_socket = xasprintf("./var/run/rapport-%s.sock", n ? safe : "default");
+}
+
 bool
 config_load(struct config *c, int argc, char **argv, char ***rest, int *nrest, char **err)
 {
@@ -270,6 +305,7 @@ config_load(struct config *c, int argc, char **argv, char ***rest, int *nrest, c
 		if (!apply(c, s, value, err))
 			goto fail;
 	}
+	finish_admin_socket(c);
 	return true;
 fail:
 	free(*rest);
@@ -288,6 +324,9 @@ config_free(struct config *c)
 	free(c->scripts_dir);
 	free(c->prompts_dir);
 	free(c->config_file);
+	free(c->admin_socket);
+	free(c->prices);
+	free(c->orphan_policy);
 	free_keys(c);
 	memset(c, 0, sizeof *c);
 }

@@ -27,15 +27,24 @@ struct config {
 	int llm_connect_timeout_ms;/* RAPPORT_LLM_CONNECT_TIMEOUT_MS (5000) */
 	int llm_max_retries;       /* RAPPORT_LLM_RETRIES (2) */
 	int llm_first_token_ms;    /* RAPPORT_LLM_FIRST_TOKEN_MS (20000): stalled-stream cut-off */
+	int llm_max_in_flight;     /* RAPPORT_LLM_MAX_IN_FLIGHT (64): upstream calls at once */
+	int llm_max_queue;         /* RAPPORT_LLM_QUEUE (256): waiting beyond that → 429 */
+	int breaker_failures;      /* RAPPORT_BREAKER_FAILURES (5): consecutive, to open */
+	int breaker_open_ms;       /* RAPPORT_BREAKER_OPEN_MS (5000): first open period */
+	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */
+	char *orphan_policy;       /* RAPPORT_ORPHAN_POLICY finish|cancel (finish) */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): idle/slow clients */
 	size_t max_body_bytes;     /* RAPPORT_MAX_BODY (64 KiB) */
 	size_t max_header_bytes;   /* RAPPORT_MAX_HEADERS (16 KiB) */
 	int log_level;             /* RAPPORT_LOG_LEVEL debug|info|warn|error */
+	char *admin_socket;        /* RAPPORT_ADMIN_SOCKET: unix socket of `serve` for
+	                            * `console --attach`; "" = off. Default
+	                            * ./var/run/rapport-<listen port>.sock */
 	char *config_file;         /* RAPPORT_CONFIG or --config */
 };
 
 /* Parses argv flags (--listen, --database-url, --scripts, --prompts,
- * --model, --config, --cache-bytes) after the subcommand; unknown flags are
+ * --model, --config, --cache-bytes, --admin-socket) after the subcommand; unknown flags are
  * an error. Leftover positional arguments are returned in rest and nrest.
  * Returns false and writes a message to *err (caller frees) on bad input. */
 bool config_load(struct config *cfg, int argc, char **argv,

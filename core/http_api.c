@@ -326,6 +326,18 @@ call_watch(struct http_call *c)
 
 /* ---- Server-Sent Events ---------------------------------------------------- */
 
+static const char *
+x_cache(const char *status)
+{
+	if (strcmp(status, "hit") == 0)
+		return "HIT";
+	if (strcmp(status, "coalesced") == 0)
+		return "COALESCED";
+	if (strcmp(status, "fallback") == 0)
+		return "FALLBACK";
+	return "MISS";
+}
+
 /* Past this much unsent output a slow reader stops getting deltas (the
  * result event still carries the whole text), so memory stays bounded. */
 #define SSE_HIGH_WATER (256 * 1024)
@@ -378,9 +390,7 @@ sse_start(struct http_call *c, const char *cache_status, const char *version,
 	evhttp_add_header(h, "Cache-Control", "no-cache");
 	evhttp_add_header(h, "X-Accel-Buffering", "no");
 	evhttp_add_header(h, "X-Request-Id", c->req_id);
-	const char *xc = strcmp(cache_status, "hit") == 0 ? "HIT"
-	               : strcmp(cache_status, "coalesced") == 0 ? "COALESCED" : "MISS";
-	evhttp_add_header(h, "X-Cache", xc);
+	evhttp_add_header(h, "X-Cache", x_cache(cache_status));
 	s->responses_by_class[2]++;
 	evhttp_send_reply_start(c->req, 200, "OK");
 	c->streaming = true;
@@ -456,7 +466,7 @@ log_analysis(struct http_call *c, const struct analysis_reply *r, int status)
 	          LOG_N("db_ms", r->db_ms), LOG_N("script_ms", r->script_ms),
 	          LOG_N("llm_ms", r->llm_ms), LOG_N("total_ms", r->total_ms),
 	          LOG_I("prompt_tokens", r->prompt_tokens),
-	          LOG_I("completion_tokens", r->completion_tokens),
+	          LOG_I("completion_tokens", r->completion_tokens), LOG_N("cost_usd", r->cost_usd),
 	          LOG_S("error", r->error_code), LOG_I("stream", c->sse), LOG_END);
 }
 
@@ -506,6 +516,11 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 		snprintf(id, sizeof id, "%s", c->req_id);
 		bool head = c->head;
 		call_free(c);
+		if (r->retry_after_s > 0) {
+			char ra[16];
+			snprintf(ra, sizeof ra, "%d", r->retry_after_s);
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+		}
 		send_error(s, req, id, r->status, r->error_code, r->error_message, head);
 		return;
 	}
@@ -517,9 +532,7 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	evhttp_add_header(h, "Cache-Control", v);
 	snprintf(v, sizeof v, "%ld", (long)(r->age_ms / 1000));
 	evhttp_add_header(h, "Age", v);
-	const char *xc = strcmp(r->cache_status, "hit") == 0 ? "HIT"
-	               : strcmp(r->cache_status, "coalesced") == 0 ? "COALESCED" : "MISS";
-	evhttp_add_header(h, "X-Cache", xc);
+	evhttp_add_header(h, "X-Cache", x_cache(r->cache_status));
 	if (strcmp(r->cache_status, "hit") == 0)
 		snprintf(v, sizeof v, "cache;desc=\"hit\", total;dur=%.3f", r->total_ms);
 	else
@@ -696,8 +709,10 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
 }
 
-static void
-handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
+/* The counters /metrics shows, as Prometheus text; also the admin socket's
+ * `metrics`, so both always agree. */
+void
+http_server_metrics(http_server *s, struct evbuffer *b)
 {
 	struct cache_stats cs;
 	struct db_stats ds;
@@ -707,7 +722,6 @@ handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
 	db_pool_stats(s->d.db, &ds);
 	llm_client_stats(s->d.llm, &ls);
 	analysis_stats(s->d.analysis, &as);
-	struct evbuffer *b = evbuffer_new();
 	evbuffer_add_printf(b,
 		"# TYPE rapport_http_requests_total counter\nrapport_http_requests_total %ld\n"
 		"# TYPE rapport_http_responses_total counter\n", s->requests);
@@ -729,17 +743,42 @@ handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
 		"# TYPE rapport_db_queued gauge\nrapport_db_queued %d\n",
 		ds.size, ds.connected, ds.busy, ds.queued);
 	evbuffer_add_printf(b,
-		"# TYPE rapport_llm_calls_total counter\nrapport_llm_calls_total %ld\n"
-		"# TYPE rapport_llm_attempts_total counter\nrapport_llm_attempts_total %ld\n"
-		"# TYPE rapport_llm_in_flight gauge\nrapport_llm_in_flight %ld\n"
-		"# TYPE rapport_llm_connections_total counter\nrapport_llm_connections_total %ld\n",
+		"# TYPE rapport_upstream_calls_total counter\nrapport_upstream_calls_total %ld\n"
+		"# TYPE rapport_upstream_attempts_total counter\nrapport_upstream_attempts_total %ld\n"
+		"# TYPE rapport_upstream_in_flight gauge\nrapport_upstream_in_flight %ld\n"
+		"# TYPE rapport_upstream_connections_total counter\nrapport_upstream_connections_total %ld\n",
 		ls.calls, ls.attempts, ls.in_flight, ls.connections);
+	struct limiter_stats lst;
+	limiter_stats(s->d.limiter, &lst);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_upstream_queued gauge\nrapport_upstream_queued %ld\n"
+		"# TYPE rapport_upstream_rejected_total counter\nrapport_upstream_rejected_total %ld\n",
+		(long)lst.queued, lst.rejected_total);
+	double now = util_now_ms();
+	struct breaker_stats bs;
+	breaker_stats(s->d.breaker, now, &bs);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_upstream_breaker_open gauge\nrapport_upstream_breaker_open %d\n"
+		"# TYPE rapport_upstream_breaker_opens_total counter\nrapport_upstream_breaker_opens_total %ld\n",
+		bs.state == BREAKER_CLOSED ? 0 : 1, (long)bs.opens_total);
+	size_t alen = acct_format_prometheus(s->d.acct, NULL, 0);
+	char *atext = xmalloc(alen + 1);
+	acct_format_prometheus(s->d.acct, atext, alen + 1);
+	evbuffer_add(b, atext, alen);
+	free(atext);
 	evbuffer_add_printf(b,
 		"# TYPE rapport_analysis_flights gauge\nrapport_analysis_flights %ld\n"
 		"# TYPE rapport_analysis_generated_total counter\nrapport_analysis_generated_total %ld\n"
 		"# TYPE rapport_analysis_failed_total counter\nrapport_analysis_failed_total %ld\n"
 		"# TYPE rapport_analysis_coalesced_total counter\nrapport_analysis_coalesced_total %ld\n",
 		as.flights, as.generated, as.failed, as.coalesced);
+}
+
+static void
+handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
+{
+	struct evbuffer *b = evbuffer_new();
+	http_server_metrics(s, b);
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evhttp_add_header(h, "X-Request-Id", req_id);

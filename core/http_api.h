@@ -18,6 +18,7 @@
 #include "script.h"
 
 struct event_base;
+struct evbuffer;
 typedef struct http_server http_server;
 
 struct http_deps {
@@ -28,11 +29,17 @@ struct http_deps {
 	db_pool *db;
 	llm_client *llm;
 	cache *cache;
+	limiter *limiter;
+	breaker *breaker;
+	accounting *acct;
 };
 
 /* Binds cfg->listen; NULL with *err set (caller frees) on failure. */
 http_server *http_server_create(const struct http_deps *deps, char **err);
 /* Stops accepting, answers 503 to requests still waiting, frees all. */
 void http_server_destroy(http_server *s);
+/* Appends the Prometheus text of /metrics to out (the admin socket's
+ * `metrics` shows the same counters). */
+void http_server_metrics(http_server *s, struct evbuffer *out);
 
 #endif

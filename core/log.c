@@ -87,7 +87,7 @@ emit(enum log_level level, const char *msg, va_list ap)
 			break;
 		case LOGV_NUM:
 			if (isfinite(kv.d))
-				put_raw(buf, cap, &n, "%.3f", kv.d);
+				put_raw(buf, cap, &n, "%.6g", kv.d);
 			else
 				put_raw(buf, cap, &n, "null");
 			break;

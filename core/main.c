@@ -58,6 +58,9 @@ struct app {
 	db_pool *db;
 	db_listener *listener;   /* cache invalidation (serve only) */
 	llm_client *llm;
+	limiter *limiter;        /* upstream calls in flight */
+	breaker *breaker;        /* upstream health */
+	accounting *acct;        /* tokens and cost */
 	cache *cache;
 	analysis *analysis;
 	http_server *http;
@@ -123,11 +126,30 @@ app_start_core(struct app *app)
 		fprintf(stderr, "rapport: cannot create the upstream client\n");
 		return false;
 	}
+	app->limiter = limiter_create(cfg->llm_max_in_flight, cfg->llm_max_queue);
+	struct breaker_config bc = {
+		.name = "upstream", .failure_threshold = cfg->breaker_failures,
+		.open_ms = cfg->breaker_open_ms, .max_open_ms = 120000, .half_open_probes = 1,
+		.probe_timeout_ms = cfg->llm_timeout_ms,
+	};
+	app->breaker = breaker_create(&bc);
+	app->acct = acct_create();
+	char err[256];
+	if (cfg->prices && !acct_set_prices(app->acct, cfg->prices, err, sizeof err)) {
+		fprintf(stderr, "rapport: RAPPORT_PRICES: %s\n", err);
+		return false;
+	}
+	bool cancel_orphans = strcmp(cfg->orphan_policy, "cancel") == 0;
+	if (!cancel_orphans && strcmp(cfg->orphan_policy, "finish") != 0) {
+		fprintf(stderr, "rapport: RAPPORT_ORPHAN_POLICY must be finish or cancel\n");
+		return false;
+	}
 	app->cache = cache_create(cfg->cache_bytes);
 	struct analysis_deps ad = {
 		.base = app->base, .db = app->db, .llm = app->llm, .cache = app->cache,
 		.scripts = app->scripts, .llm_timeout_ms = cfg->llm_timeout_ms,
-		.llm_first_token_ms = cfg->llm_first_token_ms,
+		.llm_first_token_ms = cfg->llm_first_token_ms, .limiter = app->limiter,
+		.breaker = app->breaker, .acct = app->acct, .cancel_orphans = cancel_orphans,
 	};
 	app->analysis = analysis_create(&ad);
 	return true;
@@ -147,6 +169,12 @@ app_stop(struct app *app)
 		event_free(app->sig_hup);
 	if (app->llm)
 		llm_client_destroy(app->llm);
+	if (app->limiter)
+		limiter_destroy(app->limiter);
+	if (app->breaker)
+		breaker_destroy(app->breaker);
+	if (app->acct)
+		acct_destroy(app->acct);
 	db_listen_destroy(app->listener);
 	if (app->db)
 		db_pool_destroy(app->db);
@@ -206,7 +234,8 @@ cmd_serve(struct app *app)
 	}
 	struct http_deps hd = {
 		.base = app->base, .cfg = cfg, .analysis = app->analysis, .scripts = app->scripts,
-		.db = app->db, .llm = app->llm, .cache = app->cache,
+		.db = app->db, .llm = app->llm, .cache = app->cache, .limiter = app->limiter,
+		.breaker = app->breaker, .acct = app->acct,
 	};
 	char *err = NULL;
 	app->http = http_server_create(&hd, &err);

@@ -111,7 +111,7 @@ budget_hook(lua_State *L, lua_Debug *ar)
 		/* Raise again at every instruction, so a pcall in the script
 		 * cannot catch the stop and carry on. */
 		lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-		luaL_error(L, "script exceeded its instruction budget (%ld instructions)", s->budget);
+		luaL_error(L, "script exceeded its instruction budget (%I instructions)", (lua_Integer)s->budget);
 	}
 }
 
@@ -1124,6 +1124,51 @@ script_run_post(script_run *run, const char *content, const char *finish_reason,
 		return NULL;
 	}
 	return take_result(s, "post(reply, ctx)", err, errlen);
+}
+
+json_t *
+script_run_ctx_json(script_run *run, char *err, size_t errlen)
+{
+	lua_State *L = run->s->L;
+	if (run->ctx_ref == LUA_NOREF) {
+		snprintf(err, errlen, "no context");
+		return NULL;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
+	json_t *v = luajson_from_lua(L, -1, NULL, err, errlen);
+	lua_pop(L, 1);
+	return v;
+}
+
+static int
+p_set_ctx(lua_State *L)
+{
+	script_run *run = lua_touserdata(L, 1);
+	const json_t *ctx = lua_touserdata(L, 2);
+	luajson_push(L, ctx);
+	run->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+bool
+script_run_set_ctx_json(script_run *run, const json_t *ctx, char *err, size_t errlen)
+{
+	if (!json_is_object(ctx)) {
+		snprintf(err, errlen, "the context must be an object");
+		return false;
+	}
+	lua_State *L = run->s->L;
+	int old = run->ctx_ref;
+	lua_pushcfunction(L, p_set_ctx);
+	lua_pushlightuserdata(L, run);
+	lua_pushlightuserdata(L, (void *)ctx);
+	if (!pcall_budget(run->s, 2, 0, err, errlen)) {
+		run->ctx_ref = old;
+		return false;
+	}
+	luaL_unref(L, LUA_REGISTRYINDEX, old);
+	run->contact_missing = false;
+	return true;
 }
 
 json_t *

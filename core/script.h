@@ -91,6 +91,13 @@ json_t *script_run_request(script_run *run, char *err, size_t errlen);
 /* post(reply, ctx) (or the default) → the result object. */
 json_t *script_run_post(script_run *run, const char *content, const char *finish_reason,
                         const char *model, char *err, size_t errlen);
+/* The ctx table as JSON (for the console and debugging). New reference, or
+ * NULL with err. */
+json_t *script_run_ctx_json(script_run *run, char *err, size_t errlen);
+/* Replaces the ctx with the given JSON object (a console user editing the
+ * context before rendering the prompt). contact_id, type and now are kept
+ * from the object when present. False with err on failure. */
+bool script_run_set_ctx_json(script_run *run, const json_t *ctx, char *err, size_t errlen);
 /* fallback(ctx) → result, or NULL (err empty when the script has none). */
 json_t *script_run_fallback(script_run *run, char *err, size_t errlen);
 

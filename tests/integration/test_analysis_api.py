@@ -366,12 +366,25 @@ def test_upstream_slower_than_the_deadline_is_504(make_server, fake):
     assert time.monotonic() - t0 < 2.5, "the deadline was not enforced"
 
 
-def test_an_invalid_model_reply_is_502_and_not_cached(server, fake):
+def test_a_reply_that_breaks_the_schema_gets_one_repair_attempt(server, fake):
     fake.fail({"mode": "invalid_json"})
     r = analysis(server, 11)
+    assert r.status == 200, r.body
+    assert calls(fake) == 2
+    msgs = fake.stats()["last_request"]["messages"]
+    assert msgs[-2]["role"] == "assistant" and msgs[-2]["content"] == '{"oops": tru'
+    assert msgs[-1]["role"] == "user" and "schema" in msgs[-1]["content"]
+    assert server.wait_for_log(lambda l: l.get("msg") == "schema repair attempt")
+
+
+def test_a_reply_still_invalid_after_the_repair_is_502_and_not_cached(server, fake):
+    fake.fail({"mode": "invalid_json", "count": 2})
+    r = analysis(server, 19)
     assert r.status == 502
-    assert r.json()["error"]["code"] == "upstream_invalid_reply"
-    assert analysis(server, 11).headers["X-Cache"] == "MISS"
+    err = r.json()["error"]
+    assert err["code"] == "upstream_invalid_reply" and "repair" in err["message"]
+    assert calls(fake) == 2
+    assert analysis(server, 19).headers["X-Cache"] == "MISS"
 
 
 def test_a_client_that_leaves_while_waiting_is_noticed_and_the_result_still_cached(server, fake):
