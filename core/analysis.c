@@ -69,6 +69,8 @@ struct flight {
 	char *text;                   /* the model's text so far, for joiners */
 	size_t text_len, text_cap;
 	double t_db, db_ms, script_ms, llm_ms;
+	double t_step;                /* run(ctx): when the current step began */
+	char model[96];               /* run(ctx): the model of its last call */
 	long prompt_tokens, completion_tokens;
 };
 
@@ -536,6 +538,106 @@ upstream_begin(struct flight *f)
 	}
 }
 
+/* ---- run(ctx): the script drives its own queries and model calls -------- */
+
+static void run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
+                        json_t *result, const char *err);
+
+static void
+on_run_query(void *arg, const PGresult *res, const struct db_error *err)
+{
+	struct flight *f = arg;
+	f->queries[0] = NULL;
+	double t0 = util_now_ms();
+	f->db_ms += t0 - f->t_step;
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	enum script_step st = script_run_resume_rows(f->run, res, err ? err->message : NULL, &w,
+	                                             &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
+}
+
+static void
+on_run_llm_done(void *arg, const struct llm_result *res)
+{
+	struct flight *f = arg;
+	analysis *a = f->a;
+	double t0 = util_now_ms();
+	f->llm = NULL;
+	breaker_record(a->d.breaker, upstream_healthy(res), t0);
+	f->llm_ms += res->elapsed_ms;
+	add_usage(f, res);
+	if (res->model)
+		snprintf(f->model, sizeof f->model, "%s", res->model);
+	char lerr[1024];
+	if (res->status != LLM_OK)
+		snprintf(lerr, sizeof lerr, "%s: %s", llm_status_name(res->status),
+		         res->error_message ? res->error_message : "failed");
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	enum script_step st = script_run_resume_reply(f->run, res->content, res->finish_reason,
+	                                              res->model, res->prompt_tokens,
+	                                              res->completion_tokens,
+	                                              res->status == LLM_OK ? NULL : lerr,
+	                                              &w, &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
+}
+
+/* Does what the script waits for, or finishes. Each step is one query or
+ * one model call, on the loop like everything else. */
+static void
+run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
+            json_t *result, const char *err)
+{
+	analysis *a = f->a;
+	switch (st) {
+	case SCRIPT_DONE:
+		succeed(f, result, f->model[0] ? f->model : NULL, false);
+		return;
+	case SCRIPT_ERROR:
+		fail(f, 500, "script_error", err);
+		return;
+	case SCRIPT_WAIT_QUERY:
+		f->state = FL_DB;
+		f->t_step = util_now_ms();
+		f->queries[0] = db_query_send(a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
+		return;
+	case SCRIPT_WAIT_CHAT:
+		f->state = FL_LLM;
+		if (!breaker_allow(a->d.breaker, util_now_ms())) {
+			/* Answer the script at once: it may have a plan B. */
+			struct script_wait w2;
+			json_t *r2;
+			char e[1024];
+			enum script_step st2 = script_run_resume_reply(
+				f->run, NULL, NULL, NULL, -1, -1,
+				"upstream_unavailable: calls are paused (circuit breaker open)",
+				&w2, &r2, e, sizeof e);
+			run_advance(f, st2, &w2, r2, e);
+			return;
+		}
+		f->llm = llm_chat(a->d.llm, w->request, a->d.llm_timeout_ms, on_llm_delta,
+		                  on_run_llm_done, f);
+		return;
+	}
+}
+
+static void
+run_begin(struct flight *f)
+{
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	double t0 = util_now_ms();
+	enum script_step st = script_run_start(f->run, &w, &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
+}
+
 /* ---- stage 2: the context is complete ----------------------------------- */
 
 static void
@@ -546,6 +648,10 @@ context_ready(struct flight *f)
 		char msg[96];
 		snprintf(msg, sizeof msg, "contact %lld not found", (long long)f->contact_id);
 		fail(f, 404, "contact_not_found", msg);
+		return;
+	}
+	if (script_info(f->s)->has_run) {
+		run_begin(f);
 		return;
 	}
 	char err[1024];

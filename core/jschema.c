@@ -13,6 +13,9 @@
  * one more when it is not a type mismatch): the branch that got furthest is
  * the one the message names. When every branch fails on type right here,
  * the message merges their types instead ("expected string or null").
+ * Every schema node visited costs one unit of a per-call budget
+ * (JSCHEMA_MAX_WORK), so anyOf branches that $ref back into each other end
+ * in an error instead of 2^64 steps.
  *
  * jschema_check_strict() walks the schema alone, with a JSON-pointer path
  * into the schema ("#/properties/tips/items"), and stops at the first rule
@@ -379,6 +382,17 @@ resolve_ref(const json_t *root, const char *ref)
 	return *p ? NULL : cur;
 }
 
+/* Adds a type name to a message's list, once. */
+static void
+add_name(const char **names, size_t *n, const char *name)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (strcmp(names[i], name) == 0)
+			return;
+	if (*n < MAX_TYPES)
+		names[(*n)++] = name;
+}
+
 /* "string", "string or null", "string, integer or null". */
 static void
 sb_type_list(struct sbuf *b, const char *const *names, size_t n)
@@ -418,6 +432,7 @@ struct vctx {
 	size_t errlen;
 	int err_steps;       /* path steps where the error was found */
 	bool err_type;       /* the error is a type mismatch */
+	long budget;         /* schema nodes still allowed to be visited */
 };
 
 static bool check(struct vctx *c, const json_t *s, const json_t *v, int depth);
@@ -581,8 +596,7 @@ check_type(struct vctx *c, const json_t *s, const json_t *v)
 			return fail(c, false, "schema error: unknown type \"%s\"", name);
 		if (type_matches(name, v))
 			return true;
-		if (n < MAX_TYPES)
-			names[n++] = name;
+		add_name(names, &n, name);
 	}
 	return count ? fail_type(c, names, n, v)
 	             : fail(c, false, "schema error: \"type\" is an empty array");
@@ -769,11 +783,7 @@ branch_types(const json_t *root, const json_t *s, const char **names, size_t *n)
 			                                    : json_string_value(t);
 			if (!name)
 				return false;
-			size_t j = 0;
-			while (j < *n && strcmp(names[j], name) != 0)
-				j++;
-			if (j == *n && *n < MAX_TYPES)
-				names[(*n)++] = name;
+			add_name(names, n, name);
 		}
 		return true;
 	}
@@ -832,6 +842,10 @@ check_anyof(struct vctx *c, const json_t *s, const json_t *v, int depth)
 		c->errlen = errlen;
 		if (ok)
 			return true;
+		if (c->budget < 0) {        /* out of work: say so plainly */
+			copy_msg(err, errlen, tmp);
+			return false;
+		}
 		int score = c->err_steps * 2 + (c->err_type ? 0 : 1);
 		if (score > best_score) {
 			memcpy(best, tmp, sizeof best);
@@ -852,6 +866,9 @@ check(struct vctx *c, const json_t *s, const json_t *v, int depth)
 	if (depth > JSCHEMA_MAX_DEPTH)
 		return fail(c, false, "nested too deeply (more than %d levels of schema or value)",
 		            JSCHEMA_MAX_DEPTH);
+	if (--c->budget < 0)
+		return fail(c, false, "schema error: too much work (more than %d schema checks; "
+		            "anyOf branches that $ref each other?)", JSCHEMA_MAX_WORK);
 	if (json_is_true(s))
 		return true;
 	if (json_is_false(s))
@@ -872,7 +889,8 @@ check(struct vctx *c, const json_t *s, const json_t *v, int depth)
 bool
 jschema_validate(const json_t *schema, const json_t *value, char *err, size_t errlen)
 {
-	struct vctx c = { .root = schema, .err = err, .errlen = errlen };
+	struct vctx c = { .root = schema, .err = err, .errlen = errlen,
+	                  .budget = JSCHEMA_MAX_WORK };
 	sb_init(&c.path, c.pathbuf, sizeof c.pathbuf);
 	sb_str(&c.path, "$");
 	copy_msg(err, errlen, "");

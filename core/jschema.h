@@ -21,7 +21,10 @@
  * (description, title, pattern, format, unknown keywords) is ignored.
  * Numbers compare by value: 3.0 is an integer and equals 3 in enum/const.
  * Schema and value nesting is limited to JSCHEMA_MAX_DEPTH: deeper input is
- * an error, never a stack overflow.
+ * an error, never a stack overflow. The work per call is limited too, to
+ * JSCHEMA_MAX_WORK schema nodes visited: anyOf branches that $ref back into
+ * each other could otherwise cost 2^64 steps. A model reply within
+ * max_tokens needs a few thousand at most.
  *
  * Neither function keeps state or allocates beyond short-lived message
  * formatting; both are safe to call from any thread on shared schemas.
@@ -34,6 +37,7 @@
 #include <jansson.h>
 
 #define JSCHEMA_MAX_DEPTH 64
+#define JSCHEMA_MAX_WORK  100000
 
 /* True when value satisfies schema. Otherwise false, and err (when not NULL)
  * holds the first problem as "<path>: <what is wrong>", the path starting

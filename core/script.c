@@ -13,6 +13,7 @@
  * longjmp through C frames that own resources.
  */
 #include "script.h"
+#include "jschema.h"
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
@@ -41,8 +42,9 @@ struct script {
 	int nqueries;
 	json_t *schema;
 	int table_ref;               /* the table the file returned */
-	bool has_post, has_fallback;
+	bool has_post, has_fallback, has_run;
 	struct script_info info;
+	script_run *active_run;      /* whose coroutine is running, for db/llm */
 
 	/* Limits, enforced by the allocator and the count hook. */
 	size_t mem_used, mem_cap;
@@ -73,6 +75,16 @@ struct script_run {
 	int64_t contact_id;
 	int ctx_ref;
 	bool contact_missing;
+
+	/* run(ctx): the coroutine and the one operation it waits on. */
+	lua_State *co;
+	int co_ref;
+	enum script_step pending;
+	char *p_sql;
+	char **p_params;
+	int p_nparams;
+	bool p_one;
+	json_t *p_request;
 };
 
 /* ---- the state: allocator, budget, sandbox ---------------------------- */
@@ -272,6 +284,9 @@ l_require(lua_State *L)
 	return 1;
 }
 
+static int l_db_query(lua_State *L);
+static int l_llm_chat(lua_State *L);
+
 /* Copies the named fields of a library table into a new table. */
 static void
 copy_fields(lua_State *L, int from, const char *const *names)
@@ -335,6 +350,14 @@ build_sandbox(lua_State *L)
 	lua_setfield(L, env, "require");
 	lua_pushcfunction(L, l_read_prompt);
 	lua_setfield(L, env, "read_prompt");
+	lua_createtable(L, 0, 1);
+	lua_pushcfunction(L, l_db_query);
+	lua_setfield(L, -2, "query");
+	lua_setfield(L, env, "db");
+	lua_createtable(L, 0, 1);
+	lua_pushcfunction(L, l_llm_chat);
+	lua_setfield(L, -2, "chat");
+	lua_setfield(L, env, "llm");
 	lua_pushvalue(L, env);
 	lua_setfield(L, env, "_G");
 
@@ -483,10 +506,24 @@ validate_decl(lua_State *L)
 	s->description = xstrdup(lua_tostring(L, -1));
 	lua_pop(L, 1);
 
-	if (rawfield(L, t, "prompt") != LUA_TFUNCTION)
-		return luaL_error(L, "%s: 'prompt' must be a function(ctx) returning messages", s->path);
+	int ty = rawfield(L, t, "run");
+	if (ty != LUA_TNIL && ty != LUA_TFUNCTION)
+		return luaL_error(L, "%s: 'run' must be a function(ctx) returning the result", s->path);
+	s->has_run = ty == LUA_TFUNCTION;
 	lua_pop(L, 1);
-	int ty = rawfield(L, t, "post");
+	ty = rawfield(L, t, "prompt");
+	if (ty != LUA_TFUNCTION && !(ty == LUA_TNIL && s->has_run))
+		return luaL_error(L, "%s: 'prompt' must be a function(ctx) returning messages "
+		                     "(or define run(ctx))", s->path);
+	lua_pop(L, 1);
+	if (s->has_run) {
+		/* run() may name queries at run time, when require is closed:
+		 * load the shared ones now (it is fine if there are none). */
+		lua_pushcfunction(L, l_require);
+		lua_pushstring(L, "queries");
+		lua_pcall(L, 1, 0, 0) == LUA_OK ? (void)0 : lua_pop(L, 1);
+	}
+	ty = rawfield(L, t, "post");
 	if (ty != LUA_TNIL && ty != LUA_TFUNCTION)
 		return luaL_error(L, "%s: 'post' must be a function(reply, ctx)", s->path);
 	s->has_post = ty == LUA_TFUNCTION;
@@ -535,6 +572,12 @@ validate_decl(lua_State *L)
 			return luaL_error(L, "%s: 'schema' is not valid JSON: %s", s->path, err);
 		if (!json_is_object(s->schema))
 			return luaL_error(L, "%s: 'schema' must be a JSON Schema object", s->path);
+		/* OpenAI refuses a strict schema that breaks its rules; say so
+		 * at load, with the place, not at the first request. */
+		char serr[512];
+		if (!jschema_check_strict(s->schema, serr, sizeof serr))
+			return luaL_error(L, "%s: 'schema' is not valid for strict structured outputs: %s",
+			                  s->path, serr);
 		char *dump = json_dumps(s->schema, JSON_COMPACT | JSON_SORT_KEYS);
 		hash_input(s, "schema", dump, strlen(dump));
 		free(dump);
@@ -636,7 +679,7 @@ script_load(script_registry *r, const char *name, char **error)
 		.path = s->path, .model = s->model, .ttl_ms = s->ttl_ms,
 		.temperature = s->temperature, .max_tokens = s->max_tokens,
 		.queries = s->queries, .nqueries = s->nqueries, .schema = s->schema,
-		.has_post = s->has_post, .has_fallback = s->has_fallback,
+		.has_post = s->has_post, .has_fallback = s->has_fallback, .has_run = s->has_run,
 	};
 	return s;
 fail:
@@ -814,6 +857,7 @@ script_run_new(script *s, int64_t contact_id, const char *now_iso)
 	run->s = s;
 	run->contact_id = contact_id;
 	run->ctx_ref = LUA_NOREF;
+	run->co_ref = LUA_NOREF;
 	struct new_ctx_args a = { contact_id, s->name, now_iso, LUA_NOREF };
 	char err[256];
 	lua_pushcfunction(s->L, p_new_ctx);
@@ -823,11 +867,28 @@ script_run_new(script *s, int64_t contact_id, const char *now_iso)
 	return run;
 }
 
+static void
+pending_clear(script_run *run)
+{
+	free(run->p_sql);
+	for (int i = 0; i < run->p_nparams; i++)
+		free(run->p_params[i]);
+	free(run->p_params);
+	json_decref(run->p_request);
+	run->p_sql = NULL;
+	run->p_params = NULL;
+	run->p_nparams = 0;
+	run->p_request = NULL;
+}
+
 void
 script_run_free(script_run *run)
 {
 	if (!run)
 		return;
+	pending_clear(run);
+	/* A suspended coroutine is just garbage once unanchored. */
+	luaL_unref(run->s->L, LUA_REGISTRYINDEX, run->co_ref);
 	luaL_unref(run->s->L, LUA_REGISTRYINDEX, run->ctx_ref);
 	script_unref(run->s);
 	free(run);
@@ -1190,4 +1251,369 @@ script_run_fallback(script_run *run, char *err, size_t errlen)
 		return NULL;
 	}
 	return take_result(s, "fallback(ctx)", err, errlen);
+}
+
+/* ---- run(ctx) ---------------------------------------------------------- */
+
+/* The run whose coroutine is executing, or a Lua error when db/llm are used
+ * anywhere else (prompt, post, the top level). */
+static script_run *
+running(lua_State *L, const char *what)
+{
+	script *s = owner(L);
+	if (!s->active_run || s->active_run->co != L || !lua_isyieldable(L))
+		luaL_error(L, "%s is only available inside run(ctx)", what);
+	return s->active_run;
+}
+
+/* Finds a named query: the script's declared ones, its own `sql` table,
+ * then scripts/lib/queries.lua. Leaves nothing on the stack. */
+static const char *
+named_sql(lua_State *L, script *s, const char *name, bool *one)
+{
+	for (int i = 0; i < s->nqueries; i++)
+		if (strcmp(s->queries[i].name, name) == 0) {
+			*one = s->queries[i].one;
+			return s->queries[i].sql;
+		}
+	const char *sql = NULL;
+	int top = lua_gettop(L);
+	int found = LUA_TNIL;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, s->table_ref);
+	if (rawfield(L, lua_gettop(L), "sql") == LUA_TTABLE)
+		found = rawfield(L, lua_gettop(L), name);
+	if (found == LUA_TNIL) {
+		lua_getfield(L, LUA_REGISTRYINDEX, "rapport.modules");
+		if (rawfield(L, lua_gettop(L), "queries") == LUA_TTABLE)
+			found = rawfield(L, lua_gettop(L), name);
+	}
+	*one = false;
+	if (found == LUA_TSTRING) {
+		sql = lua_tostring(L, -1);
+	} else if (found == LUA_TTABLE) {
+		int q = lua_gettop(L);
+		if (rawfield(L, q, "sql") == LUA_TSTRING)
+			sql = lua_tostring(L, -1);
+		*one = rawfield(L, q, "one") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+	}
+	/* The string stays alive: it is held by a table that outlives us. */
+	lua_settop(L, top);
+	return sql;
+}
+
+/* db.query(name_or_sql [, params]) → rows | row | nil, err  (yields) */
+static int
+l_db_query(lua_State *L)
+{
+	script_run *run = running(L, "db.query");
+	script *s = run->s;
+	const char *what = luaL_checkstring(L, 1);
+	bool one = false;
+	const char *sql = named_sql(L, s, what, &one);
+	bool named = sql != NULL;
+	if (!sql) {
+		if (!strpbrk(what, " \t\n"))
+			return luaL_error(L, "db.query: no query named '%s'", what);
+		sql = what;
+	}
+	/* Parameters as text, converted on the Lua stack first: nothing C
+	 * allocates may be live while a conversion can raise. */
+	int base = lua_gettop(L) + 1;
+	int n = 0;
+	if (lua_istable(L, 2)) {
+		n = (int)lua_rawlen(L, 2);
+		if (n > 64)
+			return luaL_error(L, "db.query: at most 64 parameters");
+		luaL_checkstack(L, n, "db.query parameters");
+		for (int i = 1; i <= n; i++) {
+			lua_rawgeti(L, 2, i);
+			if (lua_isboolean(L, -1)) {
+				lua_pushstring(L, lua_toboolean(L, -1) ? "true" : "false");
+				lua_remove(L, -2);
+			} else if (!lua_isstring(L, -1)) {
+				return luaL_error(L, "db.query: parameter %d must be a string, number or boolean", i);
+			} else {
+				luaL_tolstring(L, -1, NULL);
+				lua_remove(L, -2);
+			}
+		}
+	} else if (!lua_isnoneornil(L, 2)) {
+		return luaL_error(L, "db.query: parameters must be a list");
+	} else if (named) {
+		lua_pushinteger(L, (lua_Integer)run->contact_id);   /* $1 = the contact */
+		luaL_tolstring(L, -1, NULL);
+		lua_remove(L, -2);
+		n = 1;
+	}
+	pending_clear(run);
+	run->p_sql = xstrdup(sql);
+	run->p_one = one && named;
+	run->p_params = xcalloc((size_t)(n ? n : 1), sizeof(char *));
+	for (int i = 0; i < n; i++)
+		run->p_params[i] = xstrdup(lua_tostring(L, base + i));
+	run->p_nparams = n;
+	run->pending = SCRIPT_WAIT_QUERY;
+	return lua_yield(L, 0);
+}
+
+/* llm.chat(messages [, {model, temperature, max_tokens, schema}])
+ * → reply | nil, err  (yields) */
+static int
+l_llm_chat(lua_State *L)
+{
+	script_run *run = running(L, "llm.chat");
+	script *s = run->s;
+	char err[256];
+	luaL_checktype(L, 1, LUA_TTABLE);
+	json_t *msgs = luajson_from_lua(L, 1, NULL, err, sizeof err);
+	if (!msgs)
+		return luaL_error(L, "llm.chat: messages are not JSON: %s", err);
+	if (!valid_messages(msgs, err, sizeof err)) {
+		json_decref(msgs);
+		return luaL_error(L, "llm.chat: %s", err);
+	}
+	json_t *req = json_object();
+	json_object_set_new(req, "messages", msgs);
+	const char *model = s->model;
+	if (lua_istable(L, 2)) {
+		if (rawfield(L, 2, "model") == LUA_TSTRING)
+			model = lua_tostring(L, -1);
+		if (rawfield(L, 2, "temperature") == LUA_TNUMBER)
+			json_object_set_new(req, "temperature", json_real(lua_tonumber(L, -1)));
+		if (rawfield(L, 2, "max_tokens") == LUA_TNUMBER)
+			json_object_set_new(req, "max_completion_tokens",
+			                    json_integer((json_int_t)lua_tointeger(L, -1)));
+		if (rawfield(L, 2, "schema") == LUA_TTABLE) {
+			json_t *schema = luajson_from_lua(L, -1, NULL, err, sizeof err);
+			if (schema) {
+				char name[80];
+				snprintf(name, sizeof name, "%s_step", s->name);
+				json_object_set_new(req, "response_format",
+				                    json_pack("{s:s, s:{s:s, s:o, s:b}}", "type", "json_schema",
+				                              "json_schema", "name", name, "schema", schema,
+				                              "strict", 1));
+			}
+		}
+	}
+	json_object_set_new(req, "model", json_string(model));
+	/* From here nothing may raise before the yield: req is C-owned. */
+	pending_clear(run);
+	run->p_request = req;
+	run->pending = SCRIPT_WAIT_CHAT;
+	return lua_yield(L, 0);
+}
+
+/* Resumes the coroutine with nargs values on its stack and reports what
+ * happened next. */
+static enum script_step
+step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
+     char *err, size_t errlen)
+{
+	script *s = run->s;
+	lua_State *co = run->co;
+	*result = NULL;
+	s->active_run = run;
+	s->spent = 0;
+	lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+	int nres = 0;
+	int rc = lua_resume(co, s->L, nargs, &nres);
+	lua_sethook(co, NULL, 0, 0);
+	s->active_run = NULL;
+	if (rc == LUA_YIELD) {
+		lua_pop(co, nres);
+		memset(wait, 0, sizeof *wait);
+		if (run->pending == SCRIPT_WAIT_QUERY) {
+			wait->sql = run->p_sql;
+			wait->nparams = run->p_nparams;
+			wait->params = (const char *const *)run->p_params;
+		} else {
+			wait->request = run->p_request;
+		}
+		return run->pending;
+	}
+	if (rc == LUA_OK) {
+		if (nres < 1 || !lua_istable(co, -1)) {
+			snprintf(err, errlen, "script %s: run(ctx) must return a table", s->name);
+			lua_settop(co, 0);
+			return SCRIPT_ERROR;
+		}
+		char lerr[256];
+		*result = luajson_from_lua(co, -1, s->schema, lerr, sizeof lerr);
+		lua_settop(co, 0);
+		if (!*result || !json_is_object(*result)) {
+			json_decref(*result);
+			*result = NULL;
+			snprintf(err, errlen, "script %s: run(ctx) returned a value that is not a JSON object%s%s",
+			         s->name, lerr[0] ? ": " : "", lerr);
+			return SCRIPT_ERROR;
+		}
+		return SCRIPT_DONE;
+	}
+	const char *msg = lua_tostring(co, -1);
+	if (rc == LUA_ERRMEM)
+		msg = "script exceeded its memory cap (not enough memory)";
+	if (!msg)
+		msg = "error object is not a string";
+	size_t first = strcspn(msg, "\n");
+	snprintf(err, errlen, "script %s: run failed: %.*s", s->name, (int)first, msg);
+	log_event(LOG_WARN, "script error", LOG_S("script", s->name), LOG_S("error", err), LOG_END);
+	return SCRIPT_ERROR;
+}
+
+struct start_args {
+	script_run *run;
+};
+
+/* Makes the coroutine with run and ctx on its stack, anchored. */
+static int
+p_new_co(lua_State *L)
+{
+	struct start_args *a = lua_touserdata(L, 1);
+	script_run *run = a->run;
+	lua_State *co = lua_newthread(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, run->s->table_ref);
+	lua_pushstring(L, "run");
+	lua_rawget(L, -2);
+	lua_remove(L, -2);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
+	lua_xmove(L, co, 2);
+	run->co = co;
+	run->co_ref = luaL_ref(L, LUA_REGISTRYINDEX);    /* pops the thread */
+	return 0;
+}
+
+enum script_step
+script_run_start(script_run *run, struct script_wait *wait, json_t **result,
+                 char *err, size_t errlen)
+{
+	script *s = run->s;
+	*result = NULL;
+	if (!s->has_run) {
+		snprintf(err, errlen, "script %s has no run(ctx)", s->name);
+		return SCRIPT_ERROR;
+	}
+	struct start_args a = { run };
+	lua_pushcfunction(s->L, p_new_co);
+	lua_pushlightuserdata(s->L, &a);
+	if (!pcall_budget(s, 1, 0, err, errlen))
+		return SCRIPT_ERROR;
+	return step(run, 1, wait, result, err, errlen);
+}
+
+struct rows_args {
+	script_run *run;
+	const PGresult *res;
+};
+
+/* Builds the rows value on the main thread (where a memory error is
+ * caught), to be moved to the coroutine. */
+static int
+p_push_rows(lua_State *L)
+{
+	struct rows_args *a = lua_touserdata(L, 1);
+	int nrows = PQntuples(a->res);
+	if (a->run->p_one) {
+		if (nrows > 0)
+			push_row(L, a->res, 0);
+		else
+			lua_pushnil(L);
+		return 1;
+	}
+	lua_createtable(L, nrows, 0);
+	for (int r = 0; r < nrows; r++) {
+		push_row(L, a->res, r);
+		lua_rawseti(L, -2, r + 1);
+	}
+	luajson_mark_array(L, -1);
+	return 1;
+}
+
+/* Moves the top n values of the main stack to the coroutine. */
+static bool
+hand_over(script_run *run, int n, char *err, size_t errlen)
+{
+	if (!lua_checkstack(run->co, n + 2)) {
+		lua_pop(run->s->L, n);
+		snprintf(err, errlen, "script %s: Lua stack exhausted", run->s->name);
+		return false;
+	}
+	lua_xmove(run->s->L, run->co, n);
+	return true;
+}
+
+enum script_step
+script_run_resume_rows(script_run *run, const PGresult *res, const char *dberr,
+                       struct script_wait *wait, json_t **result, char *err, size_t errlen)
+{
+	script *s = run->s;
+	lua_State *L = s->L;
+	*result = NULL;
+	int n;
+	if (res) {
+		struct rows_args a = { run, res };
+		lua_pushcfunction(L, p_push_rows);
+		lua_pushlightuserdata(L, &a);
+		if (!pcall_budget(s, 1, 1, err, errlen))
+			return SCRIPT_ERROR;
+		n = 1;
+	} else {
+		lua_pushnil(L);
+		lua_pushstring(L, dberr ? dberr : "query failed");
+		n = 2;
+	}
+	pending_clear(run);
+	if (!hand_over(run, n, err, errlen))
+		return SCRIPT_ERROR;
+	return step(run, n, wait, result, err, errlen);
+}
+
+struct reply_push_args {
+	struct reply_args r;
+	long prompt_tokens, completion_tokens;
+};
+
+static int
+p_push_step_reply(lua_State *L)
+{
+	struct reply_push_args *a = lua_touserdata(L, 1);
+	lua_pushcfunction(L, p_push_reply);
+	lua_pushlightuserdata(L, &a->r);
+	lua_call(L, 1, 1);
+	lua_createtable(L, 0, 2);
+	lua_pushinteger(L, a->prompt_tokens);
+	lua_setfield(L, -2, "prompt_tokens");
+	lua_pushinteger(L, a->completion_tokens);
+	lua_setfield(L, -2, "completion_tokens");
+	lua_setfield(L, -2, "usage");
+	return 1;
+}
+
+enum script_step
+script_run_resume_reply(script_run *run, const char *content, const char *finish_reason,
+                        const char *model, long prompt_tokens, long completion_tokens,
+                        const char *llmerr, struct script_wait *wait, json_t **result,
+                        char *err, size_t errlen)
+{
+	script *s = run->s;
+	lua_State *L = s->L;
+	*result = NULL;
+	int n;
+	if (!llmerr) {
+		struct reply_push_args a = {
+			{ content ? content : "", finish_reason, model }, prompt_tokens, completion_tokens,
+		};
+		lua_pushcfunction(L, p_push_step_reply);
+		lua_pushlightuserdata(L, &a);
+		if (!pcall_budget(s, 1, 1, err, errlen))
+			return SCRIPT_ERROR;
+		n = 1;
+	} else {
+		lua_pushnil(L);
+		lua_pushstring(L, llmerr);
+		n = 2;
+	}
+	pending_clear(run);
+	if (!hand_over(run, n, err, errlen))
+		return SCRIPT_ERROR;
+	return step(run, n, wait, result, err, errlen);
 }

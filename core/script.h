@@ -53,6 +53,7 @@ struct script_info {
 	int nqueries;
 	const json_t *schema;        /* NULL when none */
 	bool has_post, has_fallback;
+	bool has_run;                /* run(ctx) replaces prompt → model → post */
 };
 
 script_registry *script_registry_create(const char *scripts_dir, const char *prompts_dir,
@@ -98,6 +99,36 @@ json_t *script_run_ctx_json(script_run *run, char *err, size_t errlen);
  * context before rendering the prompt). contact_id, type and now are kept
  * from the object when present. False with err on failure. */
 bool script_run_set_ctx_json(script_run *run, const json_t *ctx, char *err, size_t errlen);
+/* ---- run(ctx): a script's own sequence of queries and model calls ----
+ * run(ctx) runs in a coroutine. When it calls db.query() or llm.chat() it
+ * yields, and the step functions return what it waits for; the caller does
+ * the I/O on the loop and resumes it with the answer. Nothing here blocks
+ * and nothing calls back into the caller. */
+enum script_step {
+	SCRIPT_DONE,          /* *result is the run's result object */
+	SCRIPT_WAIT_QUERY,    /* run the query in *wait, then script_run_resume_rows */
+	SCRIPT_WAIT_CHAT,     /* send wait->request, then script_run_resume_reply */
+	SCRIPT_ERROR,         /* err says why (file:line) */
+};
+struct script_wait {      /* valid until the next call on this run */
+	const char *sql;
+	int nparams;
+	const char *const *params;
+	json_t *request;      /* borrowed */
+};
+enum script_step script_run_start(script_run *run, struct script_wait *wait, json_t **result,
+                                  char *err, size_t errlen);
+/* res on success, else dberr (the script sees nil, dberr). */
+enum script_step script_run_resume_rows(script_run *run, const PGresult *res, const char *dberr,
+                                        struct script_wait *wait, json_t **result,
+                                        char *err, size_t errlen);
+/* content etc. on success, else llmerr (the script sees nil, llmerr). */
+enum script_step script_run_resume_reply(script_run *run, const char *content,
+                                         const char *finish_reason, const char *model,
+                                         long prompt_tokens, long completion_tokens,
+                                         const char *llmerr, struct script_wait *wait,
+                                         json_t **result, char *err, size_t errlen);
+
 /* fallback(ctx) → result, or NULL (err empty when the script has none). */
 json_t *script_run_fallback(script_run *run, char *err, size_t errlen);
 

@@ -10,6 +10,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static json_t *
 parse(const char *text)
@@ -164,6 +165,7 @@ test_types(void)
 	        "type array lists every type");
 	invalid("{\"type\":[\"string\",\"integer\",\"null\"]}", "[]",
 	        "$: expected string, integer or null, got array", "three types");
+	invalid("{\"type\":[\"null\",\"null\"]}", "0", "$: expected null, got integer", "type names listed once");
 	invalid("{\"type\":\"float\"}", "1.5", "$: schema error: unknown type \"float\"",
 	        "unknown type name is a schema error");
 }
@@ -388,6 +390,19 @@ test_depth(void)
 	ok(!run("{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/b\"},\"b\":{\"anyOf\":[{\"$ref\":\"#/$defs/a\"}]}},"
 	        "\"$ref\":\"#/$defs/a\"}", "1", err, sizeof err) && strstr(err, "nested too deeply"),
 	   "a $ref cycle through anyOf stops at the limit");
+
+	/* Two branches that both recurse would cost 2^64 checks: the work
+	 * budget ends it. */
+	double t0 = (double)clock() / CLOCKS_PER_SEC;
+	ok(!run("{\"$defs\":{\"x\":{\"anyOf\":[{\"$ref\":\"#/$defs/x\"},{\"$ref\":\"#/$defs/x\"}]}},"
+	        "\"$ref\":\"#/$defs/x\"}", "1", err, sizeof err) && strstr(err, "too much work"),
+	   "exponential anyOf recursion stops at the work budget: %s", err);
+	ok(!run("{\"$defs\":{\"x\":{\"anyOf\":[{\"items\":{\"$ref\":\"#/$defs/x\"}},"
+	        "{\"items\":{\"$ref\":\"#/$defs/x\"}},{\"type\":\"string\"}]}},\"$ref\":\"#/$defs/x\"}",
+	        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+	        err, sizeof err) && strstr(err, "too much work"),
+	   "exponential anyOf over a deep value stops too");
+	ok((double)clock() / CLOCKS_PER_SEC - t0 < 2.0, "and both stop quickly");
 }
 
 static void
