@@ -11,6 +11,8 @@ asserts nothing, it measures.
 """
 
 import argparse
+import asyncio
+import http.client
 import json
 import os
 import platform
@@ -77,6 +79,55 @@ def wrk(url_lua, srv, duration, connections, threads=2):
         if "Non-2xx" in line:
             res["non2xx"] = line
     return res
+
+
+def sse_first_delta(srv, path):
+    """Opens an SSE request; returns (monotonic time of the first delta
+    event, all events' names). CLOCK_MONOTONIC is shared with the fake."""
+    conn = http.client.HTTPConnection(srv.host, srv.port, timeout=60)
+    conn.request("GET", path, headers={"Accept": "text/event-stream"})
+    r = conn.getresponse()
+    first = None
+    names = []
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"event: "):
+            name = line[7:].strip().decode()
+            names.append(name)
+            if name == "delta" and first is None:
+                first = time.monotonic() * 1000
+            if name in ("result", "error"):
+                break
+    conn.close()
+    return first, names
+
+
+async def one_stream(host, port, path, out):
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(("GET %s HTTP/1.1\r\nHost: b\r\nAccept: text/event-stream\r\n\r\n" % path).encode())
+    await writer.drain()
+    got_result = False
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        if line.startswith(b"event: result"):
+            got_result = True
+            break
+    writer.close()
+    out.append(got_result)
+
+
+async def many_streams(srv, path, n, pid, peak):
+    out = []
+    tasks = [asyncio.create_task(one_stream(srv.host, srv.port, path, out)) for _ in range(n)]
+    while not all(t.done() for t in tasks):
+        peak[0] = max(peak[0], rss_kb(pid))
+        await asyncio.sleep(0.05)
+    await asyncio.gather(*tasks)
+    return out
 
 
 def rss_kb(pid):
@@ -167,7 +218,33 @@ def main():
         out["singleflight_ok"] = statuses.count(200)
         fake.config(latency_ms=args.latency_ms)
 
-        # 4. Cached path: warm `keys` entries, then wrk rotates over them.
+        # 4. Streaming: time from the upstream writing its first content
+        # chunk to our client reading the first delta event.
+        log("streaming time to first delta...")
+        fake.config(latency_ms=args.latency_ms, chunk_delay_ms=20, chunks=8)
+        ttfd = []
+        for i in range(100):
+            cid = 1 + (i * 613) % args.contacts
+            first, names = sse_first_delta(srv, "/v1/contacts/%d/analyses/%s?refresh=1" % (cid, TYPE))
+            sent = fake.stats().get("last_first_content_mono_ms")
+            if first is not None and sent:
+                ttfd.append(first - sent)
+        out["ttfd_p50_ms"] = pct(ttfd, 50)
+        out["ttfd_p99_ms"] = pct(ttfd, 99)
+
+        # 5. 1000 concurrent streaming clients on one cold key.
+        log("1000 streaming clients on one key...")
+        fake.config(latency_ms=1500, chunk_delay_ms=20, chunks=8)
+        before = fake.stats()["chat_calls"]
+        peak = [0]
+        res = asyncio.run(many_streams(srv, "/v1/contacts/777/analyses/%s?refresh=1" % TYPE, 1000,
+                                       srv.pid, peak))
+        out["streams_ok"] = sum(1 for x in res if x)
+        out["streams_upstream_calls"] = fake.stats()["chat_calls"] - before
+        out["streams_peak_rss_mb"] = peak[0] / 1024.0
+        fake.config(latency_ms=args.latency_ms, chunk_delay_ms=0)
+
+        # 6. Cached path: warm `keys` entries, then wrk rotates over them.
         log("warming %d keys..." % args.keys)
         fake.config(latency_ms=0)
         for cid in range(1, args.keys + 1):
@@ -210,6 +287,9 @@ def main():
          "p50 %.2f ms, p99 %.2f ms" % (out["cold_overhead_p50_ms"], out["cold_overhead_p99_ms"])),
         ("100 identical concurrent cold requests", "%d upstream call(s), %d/100 answered 200" % (out["singleflight_upstream_calls"], out["singleflight_ok"])),
         ("context fetch (3 queries in parallel), 500 contacts", "p50 %.2f ms, p99 %.2f ms" % (out["context_fetch_p50_ms"], out["context_fetch_p99_ms"])),
+        ("streaming: upstream's first content chunk → client's first delta event (100 SSE requests)",
+         "p50 %.2f ms, p99 %.2f ms" % (out["ttfd_p50_ms"], out["ttfd_p99_ms"])),
+        ("1000 concurrent SSE clients on one cold key", "%d upstream call(s), %d/1000 got the result, peak RSS %.1f MB" % (out["streams_upstream_calls"], out["streams_ok"], out["streams_peak_rss_mb"])),
         ("resident memory", "%.1f MB at start, %.1f MB at end with %.1f MB of cache → %.1f MB besides the cache" % (out["rss_start_mb"], out["rss_end_mb"], out["cache_bytes_mb"], out["rss_minus_cache_mb"])),
     ]
     print("| measure | result |\n|---|---|")

@@ -35,6 +35,7 @@ static const struct setting settings[] = {
 	{ "RAPPORT_CACHE_BYTES", "--cache-bytes", K_SIZE, OFF(cache_bytes) },
 	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
 	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
+	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare) },
 	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms) },
 	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
 	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
@@ -66,6 +67,7 @@ set_defaults(struct config *c)
 	c->cache_bytes = 256u << 20;
 	c->db_pool_size = 8;
 	c->db_timeout_ms = 5000;
+	c->db_prepare = 1;
 	c->llm_timeout_ms = 60000;
 	c->llm_connect_timeout_ms = 5000;
 	c->llm_max_retries = 2;

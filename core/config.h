@@ -23,6 +23,7 @@ struct config {
 	size_t cache_bytes;        /* RAPPORT_CACHE_BYTES */
 	int db_pool_size;          /* RAPPORT_DB_POOL (8) */
 	int db_timeout_ms;         /* RAPPORT_DB_TIMEOUT_MS (5000): per query */
+	int db_prepare;            /* RAPPORT_DB_PREPARE (1): named prepared statements */
 	int llm_timeout_ms;        /* RAPPORT_LLM_TIMEOUT_MS (60000): whole call */
 	int llm_connect_timeout_ms;/* RAPPORT_LLM_CONNECT_TIMEOUT_MS (5000) */
 	int llm_max_retries;       /* RAPPORT_LLM_RETRIES (2) */

@@ -82,6 +82,12 @@ struct db_conn {
 	bool flushing;
 	db_query *q;                 /* in-flight query (BUSY) */
 	PGresult *res;               /* result kept until PQgetResult returns NULL */
+	/* Statements prepared on this session, by hash of their SQL: a named
+	 * query is parsed and planned once per connection instead of on
+	 * every request. The session owns them, so a reconnect forgets them. */
+	uint64_t *prepared;
+	int nprepared;
+	bool preparing;              /* the in-flight message is q's PQsendPrepare */
 };
 
 struct db_query {
@@ -112,6 +118,7 @@ struct db_pool {
 	char *options;
 	int size;
 	int query_timeout_ms;
+	bool prepare;                /* use named prepared statements */
 	struct db_conn *conns;
 	struct query_list queue;
 	int nqueued;
@@ -353,6 +360,8 @@ static void conn_close(struct db_conn *c)
 		c->pg = NULL;
 	}
 	c->flushing = false;
+	c->nprepared = 0;
+	c->preparing = false;
 }
 
 static void conn_backoff(struct db_conn *c)
@@ -547,6 +556,45 @@ static bool conn_flush(struct db_conn *c)
 	return true;
 }
 
+#define MAX_PREPARED 256          /* per connection; beyond, unnamed */
+
+static uint64_t
+sql_hash(const char *sql)
+{
+	uint64_t h = 0xcbf29ce484222325ULL;
+	for (const unsigned char *p = (const unsigned char *)sql; *p; p++)
+		h = (h ^ *p) * 0x100000001b3ULL;
+	return h;
+}
+
+static bool
+conn_has_prepared(const struct db_conn *c, uint64_t h)
+{
+	for (int i = 0; i < c->nprepared; i++)
+		if (c->prepared[i] == h)
+			return true;
+	return false;
+}
+
+/* Puts q's message on the wire: the prepared statement when this session
+ * has it, a PQsendPrepare first when it may get it, else unnamed. */
+static int
+conn_send(struct db_conn *c, db_query *q)
+{
+	const char *const *params = (const char *const *)q->params;
+	if (!c->pool->prepare)
+		return PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+	uint64_t h = sql_hash(q->sql);
+	char name[24];
+	snprintf(name, sizeof name, "r%016llx", (unsigned long long)h);
+	if (conn_has_prepared(c, h))
+		return PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0);
+	if (c->nprepared >= MAX_PREPARED)
+		return PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+	c->preparing = true;
+	return PQsendPrepare(c->pg, name, q->sql, q->nparams, NULL);
+}
+
 /* Sends q on the idle connection c. If the connection turns out dead, q goes
  * back to the head of the queue (the server cannot have run it without the
  * whole message) and false is returned. */
@@ -560,8 +608,8 @@ static bool conn_dispatch(struct db_conn *c, db_query *q)
 	q->conn = c;
 	c->q = q;
 	c->state = CONN_BUSY;
-	if (PQsendQueryParams(c->pg, q->sql, q->nparams, NULL,
-	                      (const char *const *)q->params, NULL, NULL, 0))
+	c->preparing = false;
+	if (conn_send(c, q))
 		r = PQflush(c->pg);
 	if (r >= 0) {
 		query_arm_deadline(q);
@@ -570,6 +618,7 @@ static bool conn_dispatch(struct db_conn *c, db_query *q)
 	}
 	one_line(PQerrorMessage(c->pg), msg, sizeof msg);
 	c->q = NULL;
+	c->preparing = false;
 	if (PQstatus(c->pg) == CONNECTION_BAD || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
 		pool_enqueue_head(p, q);
 		conn_broken(c, msg);
@@ -579,6 +628,37 @@ static bool conn_dispatch(struct db_conn *c, db_query *q)
 	 * caller's mistake, not an outage. */
 	c->state = CONN_IDLE;
 	query_fail_later(q, msg, false);
+	return true;
+}
+
+/* The PQsendPrepare of c->q succeeded: remember it and run the query. A
+ * failed prepare (bad SQL) is reported as the query's own error instead. */
+static bool
+conn_prepared(struct db_conn *c)
+{
+	db_query *q = c->q;
+	if (!c->res || PQresultStatus(c->res) != PGRES_COMMAND_OK)
+		return false;
+	PQclear(c->res);
+	c->res = NULL;
+	c->preparing = false;
+	c->prepared = xrealloc(c->prepared, sizeof *c->prepared * (size_t)(c->nprepared + 1));
+	c->prepared[c->nprepared++] = sql_hash(q->sql);
+	char name[24];
+	snprintf(name, sizeof name, "r%016llx", (unsigned long long)sql_hash(q->sql));
+	int r = -1;
+	if (PQsendQueryPrepared(c->pg, name, q->nparams, (const char *const *)q->params,
+	                        NULL, NULL, 0))
+		r = PQflush(c->pg);
+	if (r < 0) {
+		char msg[512];
+		one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+		c->q = NULL;
+		pool_enqueue_head(c->pool, q);
+		conn_broken(c, msg);
+		return true;
+	}
+	conn_set_flushing(c, r == 1);
 	return true;
 }
 
@@ -687,6 +767,9 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	while (!PQisBusy(c->pg)) {
 		PGresult *r = PQgetResult(c->pg);
 		if (!r) {
+			if (c->preparing && conn_prepared(c))
+				return;   /* the query itself is on its way now */
+			c->preparing = false;
 			conn_query_done(c);
 			return;   /* c may be reused or gone: do not touch it */
 		}
@@ -754,6 +837,8 @@ static void on_query_timer(evutil_socket_t fd, short what, void *arg)
 
 /* Our settings are appended after the user's `options` from the conninfo so
  * that TimeZone/DateStyle, which rapport relies on, always win. */
+/* Pool sessions are read-only: rapport reads the CRM and never writes it,
+ * so no script's SQL can change it either. */
 static char *build_options(const char *conninfo, int query_timeout_ms)
 {
 	char *user = NULL;
@@ -770,11 +855,12 @@ static char *build_options(const char *conninfo, int query_timeout_ms)
 	if (errmsg)
 		PQfreemem(errmsg);
 	if (query_timeout_ms > 0)
-		out = xasprintf("-c statement_timeout=%d %s%s-c TimeZone=UTC -c DateStyle=ISO",
+		out = xasprintf("-c statement_timeout=%d %s%s-c TimeZone=UTC -c DateStyle=ISO "
+		                "-c default_transaction_read_only=on",
 		                query_timeout_ms + DB_STMT_TIMEOUT_SLACK_MS,
 		                user ? user : "", user ? " " : "");
 	else
-		out = xasprintf("%s%s-c TimeZone=UTC -c DateStyle=ISO",
+		out = xasprintf("%s%s-c TimeZone=UTC -c DateStyle=ISO -c default_transaction_read_only=on",
 		                user ? user : "", user ? " " : "");
 	free(user);
 	return out;
@@ -813,6 +899,7 @@ db_pool *db_pool_create(struct event_base *base, const char *conninfo,
 	p->base = base;
 	p->size = size;
 	p->query_timeout_ms = query_timeout_ms > 0 ? query_timeout_ms : 0;
+	p->prepare = true;
 	p->conninfo = xstrdup(conninfo);
 	p->options = build_options(conninfo, p->query_timeout_ms);
 	TAILQ_INIT(&p->queue);
@@ -862,6 +949,7 @@ static void pool_free(db_pool *p)
 				conn_close(c);
 			if (c->timer)
 				event_free(c->timer);
+			free(c->prepared);
 		}
 		free(p->conns);
 	}
@@ -991,4 +1079,10 @@ void db_pool_stats(const db_pool *pool, struct db_stats *out)
 		if (c->state == CONN_BUSY)
 			out->busy++;
 	}
+}
+
+void
+db_pool_set_prepare(db_pool *p, bool on)
+{
+	p->prepare = on;
 }

@@ -57,6 +57,11 @@ db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
 /* The callback will not run. Safe until the callback has run. */
 void db_query_cancel(db_query *q);
 
+/* Named prepared statements (on by default): each SQL text is parsed and
+ * planned once per connection. Turn off behind PgBouncer in transaction
+ * mode, which does not keep them (before 1.21). */
+void db_pool_set_prepare(db_pool *pool, bool on);
+
 bool db_pool_is_up(const db_pool *pool);
 void db_pool_stats(const db_pool *pool, struct db_stats *out);
 

@@ -831,6 +831,9 @@ arm_timer(struct event *ev, double ms)
 		ms = 0;
 	tv.tv_sec = (time_t)(ms / 1000.0);
 	tv.tv_usec = (suseconds_t)(fmod(ms, 1000.0) * 1000.0);
+	/* Timers count from the loop's cached time, taken when this
+	 * iteration began; refresh it so a retry-after is honoured in full. */
+	event_base_update_cache_time(event_get_base(ev));
 	evtimer_add(ev, &tv);
 }
 

@@ -1,14 +1,17 @@
 /*
- * main — the rapport command: `serve`, `check`, `analyze`, `--help`.
+ * main — the rapport command: `serve`, `check`, `analyze`, `console`, `--help`.
  *
  * Builds the subsystems in dependency order on one event loop (scripts,
  * database pool, upstream client, cache, pipeline, HTTP API, file watch),
  * runs the loop, and tears them down in reverse on SIGINT/SIGTERM. SIGHUP
  * reloads every script.
  */
+#include "admin.h"
 #include "analysis.h"
 #include "cache.h"
+#include "check.h"
 #include "config.h"
+#include "console.h"
 #include "db.h"
 #include "db_listen.h"
 #include "http_api.h"
@@ -31,8 +34,10 @@ static const char usage[] =
 	"\n"
 	"commands:\n"
 	"  serve                     run the HTTP API\n"
-	"  check                     compile every analysis script and report errors\n"
+	"  check [--no-lint]        compile, lint (luacheck) and run the fixture tests of every script\n"
 	"  analyze <contact> <type>  run one analysis now and print its JSON\n"
+	"  console [-e CODE] [FILE]  Lua REPL on this process's pool, upstream and cache\n"
+	"  console --attach [SOCKET] the same, on a running server's admin socket\n"
 	"  --help                    this text\n"
 	"\n"
 	"options (each also an environment variable; flags win):\n"
@@ -45,6 +50,7 @@ static const char usage[] =
 	"  --cache-bytes N           RAPPORT_CACHE_BYTES (256MiB)\n"
 	"  --db-pool N               RAPPORT_DB_POOL     (8)\n"
 	"  --log-level LEVEL         RAPPORT_LOG_LEVEL   (info)\n"
+	"  --admin-socket PATH       RAPPORT_ADMIN_SOCKET (./var/run/rapport-<port>.sock; off)\n"
 	"  --config FILE             RAPPORT_CONFIG: NAME = value lines\n"
 	"environment only: OPENAI_API_KEY (never logged), RAPPORT_API_KEYS (comma-separated\n"
 	"client keys; empty = no auth), RAPPORT_LLM_TIMEOUT_MS, RAPPORT_DB_TIMEOUT_MS,\n"
@@ -64,6 +70,7 @@ struct app {
 	cache *cache;
 	analysis *analysis;
 	http_server *http;
+	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
 	struct event *sig_int, *sig_term, *sig_hup;
 	int exit_code;
@@ -72,6 +79,8 @@ struct app {
 static const struct script_limits default_limits = {
 	.memory_bytes = 128u << 20,
 	.instructions = 50000000,
+	.wall_ms = 1000,
+	.max_steps = 32,
 };
 
 static void
@@ -102,7 +111,7 @@ static bool
 app_start_core(struct app *app)
 {
 	struct config *cfg = &app->cfg;
-	app->base = event_base_new();
+	app->base = util_event_base();
 	if (!app->base) {
 		fprintf(stderr, "rapport: cannot create the event loop\n");
 		return false;
@@ -115,6 +124,7 @@ app_start_core(struct app *app)
 		fprintf(stderr, "rapport: DATABASE_URL is not a valid connection string\n");
 		return false;
 	}
+	db_pool_set_prepare(app->db, cfg->db_prepare != 0);
 	struct llm_config lc = {
 		.base_url = cfg->openai_base_url,
 		.api_key = cfg->openai_api_key,
@@ -158,6 +168,7 @@ app_start_core(struct app *app)
 static void
 app_stop(struct app *app)
 {
+	admin_destroy(app->admin);
 	http_server_destroy(app->http);
 	analysis_destroy(app->analysis);
 	watch_destroy(app->watch);
@@ -245,6 +256,17 @@ cmd_serve(struct app *app)
 		free(err);
 		return 1;
 	}
+	struct admin_deps dd = {
+		.base = app->base, .path = cfg->admin_socket, .cache = app->cache,
+		.scripts = app->scripts, .analysis = app->analysis, .db = app->db, .llm = app->llm,
+		.http = app->http,
+	};
+	if (*cfg->admin_socket && !(app->admin = admin_create(&dd, &err))) {
+		log_event(LOG_ERROR, "cannot open the admin socket", LOG_S("error", err), LOG_END);
+		fprintf(stderr, "rapport: %s\n", err);
+		free(err);
+		return 1;
+	}
 	char lib[4096];
 	snprintf(lib, sizeof lib, "%s/lib", cfg->scripts_dir);
 	const char *dirs[] = { cfg->scripts_dir, lib, cfg->prompts_dir, NULL };
@@ -269,26 +291,19 @@ cmd_serve(struct app *app)
 	return 0;
 }
 
+/* Removes a command's own boolean flag from args (before config_load sees
+ * it as unknown); *on becomes false when it was there. */
 static int
-cmd_check(struct app *app)
+take_flag(int nargs, char **args, const char *flag, bool *on)
 {
-	struct config *cfg = &app->cfg;
-	script_registry *r = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
-	                                            &default_limits);
-	int failed = script_registry_reload(r);
-	int n = script_registry_count(r);
-	for (int i = 0; i < n; i++) {
-		const char *name, *error;
-		script *s;
-		script_registry_entry(r, i, &name, &s, &error);
-		if (error)
-			printf("FAIL %s: %s\n", name, error);
+	int n = 0;
+	for (int i = 0; i < nargs; i++) {
+		if (strcmp(args[i], flag) == 0)
+			*on = false;
 		else
-			printf("ok   %s (version %.8s)\n", name, script_info(s)->version);
+			args[n++] = args[i];
 	}
-	printf("%d scripts, %d failed\n", n, failed);
-	script_registry_destroy(r);
-	return failed || n == 0 ? 1 : 0;
+	return n;
 }
 
 struct analyze_ctx {
@@ -331,6 +346,30 @@ cmd_analyze(struct app *app, char **args, int nargs)
 	return ac.status == 200 ? 0 : 1;
 }
 
+/* Standalone, the console runs on what `analyze` builds; attached, on
+ * nothing of this process but its settings. */
+static int
+cmd_console(struct app *app, const struct console_opts *co, char **args, int nargs)
+{
+	/* The REPL is the interface: info lines would only interleave with it. */
+	if (app->cfg.log_level == LOG_INFO)
+		log_set_level(LOG_WARN);
+	if (!console_args_ok(co, args, nargs))
+		return 2;
+	struct console_deps cd = { .cfg = &app->cfg };
+	if (!co->attach) {
+		if (!app_start_core(app))
+			return 1;
+		cd.base = app->base;
+		cd.scripts = app->scripts;
+		cd.db = app->db;
+		cd.llm = app->llm;
+		cd.cache = app->cache;
+		cd.analysis = app->analysis;
+	}
+	return console_main(&cd, co, args, nargs);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -345,8 +384,14 @@ main(int argc, char **argv)
 
 	struct app app = { 0 };
 	char **rest = NULL, *err = NULL;
-	int nrest = 0;
-	if (!config_load(&app.cfg, argc - 2, argv + 2, &rest, &nrest, &err)) {
+	int nrest = 0, nargs = argc - 2;
+	struct console_opts copts = { 0 };
+	bool lint = true;
+	if (strcmp(cmd, "console") == 0)
+		nargs = console_take_flags(nargs, argv + 2, &copts);
+	if (strcmp(cmd, "check") == 0)
+		nargs = take_flag(nargs, argv + 2, "--no-lint", &lint);
+	if (!config_load(&app.cfg, nargs, argv + 2, &rest, &nrest, &err)) {
 		fprintf(stderr, "rapport: %s\n", err);
 		free(err);
 		config_free(&app.cfg);
@@ -359,9 +404,11 @@ main(int argc, char **argv)
 	if (strcmp(cmd, "serve") == 0 && nrest == 0)
 		rc = cmd_serve(&app);
 	else if (strcmp(cmd, "check") == 0 && nrest == 0)
-		rc = cmd_check(&app);
+		rc = check_run(&app.cfg, &default_limits, lint);
 	else if (strcmp(cmd, "analyze") == 0)
 		rc = cmd_analyze(&app, rest, nrest);
+	else if (strcmp(cmd, "console") == 0)
+		rc = cmd_console(&app, &copts, rest, nrest);
 	else {
 		fprintf(stderr, "rapport: unknown command or extra arguments: %s\n%s", cmd, usage);
 		rc = 2;

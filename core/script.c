@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -49,6 +50,12 @@ struct script {
 	/* Limits, enforced by the allocator and the count hook. */
 	size_t mem_used, mem_cap;
 	long budget, spent;
+	long wall_ms;                /* per call into Lua */
+	int max_steps;               /* run(ctx) I/O calls */
+	double deadline_ms;
+	bool stopped;                /* the hook stopped the current call */
+	char stop_where[160], stop_why[48];
+	lua_State *call_thread;      /* reusable coroutine every call runs in */
 
 	/* Load-time state: read_prompt() works only while loading, and every
 	 * input read feeds the version hash. */
@@ -79,6 +86,7 @@ struct script_run {
 	/* run(ctx): the coroutine and the one operation it waits on. */
 	lua_State *co;
 	int co_ref;
+	int steps;                   /* resumes so far, against max_steps */
 	enum script_step pending;
 	char *p_sql;
 	char **p_params;
@@ -114,60 +122,231 @@ owner(lua_State *L)
 	return *(script **)lua_getextraspace(L);
 }
 
+/* The count hook. Past the instruction budget or the wall-clock bound of
+ * the call it stops the script: by yielding when it can — a yield from a
+ * hook cannot be caught by pcall/xpcall and no message handler runs, so the
+ * host gets control back for sure — and otherwise (inside a C call such as
+ * a sort comparator) by raising an error at every instruction until the
+ * code is back where it can yield. */
 static void
 budget_hook(lua_State *L, lua_Debug *ar)
 {
 	script *s = owner(L);
 	s->spent += HOOK_EVERY;
-	if (s->spent > s->budget) {
-		/* Raise again at every instruction, so a pcall in the script
-		 * cannot catch the stop and carry on. */
-		lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-		luaL_error(L, "script exceeded its instruction budget (%I instructions)", (lua_Integer)s->budget);
+	if (s->spent <= s->budget && !(s->deadline_ms > 0 && util_now_ms() > s->deadline_ms))
+		return;
+	if (!s->stopped) {
+		s->stopped = true;
+		if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+			snprintf(s->stop_where, sizeof s->stop_where, "%s:%d: ", ar->short_src,
+			         ar->currentline);
+		else
+			snprintf(s->stop_where, sizeof s->stop_where, "%s: ", s->path);
+		snprintf(s->stop_why, sizeof s->stop_why, "%s",
+		         s->spent > s->budget ? "its instruction budget" : "its time limit");
 	}
+	if (lua_isyieldable(L)) {
+		lua_yield(L, 0);
+		return;
+	}
+	lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "script exceeded %s", s->stop_why);
 }
 
-static int
-traceback_handler(lua_State *L)
+static void
+arm_limits(script *s, lua_State *co)
 {
-	const char *msg = lua_tostring(L, 1);
-	if (!msg)
-		msg = luaL_tolstring(L, 1, NULL);
-	luaL_traceback(L, L, msg, 1);
+	s->spent = 0;
+	s->stopped = false;
+	s->deadline_ms = s->wall_ms > 0 ? util_now_ms() + s->wall_ms : 0;
+	lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+}
+
+/* The message for a stopped script, naming where it was. */
+static void
+stopped_message(script *s, char *err, size_t errlen)
+{
+	snprintf(err, errlen, "%sscript exceeded %s (%lld instructions, %ld ms per call)",
+	         s->stop_where, s->stop_why, (long long)s->budget, s->wall_ms);
+}
+
+struct tb_args {
+	lua_State *co;
+	const char *msg;
+};
+
+static int
+p_traceback(lua_State *L)
+{
+	struct tb_args *a = lua_touserdata(L, 1);
+	luaL_traceback(L, a->co, a->msg, 0);
 	return 1;
 }
 
-/* Calls the function below nargs arguments on the stack, protected, under a
- * fresh instruction budget. Returns true with nresults on the stack, or
- * false with the message in err and the stack back at the function's slot.
- * The full traceback goes to the log; err keeps the first line
- * (file:line: message) for the caller. */
+/* Logs the error with the dead coroutine's traceback (built under
+ * protection: the state may be at its memory cap). */
+static void
+log_script_error(script *s, lua_State *co, const char *err)
+{
+	struct tb_args a = { co, err };
+	lua_State *L = s->L;
+	lua_pushcfunction(L, p_traceback);
+	lua_pushlightuserdata(L, &a);
+	bool tb = lua_pcall(L, 1, 1, 0) == LUA_OK;
+	log_event(LOG_WARN, "script error", LOG_S("script", s->name), LOG_S("error", err),
+	          LOG_S("traceback", tb ? lua_tostring(L, -1) : NULL), LOG_END);
+	lua_pop(L, 1);
+}
+
+static int
+p_new_call_thread(lua_State *L)
+{
+	owner(L)->call_thread = lua_newthread(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.call_thread");
+	return 0;
+}
+
+/* Calls the function below nargs arguments on the main stack under the
+ * limits, in the state's reusable call coroutine (see budget_hook). Returns
+ * true with nresults on the main stack, or false with the first line of
+ * the error (file:line: message) in err; the traceback goes to the log. */
 static bool
 pcall_budget(script *s, int nargs, int nresults, char *err, size_t errlen)
 {
 	lua_State *L = s->L;
-	int fidx = lua_gettop(L) - nargs;
-	lua_pushcfunction(L, traceback_handler);
-	lua_insert(L, fidx);
-	s->spent = 0;
-	lua_sethook(L, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
-	int rc = lua_pcall(L, nargs, nresults, fidx);
-	lua_sethook(L, NULL, 0, 0);
-	if (rc == LUA_OK) {
-		lua_remove(L, fidx);
+	lua_State *co = s->call_thread;
+	if (!co) {
+		/* Only while the sandbox itself is being built. */
+		if (lua_pcall(L, nargs, nresults, 0) == LUA_OK)
+			return true;
+		snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot build the sandbox");
+		lua_pop(L, 1);
+		return false;
+	}
+	if (!lua_checkstack(co, nargs + LUA_MINSTACK)) {
+		lua_pop(L, nargs + 1);
+		snprintf(err, errlen, "%s: Lua stack exhausted", s->path);
+		return false;
+	}
+	lua_xmove(L, co, nargs + 1);
+	arm_limits(s, co);
+	int nres = 0;
+	int rc = lua_resume(co, L, nargs, &nres);
+	lua_sethook(co, NULL, 0, 0);
+	if (rc == LUA_OK && !s->stopped) {
+		if (nres > nresults)
+			lua_pop(co, nres - nresults);
+		for (; nres < nresults; nres++)
+			lua_pushnil(co);
+		lua_xmove(co, L, nresults);
 		return true;
 	}
-	const char *msg = lua_tostring(L, -1);
-	if (!msg)
-		msg = rc == LUA_ERRMEM ? "not enough memory" : "error object is not a string";
-	if (rc == LUA_ERRMEM)
-		msg = "script exceeded its memory cap (not enough memory)";
-	size_t first = strcspn(msg, "\n");
-	snprintf(err, errlen, "%.*s", (int)first, msg);
-	log_event(LOG_WARN, "script error", LOG_S("script", s->name), LOG_S("error", err),
-	          LOG_S("traceback", msg), LOG_END);
-	lua_settop(L, fidx - 1);
+	if (s->stopped) {
+		stopped_message(s, err, errlen);
+	} else {
+		const char *msg = rc == LUA_ERRMEM ? "not enough memory" : lua_tostring(co, -1);
+		if (rc == LUA_ERRMEM)
+			snprintf(err, errlen, "%s: script exceeded its memory cap (not enough memory)", s->path);
+		else
+			snprintf(err, errlen, "%.*s", (int)strcspn(msg ? msg : "error object is not a string", "\n"),
+			         msg ? msg : "error object is not a string");
+	}
+	log_script_error(s, co, err);
+	/* A coroutine stopped from inside a hook keeps its hooks off for
+	 * good (Lua restores them only when the hook returns), so it is not
+	 * reused: a fresh one replaces it. */
+	lua_pushcfunction(L, p_new_call_thread);
+	if (lua_pcall(L, 0, 0, 0) != LUA_OK)
+		lua_pop(L, 1);             /* keep the old one; out of memory */
 	return false;
+}
+
+/* setmetatable without __gc: Lua runs finalizers with hooks off, so a
+ * finalizer could loop beyond any budget. */
+static int
+l_setmetatable(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	if (lua_istable(L, 2)) {
+		lua_pushstring(L, "__gc");
+		if (lua_rawget(L, 2) != LUA_TNIL)
+			return luaL_error(L, "setmetatable: __gc metamethods are not allowed in scripts");
+		lua_pop(L, 1);
+	}
+	/* Said here, not by the real setmetatable, so the message carries the
+	 * script's file:line. */
+	if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+		return luaL_error(L, "cannot change a protected metatable");
+	lua_settop(L, 2);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, 2, 1);
+	return 1;
+}
+
+/* rawset, except on the globals table, whose writes go through the
+ * request-time freeze below. */
+static int
+l_rawset(lua_State *L)
+{
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
+	bool env = lua_rawequal(L, 1, -1);
+	lua_pop(L, 1);
+	if (env)
+		return luaL_error(L, "rawset on the globals table is not allowed");
+	lua_settop(L, 3);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, 3, 1);
+	return 1;
+}
+
+/* Globals may be set while the file loads (its own helpers); afterwards a
+ * write would carry state from one request to the next. */
+static int
+l_set_global(lua_State *L)
+{
+	if (!owner(L)->loading)
+		return luaL_error(L, "cannot set global '%s' while serving a request (use a local)",
+		                  luaL_optstring(L, 2, "?"));
+	lua_rawset(L, 1);
+	return 0;
+}
+
+/* The string functions that run a pattern do all their work inside C,
+ * out of the count hook's reach; a pattern with many quantifiers over a
+ * long subject can backtrack for hours. Refuse the combinations whose
+ * worst case (length ^ quantifiers) is beyond reach. */
+static int
+l_pattern_guard(lua_State *L)
+{
+	size_t len;
+	luaL_checklstring(L, 1, &len);
+	const char *pat = lua_tostring(L, 2);
+	if (pat && len > 64) {
+		int k = 0;
+		bool anchored = pat[0] == '^';
+		for (const char *p = pat; *p; p++) {
+			if (*p == '%' && p[1]) {
+				p++;
+				continue;
+			}
+			if (*p == '*' || *p == '-' || *p == '+')
+				k++;
+		}
+		if (anchored && k > 0)
+			k--;
+		double digits = 0;
+		for (size_t n = len; n >= 10; n /= 10)
+			digits++;
+		if (k > 0 && digits * k > 9)
+			return luaL_error(L, "pattern too costly for a %d-byte subject (%d quantifiers): "
+			                     "simplify it or shorten the text", (int)len, k);
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	return lua_gettop(L);
 }
 
 static int
@@ -267,11 +446,16 @@ l_require(lua_State *L)
 	if (!src)
 		return luaL_error(L, "require: module '%s' not found in scripts/lib", name);
 	hash_input(s, path, src, len);
-	lua_pushfstring(L, "@%s", path);
+	/* Short chunk names: Lua cuts long ones to "...tail" in messages. */
+	lua_pushfstring(L, "@scripts/lib/%s.lua", name);
 	int rc = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
 	free(src);
-	if (rc != LUA_OK)
+	if (rc != LUA_OK) {
+		const char *m = lua_tostring(L, -1);
+		if (m && strncmp(m, "scripts/", 8) != 0)
+			return luaL_error(L, "scripts/lib/%s.lua: %s", name, m);
 		return lua_error(L);
+	}
 	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
 	lua_setupvalue(L, -2, 1);
 	lua_call(L, 0, 1);
@@ -329,6 +513,19 @@ build_sandbox(lua_State *L)
 		lua_getfield(L, base, *f);
 		lua_setfield(L, env, *f);
 	}
+	/* Guarded versions (see above) over the real functions. */
+	lua_getfield(L, base, "setmetatable");
+	lua_pushcclosure(L, l_setmetatable, 1);
+	lua_setfield(L, env, "setmetatable");
+	lua_getfield(L, base, "rawset");
+	lua_pushcclosure(L, l_rawset, 1);
+	lua_setfield(L, env, "rawset");
+	static const char *const pattern_fns[] = { "find", "match", "gmatch", "gsub", NULL };
+	for (const char *const *f = pattern_fns; *f; f++) {
+		lua_getfield(L, str, *f);
+		lua_pushcclosure(L, l_pattern_guard, 1);
+		lua_setfield(L, str, *f);
+	}
 	lua_pushvalue(L, str);
 	lua_setfield(L, env, "string");
 	lua_pushvalue(L, tab);
@@ -364,6 +561,8 @@ build_sandbox(lua_State *L)
 	lua_newtable(L);                     /* env's metatable */
 	lua_pushcfunction(L, l_undefined_global);
 	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, l_set_global);
+	lua_setfield(L, -2, "__newindex");
 	lua_pushstring(L, "sandbox");
 	lua_setfield(L, -2, "__metatable");
 	lua_setmetatable(L, env);
@@ -371,6 +570,10 @@ build_sandbox(lua_State *L)
 	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.env");
 	lua_newtable(L);
 	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.modules");
+	/* Every call into the script runs in this coroutine (see budget_hook),
+	 * anchored in the registry for the life of the state. */
+	owner(L)->call_thread = lua_newthread(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.call_thread");
 	return 0;
 }
 
@@ -467,8 +670,8 @@ resolve_query(lua_State *L, script *s, int decl, const char *name)
 		lua_pop(L, 1);
 	}
 	if (!sql)
-		luaL_error(L, "query '%s' is not defined (neither in this script's sql table "
-		              "nor in scripts/lib/queries.lua)", name);
+		luaL_error(L, "%s: query '%s' is not defined (neither in this script's sql table "
+		              "nor in scripts/lib/queries.lua)", s->path, name);
 	if (s->nqueries == MAX_QUERIES)
 		luaL_error(L, "too many queries (at most %d)", MAX_QUERIES);
 	struct script_query *sq = &s->queries[s->nqueries++];
@@ -619,6 +822,8 @@ script_load(script_registry *r, const char *name, char **error)
 	s->temperature = -1;
 	s->mem_cap = r->limits.memory_bytes;
 	s->budget = r->limits.instructions;
+	s->wall_ms = r->limits.wall_ms;
+	s->max_steps = r->limits.max_steps > 0 ? r->limits.max_steps : 32;
 	s->scripts_dir = r->scripts_dir;
 	s->prompts_dir = r->prompts_dir;
 	s->hash = UTIL_FNV_SEED;
@@ -648,12 +853,17 @@ script_load(script_registry *r, const char *name, char **error)
 		goto fail;
 	}
 	hash_input(s, "script", src, len);
-	char *chunk = xasprintf("@%s", s->path);
+	/* Messages say "scripts/<type>.lua:LINE:", whatever the folder's real
+	 * path: Lua cuts long chunk names to "...tail". */
+	char *chunk = xasprintf("@scripts/%s.lua", name);
 	int rc = luaL_loadbufferx(L, src, len, chunk, "t");
 	free(chunk);
 	free(src);
 	if (rc != LUA_OK) {
-		*error = xstrdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot load");
+		const char *m = lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot load";
+		/* Syntax errors carry "scripts/x.lua:LINE:" already; others
+		 * (a binary chunk) get the file named. */
+		*error = strncmp(m, "scripts/", 8) == 0 ? xstrdup(m) : xasprintf("scripts/%s.lua: %s", name, m);
 		goto fail;
 	}
 	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
@@ -672,6 +882,9 @@ script_load(script_registry *r, const char *name, char **error)
 	}
 	lua_settop(L, 0);
 	lua_gc(L, LUA_GCCOLLECT);
+	/* Requests make many short-lived tables in a long-lived state: the
+	 * generational collector handles that with less work per request. */
+	lua_gc(L, LUA_GCGEN, 0, 0);
 
 	s->version = xasprintf("%016llx", (unsigned long long)s->hash);
 	s->info = (struct script_info){
@@ -1301,6 +1514,37 @@ named_sql(lua_State *L, script *s, const char *name, bool *one)
 	return sql;
 }
 
+/* Whether ad-hoc SQL starts like a query (comments and blanks skipped).
+ * The sessions are read-only besides; this also keeps out statements a
+ * read-only session still allows, such as COPY … TO PROGRAM. */
+static bool
+reads_only(const char *sql)
+{
+	for (;;) {
+		while (*sql == ' ' || *sql == '\t' || *sql == '\n' || *sql == '\r' || *sql == '(')
+			sql++;
+		if (sql[0] == '-' && sql[1] == '-') {
+			sql += strcspn(sql, "\n");
+			continue;
+		}
+		if (sql[0] == '/' && sql[1] == '*') {
+			const char *end = strstr(sql + 2, "*/");
+			if (!end)
+				return false;
+			sql = end + 2;
+			continue;
+		}
+		break;
+	}
+	static const char *const ok[] = { "select", "with", "values", "table", NULL };
+	for (const char *const *w = ok; *w; w++) {
+		size_t n = strlen(*w);
+		if (strncasecmp(sql, *w, n) == 0 && !isalnum((unsigned char)sql[n]) && sql[n] != '_')
+			return true;
+	}
+	return false;
+}
+
 /* db.query(name_or_sql [, params]) → rows | row | nil, err  (yields) */
 static int
 l_db_query(lua_State *L)
@@ -1314,6 +1558,9 @@ l_db_query(lua_State *L)
 	if (!sql) {
 		if (!strpbrk(what, " \t\n"))
 			return luaL_error(L, "db.query: no query named '%s'", what);
+		if (!reads_only(what))
+			return luaL_error(L, "db.query: only SELECT, WITH, VALUES or TABLE statements "
+			                     "may be run from a script");
 		sql = what;
 	}
 	/* Parameters as text, converted on the Lua stack first: nothing C
@@ -1413,12 +1660,24 @@ step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
 	lua_State *co = run->co;
 	*result = NULL;
 	s->active_run = run;
-	s->spent = 0;
-	lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
+	if (++run->steps > s->max_steps + 1) {
+		s->active_run = NULL;
+		snprintf(err, errlen, "script %s: run(ctx) made more than %d db.query/llm.chat calls",
+		         s->name, s->max_steps);
+		return SCRIPT_ERROR;
+	}
+	arm_limits(s, co);
 	int nres = 0;
 	int rc = lua_resume(co, s->L, nargs, &nres);
 	lua_sethook(co, NULL, 0, 0);
 	s->active_run = NULL;
+	if (s->stopped) {
+		char msg[400];
+		stopped_message(s, msg, sizeof msg);
+		snprintf(err, errlen, "script %s: run failed: %s", s->name, msg);
+		log_script_error(s, co, err);
+		return SCRIPT_ERROR;
+	}
 	if (rc == LUA_YIELD) {
 		lua_pop(co, nres);
 		memset(wait, 0, sizeof *wait);
@@ -1456,7 +1715,7 @@ step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
 		msg = "error object is not a string";
 	size_t first = strcspn(msg, "\n");
 	snprintf(err, errlen, "script %s: run failed: %.*s", s->name, (int)first, msg);
-	log_event(LOG_WARN, "script error", LOG_S("script", s->name), LOG_S("error", err), LOG_END);
+	log_script_error(s, co, err);
 	return SCRIPT_ERROR;
 }
 

@@ -37,6 +37,8 @@ struct script_query {
 struct script_limits {
 	size_t memory_bytes;    /* cap per Lua state */
 	long instructions;      /* budget per call into Lua */
+	long wall_ms;           /* wall-clock bound per call into Lua (0 = none) */
+	int max_steps;          /* run(ctx): db.query + llm.chat calls at most */
 };
 
 /* What a script declared, for callers and /v1/analysis-types. */

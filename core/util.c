@@ -10,6 +10,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <event2/event.h>
+
 double
 util_now_ms(void)
 {
@@ -154,4 +156,16 @@ util_read_file(const char *path, size_t *len)
 	if (len)
 		*len = n;
 	return buf;
+}
+
+struct event_base *
+util_event_base(void)
+{
+	struct event_config *cfg = event_config_new();
+	if (!cfg)
+		return NULL;
+	event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+	struct event_base *base = event_base_new_with_config(cfg);
+	event_config_free(cfg);
+	return base;
 }

@@ -33,6 +33,11 @@ uint64_t util_fnv1a(uint64_t seed, const void *data, size_t len);
 /* Parse a decimal int64 that must fill the whole string; false otherwise. */
 bool util_parse_i64(const char *s, int64_t *out);
 
+/* The event loop every command runs on: with precise timers (timerfd
+ * rather than the coarse clock), so a retry-after or a deadline is never
+ * cut short by a few milliseconds. NULL on failure. */
+struct event_base *util_event_base(void);
+
 /* Read a whole file; NULL with errno set on failure. *len gets the size. */
 char *util_read_file(const char *path, size_t *len);
 

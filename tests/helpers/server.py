@@ -178,6 +178,9 @@ class Rapport:
         env["RAPPORT_SCRIPTS"] = str(REPO / "scripts")
         env["RAPPORT_PROMPTS"] = str(REPO / "prompts")
         env["RAPPORT_LOG_LEVEL"] = "debug"
+        # Each server's admin socket in its own workdir: no stale files in
+        # the repository's var/run when a test kills a server.
+        env["RAPPORT_ADMIN_SOCKET"] = str(self.workdir / "admin.sock")
         if self.pg is not None:
             env["DATABASE_URL"] = self.pg.url
         if self.fake is not None:

@@ -488,7 +488,7 @@ int main(void)
 		return 77;
 	}
 	log_set_level(getenv("TEST_DB_DEBUG") ? LOG_DEBUG : LOG_ERROR);
-	base = event_base_new();
+	base = util_event_base();
 
 	db_pool *p = db_pool_create(base, url, SIZE, 5000);
 	check(p != NULL, "pool created");

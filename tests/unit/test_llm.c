@@ -1011,7 +1011,7 @@ main(void)
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
-	base = event_base_new();
+	base = util_event_base();
 
 	json_t *probe = fake_ctl("/_fake/stats", NULL);
 	if (!probe) {

@@ -55,6 +55,7 @@ struct fake {
 	int max_in_flight;
 	json_t *last_request;		/* last chat body that parsed, or NULL */
 	bool last_auth_present;
+	double last_first_content_ms;	/* CLOCK_MONOTONIC ms of the last stream's first content chunk */
 
 	uint64_t id_seq;		/* makes response ids unique */
 	struct chat *chats;		/* every live chat context, for shutdown */

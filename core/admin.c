@@ -1,0 +1,762 @@
+/*
+ * admin — the unix-socket admin protocol on the server's event loop.
+ *
+ * Data flow: the evconnlistener accepts a local peer (same user or root,
+ * checked with SO_PEERCRED on top of the 0600 file mode), gives it a
+ * bufferevent, and each complete input line becomes one command. Commands
+ * answer at once, except `analyze`, which hands the request to the
+ * pipeline and stops reading that client's lines until the reply callback
+ * has written the answer (so replies stay in request order). The next
+ * queued line is taken from the loop, never from inside the pipeline's
+ * callback.
+ *
+ * A client ends three ways, all through client_free(): a socket error or
+ * reset (any wait is cancelled at once), end of input (what was asked is
+ * answered first, then the connection closes once the output is flushed),
+ * or admin_destroy().
+ */
+#include "admin.h"
+#include "log.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#define MAX_LINE     4096      /* a command longer than this is refused */
+#define MAX_CLIENTS  32        /* an operator tool: a few people at once */
+#define MAX_ARGS     8
+#define LIST_MAX     1000      /* cache list entries per reply */
+#define OUTPUT_MAX   (1 << 20) /* unread replies before we stop reading commands */
+
+struct admin_client {
+	admin *a;
+	struct bufferevent *bev;
+	struct event *next_ev;    /* takes the next queued line, from the loop */
+	analysis_wait *wait;      /* a running `analyze` */
+	bool eof;                 /* the peer is done sending: close when answered */
+	LIST_ENTRY(admin_client) link;
+};
+
+struct admin {
+	struct admin_deps d;
+	char *path;
+	struct evconnlistener *listener;
+	dev_t dev;                /* the socket file we made: only that one is */
+	ino_t ino;                /* removed at stop */
+	double started_ms;
+	LIST_HEAD(, admin_client) clients;
+	int nclients;
+};
+
+static void client_take_lines(struct admin_client *cl);
+
+/* ---- replies -------------------------------------------------------------- */
+
+/* Writes {"ok": true, "result": result} (result stolen) and the blank line. */
+static void
+send_doc(struct admin_client *cl, json_t *doc)
+{
+	char *text = json_dumps(doc, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	json_decref(doc);
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+	if (text)
+		evbuffer_add(out, text, strlen(text));
+	else
+		evbuffer_add_printf(out, "{\"ok\": false, \"error\": {\"code\": \"internal_error\"}}");
+	evbuffer_add(out, "\n\n", 2);
+	free(text);
+}
+
+static void
+reply_ok(struct admin_client *cl, json_t *result)
+{
+	json_t *doc = json_object();
+	json_object_set_new(doc, "ok", json_true());
+	json_object_set_new(doc, "result", result ? result : json_null());
+	send_doc(cl, doc);
+}
+
+static void
+reply_error(struct admin_client *cl, int status, const char *code, const char *fmt, ...)
+	__attribute__((format(printf, 4, 5)));
+
+static void
+reply_error(struct admin_client *cl, int status, const char *code, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	json_t *doc = json_object();
+	json_object_set_new(doc, "ok", json_false());
+	if (status)
+		json_object_set_new(doc, "status", json_integer(status));
+	json_object_set_new(doc, "error", json_pack("{s:s,s:s}", "code", code, "message", msg));
+	send_doc(cl, doc);
+}
+
+/* ---- listings shared with the console ------------------------------------- */
+
+json_t *
+admin_types_json(script_registry *r)
+{
+	json_t *list = json_array();
+	int n = script_registry_count(r);
+	for (int i = 0; i < n; i++) {
+		const char *name, *error;
+		script *cur;
+		script_registry_entry(r, i, &name, &cur, &error);
+		json_t *t = json_object();
+		json_object_set_new(t, "name", json_string(name));
+		if (cur) {
+			const struct script_info *si = script_info(cur);
+			json_object_set_new(t, "version", json_stringn(si->version, 8));
+			json_object_set_new(t, "description", json_string(si->description));
+			json_object_set_new(t, "model", json_string(si->model));
+			json_object_set_new(t, "ttl", json_real(si->ttl_ms / 1000.0));
+			json_t *qs = json_array();
+			for (int k = 0; k < si->nqueries; k++)
+				json_array_append_new(qs, json_string(si->queries[k].name));
+			json_object_set_new(t, "queries", qs);
+			json_object_set_new(t, "structured", json_boolean(si->schema != NULL));
+			json_object_set_new(t, "has_fallback", json_boolean(si->has_fallback));
+		}
+		json_object_set_new(t, "loaded", json_boolean(cur != NULL));
+		json_object_set_new(t, "error", error ? json_string(error) : json_null());
+		json_array_append_new(list, t);
+	}
+	return list;
+}
+
+json_t *
+admin_errors_json(script_registry *r)
+{
+	json_t *list = json_array();
+	int n = script_registry_count(r);
+	for (int i = 0; i < n; i++) {
+		const char *name, *error;
+		script *cur;
+		script_registry_entry(r, i, &name, &cur, &error);
+		if (error)
+			json_array_append_new(list, json_pack("{s:s,s:s,s:b}", "type", name, "error",
+			                                      error, "serving_old_version", cur != NULL));
+	}
+	return list;
+}
+
+struct cache_walk {
+	json_t *entries;
+	int64_t contact_id;
+	size_t max, total;
+	double now_ms;
+};
+
+static void
+cache_walk_one(void *arg, const struct cache_entry *e)
+{
+	struct cache_walk *w = arg;
+	if (w->contact_id > 0 && e->contact_id != w->contact_id)
+		return;
+	if (w->total++ >= w->max)
+		return;
+	/* The key is contact:type:version. */
+	const char *version = strrchr(e->key, ':');
+	double left = e->expires_ms - w->now_ms;
+	json_t *o = json_object();
+	json_object_set_new(o, "key", json_string(e->key));
+	json_object_set_new(o, "contact_id", json_integer(e->contact_id));
+	json_object_set_new(o, "type", json_string(e->type));
+	json_object_set_new(o, "version", json_string(version ? version + 1 : ""));
+	json_object_set_new(o, "age_ms", json_integer((json_int_t)(w->now_ms - e->created_ms)));
+	json_object_set_new(o, "ttl_left_ms", json_integer(left > 0 ? (json_int_t)left : 0));
+	json_object_set_new(o, "bytes", json_integer((json_int_t)e->bytes));
+	if (left <= 0)
+		json_object_set_new(o, "expired", json_true());
+	json_array_append_new(w->entries, o);
+}
+
+json_t *
+admin_cache_json(cache *c, int64_t contact_id, size_t max)
+{
+	struct cache_walk w = { json_array(), contact_id, max, 0, util_now_ms() };
+	cache_each(c, cache_walk_one, &w);
+	return json_pack("{s:o,s:I}", "entries", w.entries, "total", (json_int_t)w.total);
+}
+
+json_t *
+admin_reload(script_registry *r, const char *who)
+{
+	int failed = script_registry_reload(r);
+	int n = script_registry_count(r);
+	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded", LOG_S("by", who),
+	          LOG_I("types", n), LOG_I("failed", failed), LOG_END);
+	return json_pack("{s:i,s:i,s:o}", "types", n, "failed", failed, "errors",
+	                 admin_errors_json(r));
+}
+
+/* ---- commands --------------------------------------------------------------- */
+
+/* Positive contact id, or a 400 reply and false. */
+static bool
+arg_contact(struct admin_client *cl, const char *s, int64_t *id)
+{
+	if (util_parse_i64(s, id) && *id > 0)
+		return true;
+	reply_error(cl, 400, "invalid_contact_id", "the contact id must be a positive integer, got '%.40s'", s);
+	return false;
+}
+
+static void
+cmd_types(struct admin_client *cl, int argc, char **argv)
+{
+	reply_ok(cl, admin_types_json(cl->a->d.scripts));
+}
+
+static void
+cmd_errors(struct admin_client *cl, int argc, char **argv)
+{
+	reply_ok(cl, admin_errors_json(cl->a->d.scripts));
+}
+
+static void
+cmd_reload(struct admin_client *cl, int argc, char **argv)
+{
+	reply_ok(cl, admin_reload(cl->a->d.scripts, "admin socket"));
+}
+
+static void
+cmd_cache_list(struct admin_client *cl, int argc, char **argv)
+{
+	int64_t id = 0;
+	if (argc > 0 && !arg_contact(cl, argv[0], &id))
+		return;
+	reply_ok(cl, admin_cache_json(cl->a->d.cache, id, LIST_MAX));
+}
+
+/* A manual drop is an invalidation: generations of the contact already in
+ * progress read the old rows, so they must not store their result. */
+static void
+cmd_cache_drop(struct admin_client *cl, int argc, char **argv)
+{
+	int64_t id;
+	if (!arg_contact(cl, argv[0], &id))
+		return;
+	int n = cache_drop_contact(cl->a->d.cache, id, argc > 1 ? argv[1] : NULL);
+	analysis_contact_changed(cl->a->d.analysis, id);
+	reply_ok(cl, json_pack("{s:I,s:i}", "contact_id", (json_int_t)id, "dropped", n));
+}
+
+static void
+cmd_cache_clear(struct admin_client *cl, int argc, char **argv)
+{
+	struct cache_stats st;
+	cache_stats(cl->a->d.cache, &st);
+	cache_clear(cl->a->d.cache);
+	analysis_contact_changed(cl->a->d.analysis, -1);
+	reply_ok(cl, json_pack("{s:I}", "dropped", (json_int_t)st.entries));
+}
+
+/* Prometheus text → {"name{labels}": value}. */
+static json_t *
+metrics_json(const char *text, size_t len)
+{
+	json_t *o = json_object();
+	const char *p = text, *end = text + len;
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		const char *eol = nl ? nl : end;
+		const char *sp = eol;
+		while (sp > p && sp[-1] != ' ')
+			sp--;
+		if (*p != '#' && sp > p + 1) {
+			char *name = xstrndup(p, (size_t)(sp - 1 - p));
+			char *val = xstrndup(sp, (size_t)(eol - sp));
+			int64_t i;
+			json_object_set_new(o, name, util_parse_i64(val, &i) ? json_integer(i)
+			                                                     : json_real(strtod(val, NULL)));
+			free(name);
+			free(val);
+		}
+		p = nl ? nl + 1 : end;
+	}
+	return o;
+}
+
+static void
+cmd_metrics(struct admin_client *cl, int argc, char **argv)
+{
+	if (!cl->a->d.http) {
+		reply_error(cl, 0, "unavailable", "no HTTP server in this process");
+		return;
+	}
+	struct evbuffer *b = evbuffer_new();
+	http_server_metrics(cl->a->d.http, b);
+	size_t len = evbuffer_get_length(b);
+	json_t *m = len ? metrics_json((const char *)evbuffer_pullup(b, -1), len) : json_object();
+	evbuffer_free(b);
+	reply_ok(cl, m);
+}
+
+static void
+cmd_status(struct admin_client *cl, int argc, char **argv)
+{
+	admin *a = cl->a;
+	struct db_stats ds;
+	struct llm_stats ls;
+	struct cache_stats cs;
+	struct analysis_stats as;
+	db_pool_stats(a->d.db, &ds);
+	llm_client_stats(a->d.llm, &ls);
+	cache_stats(a->d.cache, &cs);
+	analysis_stats(a->d.analysis, &as);
+	reply_ok(cl, json_pack("{s:i,s:f,s:{s:s,s:i,s:i,s:i},s:{s:I,s:I},s:{s:I,s:I,s:I},"
+	                       "s:{s:I,s:I}}",
+	                       "pid", (int)getpid(), "admin_uptime_s",
+	                       (util_now_ms() - a->started_ms) / 1000.0,
+	                       "database", "state", db_pool_is_up(a->d.db) ? "up" : "down",
+	                       "connected", ds.connected, "busy", ds.busy, "queued", ds.queued,
+	                       "upstream", "in_flight", (json_int_t)ls.in_flight,
+	                       "calls", (json_int_t)ls.calls,
+	                       "cache", "entries", (json_int_t)cs.entries,
+	                       "bytes", (json_int_t)cs.bytes, "max_bytes", (json_int_t)cs.max_bytes,
+	                       "analysis", "flights", (json_int_t)as.flights,
+	                       "waiters", (json_int_t)as.waiters));
+}
+
+/* The pipeline answered: write it, then let the client's next line run. */
+static void
+on_analysis_reply(void *arg, const struct analysis_reply *r)
+{
+	struct admin_client *cl = arg;
+	cl->wait = NULL;
+	if (r->status != 200) {
+		reply_error(cl, r->status, r->error_code ? r->error_code : "error", "%s",
+		            r->error_message ? r->error_message : "");
+	} else {
+		json_t *doc = json_loadb(r->body, r->body_len, 0, NULL);
+		if (doc)
+			reply_ok(cl, doc);
+		else
+			reply_error(cl, 500, "internal_error", "the pipeline's document is not JSON");
+	}
+	struct timeval zero = { 0, 0 };
+	evtimer_add(cl->next_ev, &zero);
+}
+
+static void
+cmd_analyze(struct admin_client *cl, int argc, char **argv)
+{
+	int64_t id;
+	if (!arg_contact(cl, argv[0], &id))
+		return;
+	int flags = 0;
+	if (argc > 2) {
+		if (strcmp(argv[2], "refresh") != 0) {
+			reply_error(cl, 400, "bad_command", "the third word may only be 'refresh'");
+			return;
+		}
+		flags |= ANALYSIS_REFRESH;
+	}
+	/* A cache hit replies from inside the call and gets NULL back. */
+	cl->wait = analysis_get(cl->a->d.analysis, id, argv[1], flags, on_analysis_reply, NULL, cl);
+}
+
+static void cmd_help(struct admin_client *cl, int argc, char **argv);
+
+static const struct command {
+	const char *name, *sub;   /* "cache" "list"; sub NULL for one-word commands */
+	int min, max;             /* arguments after the name (and sub) */
+	void (*fn)(struct admin_client *cl, int argc, char **argv);
+	const char *usage, *does;
+} commands[] = {
+	{ "help", NULL, 0, 0, cmd_help, "help", "this list" },
+	{ "types", NULL, 0, 0, cmd_types, "types",
+	  "analysis types: version, model, ttl, queries, load error" },
+	{ "errors", NULL, 0, 0, cmd_errors, "errors", "script load errors (file:line)" },
+	{ "reload", NULL, 0, 0, cmd_reload, "reload", "recompile every script now" },
+	{ "cache", "list", 0, 1, cmd_cache_list, "cache list [contact]",
+	  "cached analyses: key, type, age, ttl left, bytes (most recent first)" },
+	{ "cache", "drop", 1, 2, cmd_cache_drop, "cache drop <contact> [type]",
+	  "drop a contact's cached analyses (all types, or one)" },
+	{ "cache", "clear", 0, 0, cmd_cache_clear, "cache clear", "drop every cached analysis" },
+	{ "metrics", NULL, 0, 0, cmd_metrics, "metrics", "the counters of GET /metrics" },
+	{ "status", NULL, 0, 0, cmd_status, "status", "database, upstream, cache and flights now" },
+	{ "analyze", NULL, 2, 3, cmd_analyze, "analyze <contact> <type> [refresh]",
+	  "run an analysis through the pipeline (cache first unless refresh)" },
+};
+#define NCOMMANDS (sizeof commands / sizeof commands[0])
+
+static void
+cmd_help(struct admin_client *cl, int argc, char **argv)
+{
+	json_t *list = json_array();
+	for (size_t i = 0; i < NCOMMANDS; i++)
+		json_array_append_new(list, json_pack("{s:s,s:s}", "command", commands[i].usage,
+		                                      "does", commands[i].does));
+	reply_ok(cl, list);
+}
+
+static void
+run_command(struct admin_client *cl, char *line)
+{
+	char *argv[MAX_ARGS + 1], *save = NULL;
+	int argc = 0;
+	for (char *w = strtok_r(line, " \t\r", &save); w; w = strtok_r(NULL, " \t\r", &save)) {
+		if (argc == MAX_ARGS) {
+			reply_error(cl, 400, "bad_command", "too many words");
+			return;
+		}
+		argv[argc++] = w;
+	}
+	if (argc == 0)
+		return;
+	bool known = false;
+	for (size_t i = 0; i < NCOMMANDS; i++) {
+		const struct command *c = &commands[i];
+		if (strcmp(argv[0], c->name) != 0)
+			continue;
+		known = true;
+		int skip = 1;
+		if (c->sub) {
+			if (argc < 2 || strcmp(argv[1], c->sub) != 0)
+				continue;
+			skip = 2;
+		}
+		int n = argc - skip;
+		if (n < c->min || n > c->max) {
+			reply_error(cl, 400, "bad_command", "usage: %s", c->usage);
+			return;
+		}
+		log_event(LOG_INFO, "admin command", LOG_S("command", argv[0]),
+		          LOG_S("sub", c->sub), LOG_S("arg", n > 0 ? argv[skip] : NULL), LOG_END);
+		c->fn(cl, n, argv + skip);
+		return;
+	}
+	if (known)
+		reply_error(cl, 400, "bad_command", "'%s' needs a subcommand (see help)", argv[0]);
+	else
+		reply_error(cl, 400, "unknown_command", "unknown command '%.40s' (see help)", argv[0]);
+}
+
+/* ---- clients ---------------------------------------------------------------- */
+
+static void
+client_free(struct admin_client *cl)
+{
+	if (cl->wait)
+		analysis_wait_cancel(cl->wait);
+	event_free(cl->next_ev);
+	bufferevent_free(cl->bev);
+	LIST_REMOVE(cl, link);
+	cl->a->nclients--;
+	free(cl);
+}
+
+/* After end of input: free once nothing is pending and the output is out.
+ * True when cl is gone. */
+static bool
+client_maybe_close(struct admin_client *cl)
+{
+	if (!cl->eof || cl->wait || evbuffer_get_length(bufferevent_get_output(cl->bev)))
+		return false;
+	client_free(cl);
+	return true;
+}
+
+/* Runs complete lines until one has to wait, or until the client has
+ * OUTPUT_MAX of replies it has not read: then reading stops until they
+ * drain (on_write), so a client that pipelines commands and never reads
+ * cannot make us buffer without bound. */
+static void
+client_take_lines(struct admin_client *cl)
+{
+	struct evbuffer *in = bufferevent_get_input(cl->bev);
+	struct evbuffer *out = bufferevent_get_output(cl->bev);
+	while (!cl->wait) {
+		if (evbuffer_get_length(out) >= OUTPUT_MAX) {
+			bufferevent_disable(cl->bev, EV_READ);
+			return;
+		}
+		size_t n;
+		char *line = evbuffer_readln(in, &n, EVBUFFER_EOL_LF);
+		if (!line && cl->eof && (n = evbuffer_get_length(in)) > 0 && n <= MAX_LINE) {
+			/* `printf types | …`: the last command needs no newline. */
+			line = xmalloc(n + 1);
+			evbuffer_remove(in, line, n);
+			line[n] = '\0';
+		}
+		if (!line) {
+			if (evbuffer_get_length(in) > MAX_LINE) {
+				reply_error(cl, 400, "line_too_long", "a command is at most %d bytes", MAX_LINE);
+				evbuffer_drain(in, evbuffer_get_length(in));
+				bufferevent_disable(cl->bev, EV_READ);
+				cl->eof = true;
+			}
+			break;
+		}
+		if (n > MAX_LINE)
+			reply_error(cl, 400, "line_too_long", "a command is at most %d bytes", MAX_LINE);
+		else
+			run_command(cl, line);
+		free(line);
+	}
+	client_maybe_close(cl);
+}
+
+static void
+on_next(evutil_socket_t fd, short what, void *arg)
+{
+	client_take_lines(arg);
+}
+
+static void
+on_read(struct bufferevent *bev, void *arg)
+{
+	client_take_lines(arg);
+}
+
+/* The output drained: take the lines held back (which closes the
+ * connection when the client is done and nothing is left). */
+static void
+on_write(struct bufferevent *bev, void *arg)
+{
+	struct admin_client *cl = arg;
+	if (!cl->eof)
+		bufferevent_enable(bev, EV_READ);
+	if (!cl->wait)
+		client_take_lines(cl);
+}
+
+static void
+on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct admin_client *cl = arg;
+	if (what & BEV_EVENT_ERROR) {
+		client_free(cl);          /* reset: nobody to answer */
+		return;
+	}
+	if (what & BEV_EVENT_EOF) {
+		/* `echo types | socat - UNIX-CONNECT:…` half-closes at once:
+		 * answer what was sent, then close. */
+		cl->eof = true;
+		bufferevent_disable(bev, EV_READ);
+		client_take_lines(cl);
+	}
+}
+
+/* The file mode already keeps other users out; this also holds when the
+ * socket's folder or mode was changed by hand. */
+static bool
+peer_allowed(evutil_socket_t fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof cred;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
+		return false;
+	return cred.uid == geteuid() || cred.uid == 0;
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen,
+          void *arg)
+{
+	admin *a = arg;
+	if (!peer_allowed(fd) || a->nclients >= MAX_CLIENTS) {
+		log_event(LOG_WARN, "admin connection refused",
+		          LOG_S("reason", a->nclients >= MAX_CLIENTS ? "too many clients" : "other user"),
+		          LOG_END);
+		evutil_closesocket(fd);
+		return;
+	}
+	struct admin_client *cl = xcalloc(1, sizeof *cl);
+	cl->a = a;
+	cl->bev = bufferevent_socket_new(a->d.base, fd, BEV_OPT_CLOSE_ON_FREE);
+	cl->next_ev = evtimer_new(a->d.base, on_next, cl);
+	if (!cl->bev || !cl->next_ev) {
+		if (cl->bev)
+			bufferevent_free(cl->bev);
+		else
+			evutil_closesocket(fd);
+		if (cl->next_ev)
+			event_free(cl->next_ev);
+		free(cl);
+		return;
+	}
+	bufferevent_setcb(cl->bev, on_read, on_write, on_event, cl);
+	/* Input waiting behind an `analyze` stays bounded too. */
+	bufferevent_setwatermark(cl->bev, EV_READ, 0, 16 * MAX_LINE);
+	bufferevent_enable(cl->bev, EV_READ | EV_WRITE);
+	LIST_INSERT_HEAD(&a->clients, cl, link);
+	a->nclients++;
+}
+
+static void
+on_accept_error(struct evconnlistener *l, void *arg)
+{
+	log_event(LOG_ERROR, "admin accept failed",
+	          LOG_S("error", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR())), LOG_END);
+}
+
+/* ---- the socket file ---------------------------------------------------------- */
+
+/* The socket's folder, created owner-only when missing. Folders above it
+ * (./var for the default path) get 0755 as tools/run.sh gives ./var: the
+ * postgres user of a private cluster under ./var/pg must pass through.
+ * Existing folders are left as they are. */
+static bool
+make_parent(const char *path, char **err)
+{
+	char *dir = xstrdup(path);
+	char *slash = strrchr(dir, '/');
+	bool ok = true;
+	if (slash && slash != dir) {
+		*slash = '\0';
+		for (char *p = dir + 1; ok; p++) {
+			if (*p != '/' && *p != '\0')
+				continue;
+			char c = *p;
+			*p = '\0';
+			if (mkdir(dir, c ? 0755 : 0700) != 0 && errno != EEXIST) {
+				*err = xasprintf("cannot create %s: %s", dir, strerror(errno));
+				ok = false;
+			}
+			*p = c;
+			if (!c)
+				break;
+		}
+	}
+	free(dir);
+	return ok;
+}
+
+/* A socket file left by a crashed server is replaced; one a live server
+ * answers on, or a file that is not a socket, is an error. */
+static bool
+clear_stale(const char *path, const struct sockaddr_un *sa, char **err)
+{
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return errno == ENOENT ? true
+		                       : (*err = xasprintf("%s: %s", path, strerror(errno)), false);
+	if (!S_ISSOCK(st.st_mode)) {
+		*err = xasprintf("%s exists and is not a socket", path);
+		return false;
+	}
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		*err = xasprintf("socket: %s", strerror(errno));
+		return false;
+	}
+	int rc = connect(fd, (const struct sockaddr *)sa, sizeof *sa);
+	int e = errno;
+	close(fd);
+	if (rc == 0) {
+		*err = xasprintf("%s is in use by a running server (set RAPPORT_ADMIN_SOCKET)", path);
+		return false;
+	}
+	if (e != ECONNREFUSED && e != ENOENT) {
+		*err = xasprintf("%s: %s", path, strerror(e));
+		return false;
+	}
+	log_event(LOG_INFO, "replacing a stale admin socket", LOG_S("path", path), LOG_END);
+	unlink(path);
+	return true;
+}
+
+/* A listening socket bound at path with mode 0600 from the start (umask
+ * around bind: no moment where others could connect), or -1 with *err. */
+static int
+bind_socket(const char *path, char **err)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof sa.sun_path) {
+		*err = xasprintf("RAPPORT_ADMIN_SOCKET: path longer than %zu bytes: %s",
+		                 sizeof sa.sun_path - 1, path);
+		return -1;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	if (!make_parent(path, err) || !clear_stale(path, &sa, err))
+		return -1;
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0) {
+		*err = xasprintf("socket: %s", strerror(errno));
+		return -1;
+	}
+	mode_t old = umask(0177);
+	int rc = bind(fd, (struct sockaddr *)&sa, sizeof sa);
+	int e = errno;
+	umask(old);
+	if (rc != 0 || chmod(path, 0600) != 0 || listen(fd, 16) != 0) {
+		if (rc == 0)
+			e = errno, unlink(path);
+		*err = xasprintf("cannot listen on %s: %s", path, strerror(e));
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+admin *
+admin_create(const struct admin_deps *deps, char **err)
+{
+	*err = NULL;
+	int fd = bind_socket(deps->path, err);
+	if (fd < 0)
+		return NULL;
+	admin *a = xcalloc(1, sizeof *a);
+	a->d = *deps;
+	a->path = xstrdup(deps->path);
+	a->d.path = a->path;
+	a->started_ms = util_now_ms();
+	LIST_INIT(&a->clients);
+	struct stat st;
+	if (stat(a->path, &st) == 0) {
+		a->dev = st.st_dev;
+		a->ino = st.st_ino;
+	}
+	a->listener = evconnlistener_new(deps->base, on_accept, a,
+	                                 LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+	if (!a->listener) {
+		*err = xasprintf("cannot watch the admin socket %s", a->path);
+		close(fd);
+		unlink(a->path);
+		free(a->path);
+		free(a);
+		return NULL;
+	}
+	evconnlistener_set_error_cb(a->listener, on_accept_error);
+	log_event(LOG_INFO, "admin socket", LOG_S("path", a->path), LOG_END);
+	return a;
+}
+
+void
+admin_destroy(admin *a)
+{
+	if (!a)
+		return;
+	while (!LIST_EMPTY(&a->clients))
+		client_free(LIST_FIRST(&a->clients));
+	evconnlistener_free(a->listener);
+	/* Only our own file: a server started after us with the same path
+	 * (after replacing ours as stale) keeps its socket. */
+	struct stat st;
+	if (stat(a->path, &st) == 0 && st.st_dev == a->dev && st.st_ino == a->ino)
+		unlink(a->path);
+	free(a->path);
+	free(a);
+}

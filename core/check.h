@@ -1,0 +1,18 @@
+/*
+ * check — `rapport check`: compile every analysis script, lint it with
+ * luacheck against exactly the sandbox's globals, and run its fixture tests
+ * (scripts/tests/<type>.lua: context → expected messages, model reply →
+ * expected result). Prints one line per finding, file:line first, and
+ * returns the process exit status (0 when everything passed).
+ */
+#ifndef RAPPORT_CHECK_H
+#define RAPPORT_CHECK_H
+
+#include "config.h"
+#include "script.h"
+
+/* lint: run luacheck (when it is installed; a missing luacheck is an error
+ * unless lint is false). */
+int check_run(const struct config *cfg, const struct script_limits *limits, bool lint);
+
+#endif
