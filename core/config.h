@@ -35,6 +35,7 @@ struct config {
 	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */
 	char *orphan_policy;       /* RAPPORT_ORPHAN_POLICY finish|cancel (finish) */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): idle/slow clients */
+	int sse_heartbeat_ms;      /* RAPPORT_SSE_HEARTBEAT_MS (15000): comment line in quiet streams */
 	size_t max_body_bytes;     /* RAPPORT_MAX_BODY (64 KiB) */
 	size_t max_header_bytes;   /* RAPPORT_MAX_HEADERS (16 KiB) */
 	int log_level;             /* RAPPORT_LOG_LEVEL debug|info|warn|error */

@@ -341,7 +341,6 @@ x_cache(const char *status)
 /* Past this much unsent output a slow reader stops getting deltas (the
  * result event still carries the whole text), so memory stays bounded. */
 #define SSE_HIGH_WATER (256 * 1024)
-#define SSE_HEARTBEAT_S 15
 
 static size_t
 pending_output(struct evhttp_request *req)
@@ -408,7 +407,8 @@ sse_start(struct http_call *c, const char *cache_status, const char *version,
 		event_free(c->peek);
 		c->peek = NULL;
 	}
-	struct timeval hb = { SSE_HEARTBEAT_S, 0 };
+	int hb_ms = s->d.cfg->sse_heartbeat_ms > 0 ? s->d.cfg->sse_heartbeat_ms : 15000;
+	struct timeval hb = { hb_ms / 1000, (hb_ms % 1000) * 1000 };
 	c->heartbeat = event_new(s->d.base, -1, EV_PERSIST, on_heartbeat, c);
 	event_add(c->heartbeat, &hb);
 	char version8[9] = "";

@@ -165,3 +165,11 @@ def test_an_unknown_contact_streams_an_error_event_with_404(server, fake):
     assert names(events) == ["meta", "error"]
     assert json.loads(events[-1]["data"])["error"]["status"] == 404
     assert fake.stats()["chat_calls"] == 0
+
+
+def test_a_quiet_stream_carries_heartbeat_comments(make_server, fake):
+    srv = make_server(RAPPORT_SSE_HEARTBEAT_MS=100)
+    fake.config(latency_ms=700)
+    resp, events = srv.sse(PATH % 27)
+    assert resp.body.count(b": ping\n\n") >= 3, resp.body[:300]
+    assert names(parse_sse(resp.body))[-1] == "result", "comments do not disturb the events"
