@@ -138,7 +138,7 @@ static void pool_dispatch(db_pool *p);
 
 /* libpq messages end in "\n" and may span lines ("\tIs the server running…");
  * logs and API errors want one line. */
-static void one_line(const char *s, char *buf, size_t len)
+void db_one_line(const char *s, char *buf, size_t len)
 {
 	size_t n = 0;
 	if (!s)
@@ -379,7 +379,7 @@ static void conn_connect_failed(struct db_conn *c, const char *why)
 {
 	char msg[512];
 
-	one_line(why, msg, sizeof msg);
+	db_one_line(why, msg, sizeof msg);
 	log_event(LOG_DEBUG, "db connect failed", LOG_I("conn", c->idx),
 	          LOG_S("error", msg), LOG_I("retry_ms", c->backoff_ms), LOG_END);
 	conn_close(c);
@@ -394,7 +394,7 @@ static void conn_broken(struct db_conn *c, const char *why)
 	char msg[512];
 	db_query *q = c->q;
 
-	one_line(why, msg, sizeof msg);
+	db_one_line(why, msg, sizeof msg);
 	log_event(LOG_WARN, "db connection lost", LOG_I("conn", c->idx),
 	          LOG_S("error", msg), LOG_END);
 	c->q = NULL;
@@ -413,7 +413,7 @@ static void on_notice(void *arg, const PGresult *res)
 	struct db_conn *c = arg;
 	char msg[512];
 
-	one_line(PQresultErrorMessage(res), msg, sizeof msg);
+	db_one_line(PQresultErrorMessage(res), msg, sizeof msg);
 	log_event(LOG_DEBUG, "db notice", LOG_I("conn", c->idx), LOG_S("message", msg), LOG_END);
 }
 
@@ -616,7 +616,7 @@ static bool conn_dispatch(struct db_conn *c, db_query *q)
 		conn_set_flushing(c, r == 1);
 		return true;
 	}
-	one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+	db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
 	c->q = NULL;
 	c->preparing = false;
 	if (PQstatus(c->pg) == CONNECTION_BAD || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
@@ -652,7 +652,7 @@ conn_prepared(struct db_conn *c)
 		r = PQflush(c->pg);
 	if (r < 0) {
 		char msg[512];
-		one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+		db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
 		c->q = NULL;
 		pool_enqueue_head(c->pool, q);
 		conn_broken(c, msg);
@@ -713,7 +713,7 @@ static void conn_query_done(struct db_conn *c)
 		if (primary)
 			snprintf(msg, sizeof msg, "%s", primary);
 		else if (res && *PQresultErrorMessage(res))
-			one_line(PQresultErrorMessage(res), msg, sizeof msg);
+			db_one_line(PQresultErrorMessage(res), msg, sizeof msg);
 		else
 			snprintf(msg, sizeof msg, "unexpected result: %s", PQresStatus(st));
 		err.message = msg;
@@ -867,7 +867,7 @@ static char *build_options(const char *conninfo, int query_timeout_ms)
 }
 
 /* A bare word is a database name to libpq; anything else must parse. */
-static bool conninfo_valid(const char *conninfo)
+bool db_conninfo_valid(const char *conninfo)
 {
 	char *errmsg = NULL;
 	PQconninfoOption *opts;
@@ -877,7 +877,7 @@ static bool conninfo_valid(const char *conninfo)
 	opts = PQconninfoParse(conninfo, &errmsg);
 	if (!opts) {
 		char msg[512];
-		one_line(errmsg ? errmsg : "out of memory", msg, sizeof msg);
+		db_one_line(errmsg ? errmsg : "out of memory", msg, sizeof msg);
 		log_event(LOG_ERROR, "db bad conninfo", LOG_S("error", msg), LOG_END);
 		if (errmsg)
 			PQfreemem(errmsg);
@@ -893,7 +893,7 @@ db_pool *db_pool_create(struct event_base *base, const char *conninfo,
 	db_pool *p;
 	int k = 0;
 
-	if (!base || !conninfo || size < 1 || size > 1000 || !conninfo_valid(conninfo))
+	if (!base || !conninfo || size < 1 || size > 1000 || !db_conninfo_valid(conninfo))
 		return NULL;
 	p = xcalloc(1, sizeof *p);
 	p->base = base;

@@ -63,6 +63,11 @@ void db_query_cancel(db_query *q);
 void db_pool_set_prepare(db_pool *pool, bool on);
 
 bool db_pool_is_up(const db_pool *pool);
+
+/* Helpers the listener shares: a libpq message on one line (they end in
+ * "\n" and may span lines), and whether a conninfo parses (logged if not). */
+void db_one_line(const char *s, char *buf, size_t len);
+bool db_conninfo_valid(const char *conninfo);
 void db_pool_stats(const db_pool *pool, struct db_stats *out);
 
 #endif

@@ -34,6 +34,7 @@
  * getaddrinfo inside PQconnectPoll.
  */
 #include "db_listen.h"
+#include "db.h"
 
 #include <event2/event.h>
 #include <libpq-fe.h>
@@ -77,44 +78,6 @@ struct db_listener {
 static void listener_start(db_listener *l);
 
 /* ---- small helpers ------------------------------------------------------ */
-
-/* libpq messages end in "\n" and may span lines; logs want one line. */
-static void one_line(const char *s, char *buf, size_t len)
-{
-	size_t n = 0;
-	if (!s)
-		s = "";
-	for (; *s && n + 1 < len; s++) {
-		bool space = *s == '\n' || *s == '\t' || *s == '\r' || *s == ' ';
-		if (space && (n == 0 || buf[n - 1] == ' '))
-			continue;
-		buf[n++] = space ? ' ' : *s;
-	}
-	while (n > 0 && buf[n - 1] == ' ')
-		n--;
-	buf[n] = '\0';
-}
-
-/* A bare word is a database name to libpq; anything else must parse. */
-static bool conninfo_valid(const char *conninfo)
-{
-	char *errmsg = NULL;
-	PQconninfoOption *opts;
-
-	if (!strchr(conninfo, '=') && !strstr(conninfo, "://"))
-		return true;
-	opts = PQconninfoParse(conninfo, &errmsg);
-	if (!opts) {
-		char msg[512];
-		one_line(errmsg ? errmsg : "out of memory", msg, sizeof msg);
-		log_event(LOG_ERROR, "db listen bad conninfo", LOG_S("error", msg), LOG_END);
-		if (errmsg)
-			PQfreemem(errmsg);
-		return false;
-	}
-	PQconninfoFree(opts);
-	return true;
-}
 
 /* ---- connection lifetime ------------------------------------------------ */
 
@@ -173,7 +136,7 @@ static void listener_failed(db_listener *l, const char *why)
 {
 	char msg[512];
 
-	one_line(why, msg, sizeof msg);
+	db_one_line(why, msg, sizeof msg);
 	log_event(l->failures == 0 ? LOG_WARN : LOG_DEBUG, "db listen connect failed",
 	          LOG_S("channel", l->channel), LOG_S("error", msg),
 	          LOG_I("retry_ms", l->backoff_ms), LOG_END);
@@ -192,7 +155,7 @@ static void listener_lost(db_listener *l, const char *why)
 		listener_failed(l, why);
 		return;
 	}
-	one_line(why, msg, sizeof msg);
+	db_one_line(why, msg, sizeof msg);
 	log_event(LOG_WARN, "db listen lost", LOG_S("channel", l->channel),
 	          LOG_S("error", msg), LOG_I("retry_ms", l->backoff_ms), LOG_END);
 	l->missed = true;
@@ -205,7 +168,7 @@ static void on_notice(void *arg, const PGresult *res)
 	db_listener *l = arg;
 	char msg[512];
 
-	one_line(PQresultErrorMessage(res), msg, sizeof msg);
+	db_one_line(PQresultErrorMessage(res), msg, sizeof msg);
 	log_event(LOG_DEBUG, "db listen notice", LOG_S("channel", l->channel),
 	          LOG_S("message", msg), LOG_END);
 }
@@ -466,7 +429,7 @@ db_listener *db_listen_create(struct event_base *base, const char *conninfo,
 	int k = 0;
 
 	if (!base || !conninfo || !channel || !*channel || strlen(channel) > LISTEN_CHANNEL_MAX
-	    || !on_notify || !conninfo_valid(conninfo))
+	    || !on_notify || !db_conninfo_valid(conninfo))
 		return NULL;
 	l = xcalloc(1, sizeof *l);
 	l->base = base;
