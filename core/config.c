@@ -28,6 +28,7 @@ static const struct setting settings[] = {
 	{ "DATABASE_URL", "--database-url", K_STR, OFF(database_url) },
 	{ "OPENAI_API_KEY", NULL, K_STR, OFF(openai_api_key) },
 	{ "OPENAI_BASE_URL", "--openai-base-url", K_STR, OFF(openai_base_url) },
+	{ "RAPPORT_UPSTREAM_CA_FILE", NULL, K_STR, OFF(upstream_ca_file) },
 	{ "RAPPORT_MODEL", "--model", K_STR, OFF(model) },
 	{ "RAPPORT_SCRIPTS", "--scripts", K_STR, OFF(scripts_dir) },
 	{ "RAPPORT_PROMPTS", "--prompts", K_STR, OFF(prompts_dir) },
@@ -324,6 +325,7 @@ config_free(struct config *c)
 	free(c->database_url);
 	free(c->openai_api_key);
 	free(c->openai_base_url);
+	free(c->upstream_ca_file);
 	free(c->model);
 	free(c->scripts_dir);
 	free(c->prompts_dir);

@@ -15,6 +15,7 @@ struct config {
 	char *database_url;        /* DATABASE_URL */
 	char *openai_api_key;      /* OPENAI_API_KEY: never logged */
 	char *openai_base_url;     /* OPENAI_BASE_URL */
+	char *upstream_ca_file;    /* RAPPORT_UPSTREAM_CA_FILE: extra CA bundle for a private upstream */
 	char *model;               /* RAPPORT_MODEL */
 	char *scripts_dir;         /* RAPPORT_SCRIPTS */
 	char *prompts_dir;         /* RAPPORT_PROMPTS */

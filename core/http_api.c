@@ -746,8 +746,9 @@ http_server_metrics(http_server *s, struct evbuffer *b)
 		"# TYPE rapport_upstream_calls_total counter\nrapport_upstream_calls_total %ld\n"
 		"# TYPE rapport_upstream_attempts_total counter\nrapport_upstream_attempts_total %ld\n"
 		"# TYPE rapport_upstream_in_flight gauge\nrapport_upstream_in_flight %ld\n"
-		"# TYPE rapport_upstream_connections_total counter\nrapport_upstream_connections_total %ld\n",
-		ls.calls, ls.attempts, ls.in_flight, ls.connections);
+		"# TYPE rapport_upstream_connections_total counter\nrapport_upstream_connections_total %ld\n"
+		"# TYPE rapport_upstream_http2_total counter\nrapport_upstream_http2_total %ld\n",
+		ls.calls, ls.attempts, ls.in_flight, ls.connections, ls.http2);
 	struct limiter_stats lst;
 	limiter_stats(s->d.limiter, &lst);
 	evbuffer_add_printf(b,

@@ -93,6 +93,7 @@ struct llm_client {
 	char *url;                 /* {base_url}/chat/completions */
 	char *auth_header;         /* "Authorization: Bearer …" or NULL: secret */
 	char *api_key;             /* only to scrub messages; never printed */
+	char *ca_file;             /* CURLOPT_CAINFO, when set */
 	long connect_timeout_ms;
 	int max_retries;
 	int in_user_cb;            /* > 0 while on_delta runs */
@@ -339,8 +340,14 @@ release_easy(llm_call *call)
 	long connects = 0;
 
 	if (call->easy) {
+		long version = 0;
 		curl_easy_getinfo(call->easy, CURLINFO_NUM_CONNECTS, &connects);
 		call->c->stats.connections += connects;
+		/* HTTP/2 is negotiated by ALPN over TLS (curl's default); count
+		 * it so multiplexing can be seen, not assumed. */
+		if (curl_easy_getinfo(call->easy, CURLINFO_HTTP_VERSION, &version) == CURLE_OK &&
+		    version == CURL_HTTP_VERSION_2_0)
+			call->c->stats.http2++;
 		curl_multi_remove_handle(call->c->multi, call->easy);
 		curl_easy_cleanup(call->easy);
 		call->easy = NULL;
@@ -961,6 +968,8 @@ start_attempt(llm_call *call)
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	if (c->ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
 	/* The whole attempt, queueing included, must end by the deadline. */
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, remaining < 1 ? 1L : (long)ceil(remaining));
@@ -1044,6 +1053,7 @@ llm_client_create(struct event_base *base, const struct llm_config *cfg)
 		c->auth_header = xasprintf("Authorization: Bearer %s", cfg->api_key);
 	}
 	c->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DEFAULT_CONNECT;
+	c->ca_file = cfg->ca_file && *cfg->ca_file ? xstrdup(cfg->ca_file) : NULL;
 	c->max_retries = cfg->max_retries >= 0 ? cfg->max_retries : 2;
 	c->multi = curl_multi_init();
 	c->timer = evtimer_new(base, on_curl_timeout, c);
@@ -1088,6 +1098,7 @@ llm_client_destroy(llm_client *c)
 	free(c->url);
 	free_secret(c->auth_header);
 	free_secret(c->api_key);
+	free(c->ca_file);
 	free(c);
 }
 

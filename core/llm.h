@@ -25,6 +25,7 @@ struct llm_config {
 	const char *api_key;         /* may be NULL (fake upstream) */
 	long connect_timeout_ms;     /* per connect (5000) */
 	int max_retries;             /* retries after the first attempt (2) */
+	const char *ca_file;         /* extra CA bundle (a private upstream), or NULL */
 };
 
 enum llm_status {
@@ -96,6 +97,7 @@ struct llm_stats {
 	long attempts;       /* HTTP requests sent */
 	long in_flight;
 	long connections;    /* new connections opened (curl's num_connects) */
+	long http2;          /* attempts that ran over HTTP/2 */
 };
 void llm_client_stats(const llm_client *c, struct llm_stats *out);
 

@@ -130,6 +130,7 @@ app_start_core(struct app *app)
 		.api_key = cfg->openai_api_key,
 		.connect_timeout_ms = cfg->llm_connect_timeout_ms,
 		.max_retries = cfg->llm_max_retries,
+		.ca_file = cfg->upstream_ca_file,
 	};
 	app->llm = llm_client_create(app->base, &lc);
 	if (!app->llm) {

@@ -15,6 +15,7 @@ PACKAGES=(
     postgresql postgresql-client                    # server 15 (private cluster) and psql
     python3 python3-pytest                          # test driver (Debian's python3, stdlib only)
     wrk lua-check valgrind curl procps
+    nghttp2-proxy openssl                           # tests: a TLS + HTTP/2 front for the fake upstream
 )
 
 missing=()

@@ -173,3 +173,28 @@ def test_a_quiet_stream_carries_heartbeat_comments(make_server, fake):
     resp, events = srv.sse(PATH % 27)
     assert resp.body.count(b": ping\n\n") >= 3, resp.body[:300]
     assert names(parse_sse(resp.body))[-1] == "result", "comments do not disturb the events"
+
+
+def test_a_slow_reader_is_bounded_by_the_write_buffer_not_memory(make_server, fake, tmp_path):
+    """A client that stops reading: deltas beyond the write-buffer bound are
+    dropped for it (the result event still carries the whole text), so the
+    server's memory does not grow with the model's output."""
+    from test_analysis_api import make_scripts
+    server = make_server(**make_scripts(tmp_path / "s"))      # `echo`: no max_tokens
+    big = "x" * (3 << 20)                                      # 3 MiB of model text
+    fake.config(latency_ms=10, chunk_delay_ms=0, chunks=3000, content='{"note":"' + big + '"}')
+    def rss():
+        return int(open("/proc/%d/status" % server.pid).read().split("VmRSS:")[1].split()[0])
+    rss_before = rss()
+    s = socket.create_connection((server.host, server.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"GET /v1/contacts/28/analyses/echo HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    line = server.wait_for_log(lambda l: l.get("msg") == "slow stream reader", timeout=20)
+    assert line["deltas_skipped"] > 0
+    grew = rss() - rss_before
+    s.close()
+    # The text is held a few times over (the flight's copy, the result, the
+    # result event: ~3 MiB each); per-delta copies would add ~3000 x 1 KiB
+    # more per slow reader, and grow with every reader.
+    assert grew < 40 * 1024, "RSS grew by %d KiB" % grew
+    assert server.get("/healthz").status == 200
