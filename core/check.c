@@ -257,3 +257,44 @@ check_run(const struct config *cfg, const struct script_limits *limits, bool do_
 	script_registry_destroy(r);
 	return failed || t.failed || lint_rc || n == 0 ? 1 : 0;
 }
+
+bool
+check_prompt_smoke(void *arg, script *s, char **error)
+{
+	const struct script_info *si = script_info(s);
+	char *file = xasprintf("%s/tests/%s.lua", script_registry_scripts_dir(arg), si->name);
+	struct stat st;
+	bool ok = true;
+	if (si->has_run || stat(file, &st) != 0) {
+		free(file);              /* nothing to render it with */
+		return true;
+	}
+	lua_State *L = luaL_newstate();
+	luaL_openlibs(L);
+	luajson_open(L);
+	lua_setglobal(L, "json");
+	lua_pushcfunction(L, l_case);
+	lua_setglobal(L, "case");
+	char err[512] = "";
+	json_t *cases = NULL;
+	if (luaL_loadfilex(L, file, "t") == LUA_OK && lua_pcall(L, 0, 1, 0) == LUA_OK)
+		cases = luajson_from_lua(L, -1, NULL, err, sizeof err);
+	lua_close(L);
+	const json_t *first = json_array_get(cases, 0);
+	const json_t *ctx = json_object_get(first, "ctx");
+	if (ctx && !json_object_get(first, "error")) {
+		script_run *run = script_run_new(s, 1, "1970-01-01T00:00:00Z");
+		json_t *req = NULL;
+		if (!script_run_set_ctx_json(run, ctx, err, sizeof err) ||
+		    !(req = script_run_request(run, err, sizeof err))) {
+			*error = xasprintf("scripts/%s.lua: prompt(ctx) fails on its fixture %s:%d: %s", si->name, file,
+			                   (int)json_integer_value(json_object_get(first, "_line")), err);
+			ok = false;
+		}
+		json_decref(req);
+		script_run_free(run);
+	}
+	json_decref(cases);
+	free(file);
+	return ok;
+}

@@ -15,4 +15,9 @@
  * unless lint is false). */
 int check_run(const struct config *cfg, const struct script_limits *limits, bool lint);
 
+/* A script_validator: the new version's prompt(ctx) must render the ctx of
+ * the first case in scripts/tests/<type>.lua (when there is one). arg is
+ * the script registry. */
+bool check_prompt_smoke(void *arg, script *s, char **error);
+
 #endif

@@ -118,6 +118,7 @@ app_start_core(struct app *app)
 	}
 	app->scripts = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
 	                                      &default_limits);
+	script_registry_set_validator(app->scripts, check_prompt_smoke, app->scripts);
 	reload_scripts(app);
 	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
 	if (!app->db) {

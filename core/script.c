@@ -75,6 +75,8 @@ struct script_registry {
 	struct script_limits limits;
 	struct reg_entry *entries;
 	int n;
+	script_validator *validate;  /* runs before a new version may serve */
+	void *validate_arg;
 };
 
 struct script_run {
@@ -987,6 +989,12 @@ script_registry_reload(script_registry *r)
 			                  r->scripts_dir, names[i]);
 		else
 			s = script_load(r, names[i], &error);
+		/* Compiled is not enough: a version that cannot render its own
+		 * fixture's prompt must not replace one that can. */
+		if (s && r->validate && !r->validate(r->validate_arg, s, &error)) {
+			script_unref(s);
+			s = NULL;
+		}
 		if (s) {
 			e->current = s;
 			if (!old || !old->current || strcmp(old->current->version, s->version) != 0)
@@ -1015,6 +1023,19 @@ script_registry_reload(script_registry *r)
 	r->entries = next;
 	r->n = nnames;
 	return failures;
+}
+
+void
+script_registry_set_validator(script_registry *r, script_validator *fn, void *arg)
+{
+	r->validate = fn;
+	r->validate_arg = arg;
+}
+
+const char *
+script_registry_scripts_dir(const script_registry *r)
+{
+	return r->scripts_dir;
 }
 
 script *

@@ -66,6 +66,12 @@ void script_registry_destroy(script_registry *r);
  * in what compiled; returns how many files failed. Errors are logged and
  * kept for script_registry_entry(). */
 int script_registry_reload(script_registry *r);
+/* A check every newly compiled version must pass before it serves: false
+ * with *error (malloc'd, file:line first) keeps the previous version. */
+typedef bool script_validator(void *arg, script *s, char **error);
+void script_registry_set_validator(script_registry *r, script_validator *fn, void *arg);
+const char *script_registry_scripts_dir(const script_registry *r);
+
 /* The serving version of a type (borrowed: script_ref() to keep it), or
  * NULL when the type is unknown or has never compiled. */
 script *script_registry_get(script_registry *r, const char *type);
