@@ -679,8 +679,8 @@ on_query(void *arg, const PGresult *res, const struct db_error *err)
 	char msg[1024];
 	if (err) {
 		if (err->unavailable) {
-			snprintf(msg, sizeof msg, "the database is unavailable: %s", err->message);
-			fail(f, 503, "database_unavailable", msg);
+			snprintf(msg, sizeof msg, "the database is unavailable (%s)", err->message);
+			fail_retry(f, 503, "database_unavailable", msg, 1);
 		} else {
 			snprintf(msg, sizeof msg, "query '%s' of script %s failed: %s%s%s%s", q->name,
 			         si->name, err->message, err->sqlstate ? " (SQLSTATE " : "",

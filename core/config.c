@@ -206,6 +206,15 @@ load_file(struct config *c, const char *path, char **err)
 		*ne = '\0';
 		while (isspace((unsigned char)*value))
 			value++;
+		/* "value  # comment": a '#' after a blank starts a comment,
+		 * unless the value is quoted. */
+		if (*value != '"' && *value != '\'') {
+			for (char *h = value; *h; h++)
+				if (*h == '#' && h > value && isspace((unsigned char)h[-1])) {
+					*h = '\0';
+					break;
+				}
+		}
 		size_t vn = strlen(value);
 		while (vn && isspace((unsigned char)value[vn - 1]))
 			value[--vn] = '\0';

@@ -63,6 +63,8 @@ struct http_server {
 	unsigned id_salt;
 	long requests;
 	long responses_by_class[6];      /* 1xx..5xx */
+	int last_status;                 /* of the last reply sent, for its log line */
+	bool draining;                   /* shutting down: no new work */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -146,6 +148,7 @@ send_json(http_server *s, struct evhttp_request *req, const char *req_id, int st
 	}
 	if (status >= 100 && status < 600)
 		s->responses_by_class[status / 100]++;
+	s->last_status = status;
 	evhttp_send_reply(req, status, reason(status), buf);
 	if (buf)
 		evbuffer_free(buf);
@@ -483,6 +486,9 @@ sse_finish(struct http_call *c, const struct analysis_reply *r)
 		json_t *e = json_pack("{s:{s:s, s:s, s:i}, s:s}", "error", "code", r->error_code,
 		                      "message", r->error_message ? r->error_message : "",
 		                      "status", r->status, "request_id", c->req_id);
+		if (r->retry_after_s > 0)   /* no header to carry it on a stream */
+			json_object_set_new(json_object_get(e, "error"), "retry_after",
+			                    json_integer(r->retry_after_s));
 		char *text = json_dumps(e, JSON_COMPACT | JSON_PRESERVE_ORDER);
 		sse_send(c, "error", text);
 		free(text);
@@ -635,6 +641,8 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 		return;
 	}
 	int n = cache_drop_contact(s->d.cache, id, type);
+	/* A generation already running read the old rows: not to be cached. */
+	analysis_contact_changed(s->d.analysis, id);
 	char body[128];
 	int len = snprintf(body, sizeof body, "{\"contact_id\":%lld,\"dropped\":%d}", (long long)id, n);
 	send_json(s, req, req_id, 200, body, (size_t)len, false);
@@ -784,6 +792,7 @@ handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
 	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evhttp_add_header(h, "X-Request-Id", req_id);
 	s->responses_by_class[2]++;
+	s->last_status = 200;
 	evhttp_send_reply(req, 200, "OK", b);
 	evbuffer_free(b);
 }
@@ -915,7 +924,7 @@ route(struct evhttp_request *req, void *arg)
 	if (status_logged)
 		goto done;
 logged:
-	log_simple(s, req_id, method_name(m), path, -1, t_start);
+	log_simple(s, req_id, method_name(m), path, s->last_status, t_start);
 done:
 	evhttp_clear_headers(&query);
 	free(path);
@@ -976,6 +985,45 @@ http_server_create(const struct http_deps *deps, char **err)
 	return s;
 }
 
+/* Ends one waiting request with an error: a JSON reply, or, when its
+ * stream has begun, an error event and the end of the stream. */
+static void
+call_abort(struct http_call *c, int status, const char *code, const char *message)
+{
+	http_server *s = c->srv;
+	if (c->wait)
+		analysis_wait_cancel(c->wait);
+	c->wait = NULL;
+	if (c->streaming && c->req) {
+		struct analysis_reply r = {
+			.status = status, .error_code = code, .error_message = message,
+			.cache_status = "miss", .prompt_tokens = -1, .completion_tokens = -1,
+		};
+		sse_finish(c, &r);
+		return;
+	}
+	struct evhttp_request *req = c->req;
+	char id[24];
+	snprintf(id, sizeof id, "%s", c->req_id);
+	call_free(c);
+	if (req) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		send_error(s, req, id, status, code, message, false);
+	}
+}
+
+void
+http_server_drain(http_server *s)
+{
+	if (s->draining)
+		return;
+	s->draining = true;
+	evconnlistener_disable(s->listener);
+	struct http_call *c;
+	while ((c = LIST_FIRST(&s->calls)))
+		call_abort(c, 503, "shutting_down", "the server is shutting down");
+}
+
 void
 http_server_destroy(http_server *s)
 {
@@ -984,17 +1032,8 @@ http_server_destroy(http_server *s)
 	/* Answer the waiting requests first: evhttp_free would otherwise free
 	 * them under our feet. */
 	struct http_call *c;
-	while ((c = LIST_FIRST(&s->calls))) {
-		struct evhttp_request *req = c->req;
-		char id[24];
-		snprintf(id, sizeof id, "%s", c->req_id);
-		if (c->wait)
-			analysis_wait_cancel(c->wait);
-		c->wait = NULL;
-		call_free(c);
-		if (req)
-			send_error(s, req, id, 503, "shutting_down", "the server is shutting down", false);
-	}
+	while ((c = LIST_FIRST(&s->calls)))
+		call_abort(c, 503, "shutting_down", "the server is shutting down");
 	evhttp_free(s->http);     /* also frees the bound listener */
 	free(s);
 }

@@ -36,6 +36,10 @@ struct http_deps {
 
 /* Binds cfg->listen; NULL with *err set (caller frees) on failure. */
 http_server *http_server_create(const struct http_deps *deps, char **err);
+/* Graceful stop, first step: stops accepting and answers 503 (or an SSE
+ * error event) to every request still waiting. The loop must run a little
+ * longer for those replies to be written. */
+void http_server_drain(http_server *s);
 /* Stops accepting, answers 503 to requests still waiting, frees all. */
 void http_server_destroy(http_server *s);
 /* Appends the Prometheus text of /metrics to out (the admin socket's

@@ -73,6 +73,7 @@ struct app {
 	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
 	struct event *sig_int, *sig_term, *sig_hup;
+	bool stopping;
 	int exit_code;
 };
 
@@ -101,9 +102,18 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 		reload_scripts(app);
 		return;
 	}
+	if (app->stopping) {
+		event_base_loopbreak(app->base);       /* a second signal: now */
+		return;
+	}
+	app->stopping = true;
 	log_event(LOG_INFO, "shutting down", LOG_S("signal", sig == SIGINT ? "SIGINT" : "SIGTERM"),
 	          LOG_END);
-	event_base_loopbreak(app->base);
+	/* Answer what is waiting, then give the loop a moment to write it. */
+	if (app->http)
+		http_server_drain(app->http);
+	struct timeval grace = { 0, 300 * 1000 };
+	event_base_loopexit(app->base, &grace);
 }
 
 /* Creates the parts every command that runs analyses needs. */
@@ -122,7 +132,8 @@ app_start_core(struct app *app)
 	reload_scripts(app);
 	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
 	if (!app->db) {
-		fprintf(stderr, "rapport: DATABASE_URL is not a valid connection string\n");
+		fprintf(stderr, "rapport: cannot create the database pool: check DATABASE_URL and "
+		                "RAPPORT_DB_POOL (1 to 1000 connections)\n");
 		return false;
 	}
 	db_pool_set_prepare(app->db, cfg->db_prepare != 0);

@@ -17,10 +17,17 @@ end
 -- Trimmed one-line text of at most max characters; nil when empty or not text.
 function clean.text(v, max)
   if type(v) ~= "string" and type(v) ~= "number" then return nil end
-  local s = tostring(v):gsub("%s+", " "):gsub("^ ", ""):gsub(" $", "")
+  local s = tostring(v):gsub("%s+", " ")
+  -- At most one space at either end now: drop it by its byte, where a " $"
+  -- pattern would walk the whole text.
+  if s:byte(1) == 32 then s = s:sub(2) end
+  if s:byte(-1) == 32 then s = s:sub(1, -2) end
   if s == "" then return nil end
-  if utf8.len(s) and utf8.len(s) > max then
-    s = s:sub(1, utf8.offset(s, max) - 1):gsub(" $", "") .. "…"
+  local len = utf8.len(s)                  -- nil for invalid UTF-8: left as it is
+  if len and len > max then
+    s = s:sub(1, utf8.offset(s, max) - 1)
+    if s:byte(-1) == 32 then s = s:sub(1, -2) end
+    s = s .. "…"
   end
   return s
 end
@@ -55,8 +62,9 @@ function clean.list(v, max_items, max_chars)
   if type(v) == "table" then
     for _, item in ipairs(v) do
       local s = clean.text(item, max_chars)
-      if s and not seen[s:lower()] then
-        seen[s:lower()] = true
+      local key = s and s:lower()
+      if s and not seen[key] then
+        seen[key] = true
         out[#out + 1] = s
         if #out == max_items then break end
       end

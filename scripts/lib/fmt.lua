@@ -16,8 +16,14 @@ local fmt = {}
 -- Text
 ---------------------------------------------------------------------------
 
+-- Speed: fmt.text runs for every field of every row of a prompt (four times
+-- per activity), and each gsub walks its text byte by byte in the pattern
+-- matcher. So each rewrite below first asks whether it has anything to do,
+-- with a plain find() (memchr speed) or one cheap scan, and usually skips.
+
 -- Replace invalid UTF-8 bytes with "?".
 function fmt.valid_utf8(s)
+  if utf8.len(s) then return s end         -- valid (the usual case): no copy
   local out, pos = {}, 1
   while pos <= #s do
     local ok, bad = utf8.len(s, pos)
@@ -31,13 +37,59 @@ function fmt.valid_utf8(s)
   return table.concat(out)
 end
 
+-- s without trailing whitespace, like s:gsub("%s+$", "") but looking only at
+-- its end (the pattern would be tried at every byte of the text).
+local function trim_end(s)
+  local e = #s
+  while e > 0 and s:find("^%s", e) do e = e - 1 end
+  return s:sub(1, e)
+end
+
+-- truncate() for text that is already valid UTF-8.
+local function cut(s, n)
+  if #s <= n or utf8.len(s) <= n then return s end   -- no more bytes than n: no more characters
+  local at = utf8.offset(s, n)             -- byte where character n starts
+  return trim_end(s:sub(1, at - 1)) .. "…"
+end
+
 -- Cut s to at most n characters (not bytes), ending with "…" when cut.
 function fmt.truncate(s, n)
   if s == nil then return nil end
-  s = fmt.valid_utf8(tostring(s))
-  if utf8.len(s) <= n then return s end
-  local cut = utf8.offset(s, n)            -- byte where character n starts
-  return s:sub(1, cut - 1):gsub("%s+$", "") .. "…"
+  return cut(fmt.valid_utf8(tostring(s)), n)
+end
+
+-- Whether every %s character except " " is also a %c one, as in the C locale
+-- scripts run in. Then text without %c characters and without "  " has no
+-- whitespace to rewrite. one_line() checks that with an anchored "^%C*$",
+-- which the matcher runs as one tight loop: a few times faster than
+-- find("%c") or the gsub itself.
+local BLANKS_ARE_CONTROLS = true
+for b = 0, 255 do
+  local ch = string.char(b)
+  if ch ~= " " and ch:find("%s") and not ch:find("%c") then BLANKS_ARE_CONTROLS = false end
+end
+
+-- s as one line: control characters and runs of whitespace become one space,
+-- none at either end.
+local function one_line(s)
+  if not BLANKS_ARE_CONTROLS or not s:find("^%C*$") or s:find("  ", 1, true) then
+    s = s:gsub("[%c%s]+", " ")
+  end
+  if s:byte(1) == 32 then s = s:sub(2) end
+  if s:byte(-1) == 32 then s = s:sub(1, -2) end
+  return s
+end
+
+local function split_open_braces(b) return ("{ "):rep(#b - 1) .. "{" end
+local function split_close_braces(b) return ("} "):rep(#b - 1) .. "}" end
+
+-- s with < > as ‹ › and runs of braces split ("{{" -> "{ {").
+local function no_delimiters(s)
+  if s:find("<", 1, true) then s = s:gsub("<", "‹") end
+  if s:find(">", 1, true) then s = s:gsub(">", "›") end
+  if s:find("{{", 1, true) then s = s:gsub("{{+", split_open_braces) end
+  if s:find("}}", 1, true) then s = s:gsub("}}+", split_close_braces) end
+  return s
 end
 
 -- CRM text as one clean line: control characters and runs of whitespace become
@@ -45,13 +97,9 @@ end
 -- (default 300). nil/"" -> nil.
 function fmt.text(s, max)
   if s == nil then return nil end
-  s = fmt.valid_utf8(tostring(s))
-  s = s:gsub("[%c%s]+", " "):gsub("^ ", ""):gsub(" $", "")
-  s = s:gsub("<", "‹"):gsub(">", "›")
-  s = s:gsub("{{+", function(b) return ("{ "):rep(#b - 1) .. "{" end)
-  s = s:gsub("}}+", function(b) return ("} "):rep(#b - 1) .. "}" end)
+  s = no_delimiters(one_line(fmt.valid_utf8(tostring(s))))
   if s == "" then return nil end
-  return fmt.truncate(s, max or 300)
+  return cut(s, max or 300)
 end
 
 -- "closed_won" -> "closed won"
@@ -107,6 +155,14 @@ function fmt.date(s)
   return os.date("!%Y-%m-%d", t)
 end
 
+-- The day number of a date or timestamp: whole days since 1970-01-01 (UTC);
+-- nil when unknown. Blocks that show many rows turn ctx.now into one of these
+-- once, instead of parsing it again for every row.
+function fmt.day_number(s)
+  local t = fmt.epoch(s)
+  return t and t // 86400
+end
+
 -- Whole calendar days (UTC) from a to b: 5 when b is five days after a,
 -- negative when b is earlier, nil when either is missing.
 function fmt.days_between(a, b)
@@ -115,9 +171,9 @@ function fmt.days_between(a, b)
   return tb // 86400 - ta // 86400
 end
 
--- "today", "yesterday", "12 days ago", "tomorrow", "in 5 days".
-function fmt.ago(s, now)
-  local days = fmt.days_between(s, now)
+-- "today", "yesterday", "12 days ago", "tomorrow", "in 5 days" for a number
+-- of days back; "unknown" for nil.
+local function days_ago(days)
   if days == nil then return "unknown" end
   if days == 0 then return "today" end
   if days == 1 then return "yesterday" end
@@ -126,10 +182,22 @@ function fmt.ago(s, now)
   return "in " .. -days .. " days"
 end
 
+-- "today", "yesterday", "12 days ago", "tomorrow", "in 5 days".
+function fmt.ago(s, now)
+  return days_ago(fmt.days_between(s, now))
+end
+
+-- fmt.dated with `today` = fmt.day_number(now): parses s once, now never.
+local function dated_on(s, today)
+  if s == nil then return "never" end
+  local t = fmt.epoch(s)
+  if not t then return tostring(s) .. " (unknown)" end
+  return os.date("!%Y-%m-%d", t) .. " (" .. days_ago(today and today - t // 86400) .. ")"
+end
+
 -- "2026-11-20 (5 days ago)"; "never" when s is nil.
 function fmt.dated(s, now)
-  if s == nil then return "never" end
-  return (fmt.date(s) or tostring(s)) .. " (" .. fmt.ago(s, now) .. ")"
+  return dated_on(s, fmt.day_number(now))
 end
 
 ---------------------------------------------------------------------------
@@ -224,13 +292,14 @@ function fmt.deal_line(d, now)
   parts[#parts + 1] = fmt.money(d.amount, d.currency)
   if not closed then parts[#parts + 1] = fmt.percent(d.probability) .. " probability" end
   if d.close_date then
-    local days = fmt.days_between(now, d.close_date)
+    local today, close = fmt.day_number(now), fmt.day_number(d.close_date)
+    local days = today and close and close - today
     if closed then
       parts[#parts + 1] = "closed " .. fmt.date(d.close_date)
     elseif days and days < 0 then
       parts[#parts + 1] = "close date " .. fmt.date(d.close_date) .. " (OVERDUE by " .. fmt.plural(-days, "day") .. ")"
     else
-      parts[#parts + 1] = "closes " .. fmt.dated(d.close_date, now)
+      parts[#parts + 1] = "closes " .. dated_on(d.close_date, today)
     end
   end
   return "- " .. table.concat(parts, " | ")
@@ -266,6 +335,22 @@ end
 
 local WHO = { inbound = " from the contact", outbound = " from us" }
 
+-- f remembered per value, for one block: columns such as an activity's kind or
+-- outcome take a handful of values, so each is cleaned once, not on every row.
+-- nil stays nil.
+local function per_value(f)
+  local seen = {}
+  return function(v)
+    if v == nil then return nil end
+    local r = seen[v]
+    if r == nil then
+      r = f(v) or false
+      seen[v] = r
+    end
+    return r or nil
+  end
+end
+
 -- One line per activity, e.g.
 -- "- 2026-11-20 (5 days ago) | email from us | no reply | Following up on pricing | Hi David, …"
 -- opts.limit (default 25) activities, opts.body_chars (default 200) of each body.
@@ -273,6 +358,9 @@ function fmt.timeline(activities, now, opts)
   if activities == nil or #activities == 0 then return "(no activities recorded)" end
   opts = opts or {}
   local limit, body_chars = opts.limit or 25, opts.body_chars or 200
+  local today = fmt.day_number(now)
+  local kind = per_value(function(k) return fmt.text(k, 20) end)
+  local outcome = per_value(function(o) return fmt.words(fmt.text(o, 40)) end)
   local lines = {}
   for i, a in ipairs(activities) do
     if i > limit then
@@ -280,12 +368,14 @@ function fmt.timeline(activities, now, opts)
       lines[#lines + 1] = "- … " .. rest .. " not shown"
       break
     end
-    local parts = { fmt.dated(a.occurred_at, now),
-                    (fmt.text(a.kind, 20) or "activity") .. (WHO[a.direction] or "") }
-    if a.outcome then parts[#parts + 1] = fmt.words(fmt.text(a.outcome, 40)) end
+    local parts = { dated_on(a.occurred_at, today),
+                    (kind(a.kind) or "activity") .. (WHO[a.direction] or "") }
+    if a.outcome then parts[#parts + 1] = outcome(a.outcome) end
     if a.subject then parts[#parts + 1] = fmt.text(a.subject, 120) end
     local body = body_chars > 0 and fmt.text(a.body, body_chars)
-    if body and a.body_truncated and not body:find("…$") then body = body .. "…" end
+    if body and a.body_truncated and body:sub(-#"…") ~= "…" then   -- not already cut by fmt.text
+      body = body .. "…"
+    end
     if body then parts[#parts + 1] = body end
     lines[#lines + 1] = "- " .. table.concat(parts, " | ")
   end
@@ -296,6 +386,7 @@ end
 function fmt.activity_stats(s, now)
   if s == nil then return "(no statistics)" end
   if (s.activities_total or 0) == 0 then return "No activities recorded for this contact." end
+  local today = fmt.day_number(now)
   local function windows(prefix)
     return string.format("30 days %d | 90 days %d | 365 days %d",
       s[prefix .. "_30d"] or 0, s[prefix .. "_90d"] or 0, s[prefix .. "_365d"] or 0)
@@ -309,13 +400,13 @@ function fmt.activity_stats(s, now)
     "Meetings held: " .. windows("meetings"),
     "Emails from us without a reply (90 days): " .. (s.unanswered_emails_90d or 0),
     "Open tasks: " .. (s.open_tasks or 0),
-    "Last touch: " .. fmt.dated(s.last_touch_at, now),
-    "Last message or call from the contact: " .. fmt.dated(s.last_inbound_at, now),
-    "Last message or call from us: " .. fmt.dated(s.last_outbound_at, now),
+    "Last touch: " .. dated_on(s.last_touch_at, today),
+    "Last message or call from the contact: " .. dated_on(s.last_inbound_at, today),
+    "Last message or call from us: " .. dated_on(s.last_outbound_at, today),
     "Last two-way contact (their message or reply, a connected call, a meeting): "
-      .. fmt.dated(s.last_two_way_at, now),
-    "Last meeting held: " .. fmt.dated(s.last_meeting_at, now),
-    "First activity: " .. fmt.dated(s.first_activity_at, now),
+      .. dated_on(s.last_two_way_at, today),
+    "Last meeting held: " .. dated_on(s.last_meeting_at, today),
+    "First activity: " .. dated_on(s.first_activity_at, today),
     "Activities in total: " .. s.activities_total,
   }, "\n")
 end

@@ -32,6 +32,7 @@ end
 -- Open, overdue (open and past the close date), won and lost deal counts.
 function signals.deal_counts(deals, now)
   local c = { open = 0, overdue = 0, won = 0, lost = 0 }
+  local today = fmt.day_number(now)        -- parsed once, not per deal
   for _, d in ipairs(deals or {}) do
     if d.stage == "closed_won" then
       c.won = c.won + 1
@@ -39,8 +40,8 @@ function signals.deal_counts(deals, now)
       c.lost = c.lost + 1
     else
       c.open = c.open + 1
-      local days = fmt.days_between(now, d.close_date)
-      if days and days < 0 then c.overdue = c.overdue + 1 end
+      local close = fmt.day_number(d.close_date)
+      if today and close and close < today then c.overdue = c.overdue + 1 end
     end
   end
   return c
@@ -50,7 +51,11 @@ end
 function signals.compute(ctx)
   local s = ctx.activity_stats or {}
   local deals = signals.deal_counts(ctx.deals, ctx.now)
-  local function days_since(ts) return fmt.days_between(ts, ctx.now) end
+  local today = fmt.day_number(ctx.now)    -- parsed once for the five day counts
+  local function days_since(ts)
+    local day = fmt.day_number(ts)
+    return today and day and today - day
+  end
   return {
     activities_total = s.activities_total or 0,
     last_touch_days = days_since(s.last_touch_at),
@@ -75,13 +80,16 @@ function signals.compute(ctx)
   }
 end
 
+-- The facts a result shows, in signals.for_ui.
+local UI_FACTS = { "last_touch_days", "last_inbound_days", "last_outbound_days",
+                   "last_meeting_days", "last_two_way_days", "touches_30d", "touches_90d", "touches_365d",
+                   "inbound_90d", "outbound_90d", "meetings_90d", "unanswered_emails_90d",
+                   "unanswered_outreach", "open_deals", "overdue_deals" }
+
 -- The facts for a result: unknown values become JSON null so the shape is stable.
 function signals.for_ui(f)
   local out = {}
-  for _, k in ipairs({ "last_touch_days", "last_inbound_days", "last_outbound_days",
-                       "last_meeting_days", "last_two_way_days", "touches_30d", "touches_90d", "touches_365d",
-                       "inbound_90d", "outbound_90d", "meetings_90d", "unanswered_emails_90d",
-                       "unanswered_outreach", "open_deals", "overdue_deals" }) do
+  for _, k in ipairs(UI_FACTS) do
     if f[k] == nil then out[k] = json.null else out[k] = f[k] end
   end
   return out

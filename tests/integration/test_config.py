@@ -49,3 +49,11 @@ def test_help_lists_the_commands():
     assert r.returncode == 0
     for cmd in ("serve", "check", "analyze", "console"):
         assert cmd in r.stdout
+
+
+def test_a_trailing_comment_in_the_config_file_is_not_part_of_the_value(make_server, tmp_path):
+    conf = tmp_path / "c.conf"
+    conf.write_text("RAPPORT_MODEL = my-model   # the model for scripts that name none\n")
+    srv = make_server(RAPPORT_CONFIG=str(conf))
+    line = srv.wait_for_log(lambda l: l.get("msg") == "rapport serving")
+    assert line["model"] == "my-model"

@@ -180,7 +180,9 @@ def test_a_slow_reader_is_bounded_by_the_write_buffer_not_memory(make_server, fa
     dropped for it (the result event still carries the whole text), so the
     server's memory does not grow with the model's output."""
     from test_analysis_api import make_scripts
-    server = make_server(**make_scripts(tmp_path / "s"))      # `echo`: no max_tokens
+    # (Under ASan a small quarantine, or freed memory would count as grown.)
+    server = make_server(ASAN_OPTIONS="detect_leaks=1:quarantine_size_mb=4",
+                         **make_scripts(tmp_path / "s"))      # `echo`: no max_tokens
     big = "x" * (3 << 20)                                      # 3 MiB of model text
     fake.config(latency_ms=10, chunk_delay_ms=0, chunks=3000, content='{"note":"' + big + '"}')
     def rss():
