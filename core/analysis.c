@@ -120,6 +120,14 @@ deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *
 	                 "\"timings_ms\":{\"db\":%.3f,\"script\":%.3f,\"llm\":%.3f,\"total\":%.3f}}",
 	                 r->cache_status, r->age_ms, r->ttl_ms, r->db_ms, r->script_ms,
 	                 r->llm_ms, r->total_ms);
+	if (n < 0 || (size_t)n >= sizeof suffix) {
+		struct analysis_reply e = *r;
+		e.status = 500;
+		e.error_code = "internal_error";
+		e.error_message = "cannot format the reply";
+		cb(arg, &e);
+		return;
+	}
 	char stackbuf[4096];
 	size_t len = prefix_len + (size_t)n;
 	char *body = len < sizeof stackbuf ? stackbuf : xmalloc(len + 1);
@@ -219,8 +227,13 @@ finish(struct flight *f, const struct outcome *o)
 }
 
 static void
-fail_retry(struct flight *f, int status, const char *code, const char *message, int retry_after_s)
+fail_retry(struct flight *f, int status, const char *code, const char *text, int retry_after_s)
 {
+	/* Messages are assembled with snprintf from script, database and
+	 * upstream text: a cut may leave half a UTF-8 character. */
+	char message[1600];
+	snprintf(message, sizeof message, "%s", text ? text : "");
+	util_utf8_trim(message);
 	struct outcome o = { .status = status, .code = code, .message = message,
 	                     .retry_after_s = retry_after_s };
 	log_event(LOG_WARN, "analysis failed", LOG_S("type", script_info(f->s)->name),

@@ -81,6 +81,65 @@ l_case(lua_State *L)
 	return 1;
 }
 
+/* Fixture files are data, but they are Lua and they are read by the
+ * server at every reload: a state with only the pure libraries, a memory
+ * cap and an instruction limit, so a bad fixture fails instead of hanging
+ * or reaching the system. */
+struct fixture_cap {
+	size_t used, cap;
+};
+
+static void *
+fixture_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+	struct fixture_cap *c = ud;
+	if (!ptr)
+		osize = 0;
+	if (nsize == 0) {
+		free(ptr);
+		c->used -= osize;
+		return NULL;
+	}
+	if (nsize > osize && c->used + (nsize - osize) > c->cap)
+		return NULL;
+	void *p = realloc(ptr, nsize);
+	if (p)
+		c->used = c->used - osize + nsize;
+	return p;
+}
+
+static void
+fixture_hook(lua_State *L, lua_Debug *ar)
+{
+	lua_sethook(L, fixture_hook, LUA_MASKCOUNT, 1);
+	luaL_error(L, "fixture file ran too long");
+}
+
+static lua_State *
+fixture_state(struct fixture_cap *cap)
+{
+	lua_State *L = lua_newstate(fixture_alloc, cap);
+	if (!L)
+		return NULL;
+	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
+	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+	luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
+	lua_pop(L, 5);
+	static const char *const unsafe[] = { "dofile", "loadfile", "load", "collectgarbage", NULL };
+	for (const char *const *u = unsafe; *u; u++) {
+		lua_pushnil(L);
+		lua_setglobal(L, *u);
+	}
+	luajson_open(L);
+	lua_setglobal(L, "json");
+	lua_pushcfunction(L, l_case);
+	lua_setglobal(L, "case");
+	lua_sethook(L, fixture_hook, LUA_MASKCOUNT, 10000000);
+	return L;
+}
+
 /* Whether every key of want is in got with an equal (or, for objects,
  * recursively contained) value. path gets where they differ. */
 static bool
@@ -203,12 +262,14 @@ run_fixtures(const char *scripts_dir, const char *type, script *s, struct tally 
 		free(file);
 		return;
 	}
-	lua_State *L = luaL_newstate();
-	luaL_openlibs(L);
-	luajson_open(L);
-	lua_setglobal(L, "json");
-	lua_pushcfunction(L, l_case);
-	lua_setglobal(L, "case");
+	struct fixture_cap cap = { 0, 64u << 20 };
+	lua_State *L = fixture_state(&cap);
+	if (!L) {
+		printf("FAIL %s: cannot create a Lua state\n", file);
+		t->failed++;
+		free(file);
+		return;
+	}
 	char err[512];
 	json_t *cases = NULL;
 	if (luaL_loadfilex(L, file, "t") != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
@@ -269,12 +330,12 @@ check_prompt_smoke(void *arg, script *s, char **error)
 		free(file);              /* nothing to render it with */
 		return true;
 	}
-	lua_State *L = luaL_newstate();
-	luaL_openlibs(L);
-	luajson_open(L);
-	lua_setglobal(L, "json");
-	lua_pushcfunction(L, l_case);
-	lua_setglobal(L, "case");
+	struct fixture_cap cap = { 0, 64u << 20 };
+	lua_State *L = fixture_state(&cap);
+	if (!L) {
+		free(file);
+		return true;
+	}
 	char err[512] = "";
 	json_t *cases = NULL;
 	if (luaL_loadfilex(L, file, "t") == LUA_OK && lua_pcall(L, 0, 1, 0) == LUA_OK)

@@ -161,6 +161,10 @@ send_error(http_server *s, struct evhttp_request *req, const char *req_id, int s
 {
 	json_t *doc = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message",
 	                        message ? message : reason(status), "request_id", req_id);
+	if (!doc)   /* a message cut inside a UTF-8 character, or not UTF-8 at all */
+		doc = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message",
+		                "(the error message was not valid UTF-8; see the server log)",
+		                "request_id", req_id);
 	char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
 	json_decref(doc);
 	if (!text)
@@ -486,6 +490,10 @@ sse_finish(struct http_call *c, const struct analysis_reply *r)
 		json_t *e = json_pack("{s:{s:s, s:s, s:i}, s:s}", "error", "code", r->error_code,
 		                      "message", r->error_message ? r->error_message : "",
 		                      "status", r->status, "request_id", c->req_id);
+		if (!e)
+			e = json_pack("{s:{s:s, s:s, s:i}, s:s}", "error", "code", r->error_code,
+			              "message", "(the error message was not valid UTF-8; see the server log)",
+			              "status", r->status, "request_id", c->req_id);
 		if (r->retry_after_s > 0)   /* no header to carry it on a stream */
 			json_object_set_new(json_object_get(e, "error"), "retry_after",
 			                    json_integer(r->retry_after_s));
@@ -499,7 +507,15 @@ sse_finish(struct http_call *c, const struct analysis_reply *r)
 		log_event(LOG_INFO, "slow stream reader", LOG_S("req_id", c->req_id),
 		          LOG_I("deltas_skipped", c->deltas_skipped), LOG_END);
 	struct evhttp_request *req = c->req;
+	int timeout_s = c->srv->d.cfg->http_timeout_s;
 	call_free(c);
+	/* The stream switched the read timeout off; the connection may go
+	 * on (keep-alive) and must time out again when idle. */
+	struct evhttp_connection *evcon = req ? evhttp_request_get_connection(req) : NULL;
+	if (evcon) {
+		struct timeval tv = { timeout_s, 0 };
+		bufferevent_set_timeouts(evhttp_connection_get_bufferevent(evcon), &tv, &tv);
+	}
 	evhttp_send_reply_end(req);
 }
 
@@ -855,6 +871,13 @@ route(struct evhttp_request *req, void *arg)
 		goto done;
 	}
 	int status_logged = 0;
+
+	if (s->draining) {
+		/* Shutting down: no new work, and no keep-alive to come back on. */
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		send_error(s, req, req_id, 503, "shutting_down", "the server is shutting down", head);
+		goto done;
+	}
 
 	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it). */
 	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));

@@ -155,6 +155,15 @@ budget_hook(lua_State *L, lua_Debug *ar)
 	luaL_error(L, "script exceeded %s", s->stop_why);
 }
 
+/* The error object on top of co as text, without converting anything: a
+ * number's tostring allocates, and the state may be at its memory cap. */
+static const char *
+error_text(lua_State *co)
+{
+	return lua_type(co, -1) == LUA_TSTRING ? lua_tostring(co, -1)
+	                                       : "error object is not a string";
+}
+
 static void
 arm_limits(script *s, lua_State *co)
 {
@@ -246,12 +255,13 @@ pcall_budget(script *s, int nargs, int nresults, char *err, size_t errlen)
 	if (s->stopped) {
 		stopped_message(s, err, errlen);
 	} else {
-		const char *msg = rc == LUA_ERRMEM ? "not enough memory" : lua_tostring(co, -1);
+		const char *msg = rc == LUA_ERRMEM ? "not enough memory" : error_text(co);
 		if (rc == LUA_ERRMEM)
 			snprintf(err, errlen, "%s: script exceeded its memory cap (not enough memory)", s->path);
 		else
 			snprintf(err, errlen, "%.*s", (int)strcspn(msg ? msg : "error object is not a string", "\n"),
 			         msg ? msg : "error object is not a string");
+		util_utf8_trim(err);
 	}
 	log_script_error(s, co, err);
 	/* A coroutine stopped from inside a hook keeps its hooks off for
@@ -336,12 +346,12 @@ l_pattern_guard(lua_State *L)
 			if (*p == '*' || *p == '-' || *p == '+')
 				k++;
 		}
-		if (anchored && k > 0)
-			k--;
+		/* An unanchored pattern is also tried at every start position. */
+		int exponent = k + (anchored ? 0 : 1);
 		double digits = 0;
 		for (size_t n = len; n >= 10; n /= 10)
 			digits++;
-		if (k > 0 && digits * k > 9)
+		if (k > 0 && digits * exponent > 8)
 			return luaL_error(L, "pattern too costly for a %d-byte subject (%d quantifiers): "
 			                     "simplify it or shorten the text", (int)len, k);
 	}
@@ -539,8 +549,10 @@ build_sandbox(lua_State *L)
 	static const char *const os_fns[] = { "time", "clock", "date", NULL };
 	copy_fields(L, os, os_fns);
 	lua_setfield(L, env, "os");
-	lua_pushvalue(L, cjson);
-	lua_setfield(L, env, "cjson");
+	/* lua-cjson is not exposed: its settings are process-wide, its
+	 * buffers live outside the memory cap and its decoder recurses as
+	 * deep as told. The capped `json` module does the same job. */
+	(void)cjson;
 	luajson_open(L);
 	lua_setfield(L, env, "json");
 	lua_pushcfunction(L, l_print);
@@ -740,10 +752,11 @@ validate_decl(lua_State *L)
 	lua_pop(L, 1);
 
 	ty = rawfield(L, t, "ttl");
-	if (ty == LUA_TNUMBER && lua_tonumber(L, -1) > 0)
+	if (ty == LUA_TNUMBER && lua_tonumber(L, -1) > 0 && lua_tonumber(L, -1) <= 30 * 86400)
 		s->ttl_ms = lua_tonumber(L, -1) * 1000.0;
 	else if (ty != LUA_TNIL)
-		return luaL_error(L, "%s: 'ttl' must be a positive number of seconds", s->path);
+		return luaL_error(L, "%s: 'ttl' must be a number of seconds from 1 to 2592000 (30 days)",
+		                  s->path);
 	lua_pop(L, 1);
 
 	ty = rawfield(L, t, "model");
@@ -1729,13 +1742,14 @@ step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
 		}
 		return SCRIPT_DONE;
 	}
-	const char *msg = lua_tostring(co, -1);
+	const char *msg = error_text(co);
 	if (rc == LUA_ERRMEM)
 		msg = "script exceeded its memory cap (not enough memory)";
 	if (!msg)
 		msg = "error object is not a string";
 	size_t first = strcspn(msg, "\n");
 	snprintf(err, errlen, "script %s: run failed: %.*s", s->name, (int)first, msg);
+	util_utf8_trim(err);
 	log_script_error(s, co, err);
 	return SCRIPT_ERROR;
 }

@@ -169,3 +169,19 @@ util_event_base(void)
 	event_config_free(cfg);
 	return base;
 }
+
+void
+util_utf8_trim(char *s)
+{
+	size_t n = strlen(s);
+	size_t i = n;
+	/* Back over continuation bytes to the lead byte of the last sequence. */
+	while (i > 0 && ((unsigned char)s[i - 1] & 0xC0) == 0x80 && n - i < 3)
+		i--;
+	if (i == 0)
+		return;
+	unsigned char lead = (unsigned char)s[i - 1];
+	size_t want = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : lead >= 0xC0 ? 2 : 1;
+	if (want > 1 && n - (i - 1) < want)
+		s[i - 1] = '\0';
+}

@@ -30,6 +30,10 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define UTIL_FNV_SEED 0xcbf29ce484222325ULL
 uint64_t util_fnv1a(uint64_t seed, const void *data, size_t len);
 
+/* Drops an incomplete UTF-8 sequence from the end of s (what a byte-count
+ * truncation such as snprintf's can leave), so the text stays valid. */
+void util_utf8_trim(char *s);
+
 /* Parse a decimal int64 that must fill the whole string; false otherwise. */
 bool util_parse_i64(const char *s, int64_t *out);
 
