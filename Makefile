@@ -85,3 +85,34 @@ clean:
 	rm -rf build rapport
 
 -include $(CORE_OBJ:.o=.d) $(FAKE_OBJ:.o=.d) $(UNIT_BIN:=.d)
+
+# ---- fuzzing: libFuzzer targets for the SSE framing and Lua ⇄ JSON ----------
+# `make fuzz-build` builds build/fuzz/fuzz_{sse,json} with clang (core sources
+# compiled straight into each, instrumented); `make fuzz FUZZ_SECONDS=60` runs
+# each for that long on build/fuzz/corpus/<name> seeded from tests/fuzz/corpus.
+# tests/test_fuzz.py replays the seeds and does a short run on every `make test`.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_NAMES   := sse json
+FUZZ_BIN     := $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+FUZZ_CORE    := core/sse.c core/luajson.c core/jschema.c core/util.c core/log.c
+FUZZ_CFLAGS  := -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
+                -fno-omit-frame-pointer -g -O1 -std=c11 -D_GNU_SOURCE \
+                -Wall -Wextra -Wno-unused-parameter -Icore
+FUZZ_LIBS     = $(shell pkg-config --cflags --libs jansson lua5.4 libevent) -lm
+
+.PHONY: fuzz fuzz-build
+fuzz-build: $(FUZZ_BIN)
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_CORE) $(wildcard core/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_CORE) $(FUZZ_LIBS)
+
+fuzz: fuzz-build
+	@for n in $(FUZZ_NAMES); do \
+	    mkdir -p build/fuzz/corpus/$$n build/fuzz/artifacts/$$n || exit 1; \
+	    echo "fuzz_$$n: $(FUZZ_SECONDS) s"; \
+	    build/fuzz/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -dict=tests/fuzz/$$n.dict -artifact_prefix=build/fuzz/artifacts/$$n/ \
+	        build/fuzz/corpus/$$n tests/fuzz/corpus/$$n || exit 1; \
+	done

@@ -50,6 +50,7 @@ struct flight {
 	int64_t contact_id;
 	bool stale;                   /* the data changed under us: don't cache */
 	bool repaired;                /* the one schema repair attempt is used */
+	bool probe;                   /* our call is the breaker's half-open trial */
 	json_t *request;              /* the chat request (kept for a repair) */
 	limiter_waiter lw;            /* our place in the upstream limiter */
 	struct event *orphan_ev;      /* deferred cancel when no one waits */
@@ -182,6 +183,8 @@ flight_free(struct flight *f)
 		event_free(f->first_token_ev);
 	if (f->orphan_ev)
 		event_free(f->orphan_ev);
+	if (f->probe)
+		breaker_forget(a->d.breaker, util_now_ms());
 	/* Both are no-ops unless we are queued / hold a slot. */
 	limiter_cancel(a->d.limiter, &f->lw);
 	limiter_release(a->d.limiter, &f->lw, util_now_ms());
@@ -363,6 +366,7 @@ on_first_token_timeout(evutil_socket_t fd, short what, void *arg)
 	llm_cancel(f->llm);
 	f->llm = NULL;
 	breaker_record(f->a->d.breaker, false, util_now_ms());
+	f->probe = false;
 	snprintf(msg, sizeof msg, "the model sent no text within %ld ms", f->a->d.llm_first_token_ms);
 	fail(f, 504, "upstream_timeout", msg);
 }
@@ -410,6 +414,15 @@ repair(struct flight *f, const char *content, const char *problem)
 	json_decref(f->request);
 	f->request = req;
 	f->repaired = true;
+	/* What was streamed so far is the rejected reply: streaming callers
+	 * are told to drop it (a NULL delta), joiners start from nothing. */
+	f->text_len = 0;
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (w->on_delta)
+			w->on_delta(w->arg, NULL, 0);
+	}
 	log_event(LOG_INFO, "schema repair attempt", LOG_S("type", script_info(f->s)->name),
 	          LOG_I("contact", f->contact_id), LOG_S("problem", problem), LOG_END);
 	upstream_begin(f);
@@ -428,6 +441,7 @@ on_llm_done(void *arg, const struct llm_result *res)
 	}
 	limiter_release(a->d.limiter, &f->lw, now);
 	breaker_record(a->d.breaker, upstream_healthy(res), now);
+	f->probe = false;
 	f->llm_ms += res->elapsed_ms;
 	add_usage(f, res);
 	char msg[1400];
@@ -528,12 +542,14 @@ upstream_begin(struct flight *f)
 {
 	analysis *a = f->a;
 	double now = util_now_ms();
+	bool half_open = breaker_state(a->d.breaker, now) == BREAKER_HALF_OPEN;
 	if (!breaker_allow(a->d.breaker, now)) {
 		int ra = (int)((breaker_retry_after_ms(a->d.breaker, now) + 999) / 1000);
 		serve_fallback(f, ra > 0 ? ra : 1,
 		               "the model provider is failing; calls are paused (circuit breaker open)");
 		return;
 	}
+	f->probe = half_open;
 	switch (limiter_acquire(a->d.limiter, &f->lw, on_slot, f, now)) {
 	case LIMITER_GO:
 		upstream_send(f);
@@ -542,8 +558,10 @@ upstream_begin(struct flight *f)
 		f->state = FL_QUEUED;
 		break;
 	case LIMITER_FULL: {
-		/* No call, so no verdict for the breaker (a half-open probe
-		 * slot taken here is presumed lost after its timeout). */
+		/* No call, so no verdict: a half-open trial slot goes back. */
+		if (f->probe)
+			breaker_forget(a->d.breaker, now);
+		f->probe = false;
 		fail_retry(f, 429, "overloaded", "too many analyses are waiting for the model; retry later",
 		           limiter_retry_after_s(a->d.limiter));
 		break;

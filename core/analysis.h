@@ -70,7 +70,8 @@ struct analysis_reply {
 typedef void analysis_reply_cb(void *arg, const struct analysis_reply *r);
 /* Text as the model writes it, for streaming callers. Runs from inside the
  * upstream client's write path: copy or write the text out, nothing more
- * (analysis_wait_cancel of this very waiter is allowed). */
+ * (analysis_wait_cancel of this very waiter is allowed). text NULL means
+ * "discard what you have": the reply broke the schema and is regenerated. */
 typedef void analysis_delta_cb(void *arg, const char *text, size_t len);
 
 enum { ANALYSIS_REFRESH = 1 };   /* skip the cache lookup, regenerate */

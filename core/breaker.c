@@ -170,6 +170,14 @@ breaker_allow(breaker *b, double now_ms)
 }
 
 void
+breaker_forget(breaker *b, double now_ms)
+{
+	settle(b, now_ms);
+	if (b->state == BREAKER_HALF_OPEN && b->probes > 0)
+		b->probes--;
+}
+
+void
 breaker_record(breaker *b, bool success, double now_ms)
 {
 	settle(b, now_ms);

@@ -79,6 +79,10 @@ bool breaker_allow(breaker *b, double now_ms);
 void breaker_record(breaker *b, bool success, double now_ms);
 
 /* The state at now_ms (open turns half_open when its period ends). */
+/* An allowed call that will never get a verdict (its caller went away and
+ * cancelled it): while half-open, its trial slot is handed back at once
+ * instead of after probe_timeout_ms. */
+void breaker_forget(breaker *b, double now_ms);
 enum breaker_state breaker_state(const breaker *b, double now_ms);
 /* "closed", "open", "half_open". */
 const char *breaker_state_name(enum breaker_state s);

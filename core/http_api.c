@@ -436,6 +436,11 @@ on_analysis_delta(void *arg, const char *text, size_t len)
 	struct http_call *c = arg;
 	if (!c->streaming || !c->req)
 		return;
+	if (!text) {
+		sse_send(c, "reset", "{\"reason\":\"the reply did not match the schema; it is "
+		                     "being regenerated: discard the text so far\"}");
+		return;
+	}
 	if (pending_output(c->req) > SSE_HIGH_WATER) {
 		c->deltas_skipped++;
 		return;

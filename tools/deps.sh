@@ -16,6 +16,7 @@ PACKAGES=(
     python3 python3-pytest                          # test driver (Debian's python3, stdlib only)
     wrk lua-check valgrind curl procps
     nghttp2-proxy openssl                           # tests: a TLS + HTTP/2 front for the fake upstream
+    clang libclang-rt-dev                           # libFuzzer targets: compiler + fuzzer/ASan runtimes (make fuzz)
 )
 
 missing=()

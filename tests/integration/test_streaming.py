@@ -200,3 +200,14 @@ def test_a_slow_reader_is_bounded_by_the_write_buffer_not_memory(make_server, fa
     # more per slow reader, and grow with every reader.
     assert grew < 40 * 1024, "RSS grew by %d KiB" % grew
     assert server.get("/healthz").status == 200
+
+
+def test_a_schema_repair_tells_streaming_clients_to_discard_the_rejected_text(server, fake):
+    fake.fail({"mode": "invalid_json"})
+    resp, events = server.sse(PATH % 29)
+    n = names(events)
+    assert "reset" in n and n[-1] == "result", n
+    after = n.index("reset")
+    text = "".join(json.loads(e["data"])["text"] for e in events[after:] if e["event"] == "delta")
+    json.loads(text)   # only the repaired reply follows the reset
+    assert fake.stats()["chat_calls"] == 2
