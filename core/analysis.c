@@ -573,6 +573,8 @@ upstream_begin(struct flight *f)
 
 static void run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
                         json_t *result, const char *err);
+static void run_send(struct flight *f);
+static void on_run_slot(void *arg);
 
 static void
 on_run_query(void *arg, const PGresult *res, const struct db_error *err)
@@ -597,6 +599,11 @@ on_run_llm_done(void *arg, const struct llm_result *res)
 	analysis *a = f->a;
 	double t0 = util_now_ms();
 	f->llm = NULL;
+	if (f->first_token_ev) {
+		event_free(f->first_token_ev);
+		f->first_token_ev = NULL;
+	}
+	limiter_release(a->d.limiter, &f->lw, t0);
 	breaker_record(a->d.breaker, upstream_healthy(res), t0);
 	f->llm_ms += res->elapsed_ms;
 	add_usage(f, res);
@@ -637,24 +644,59 @@ run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
 		f->t_step = util_now_ms();
 		f->queries[0] = db_query_send(a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
 		return;
-	case SCRIPT_WAIT_CHAT:
-		f->state = FL_LLM;
-		if (!breaker_allow(a->d.breaker, util_now_ms())) {
-			/* Answer the script at once: it may have a plan B. */
-			struct script_wait w2;
-			json_t *r2;
-			char e[1024];
-			enum script_step st2 = script_run_resume_reply(
-				f->run, NULL, NULL, NULL, -1, -1,
-				"upstream_unavailable: calls are paused (circuit breaker open)",
-				&w2, &r2, e, sizeof e);
-			run_advance(f, st2, &w2, r2, e);
-			return;
+	case SCRIPT_WAIT_CHAT: {
+		double now = util_now_ms();
+		const char *refused = NULL;
+		if (!breaker_allow(a->d.breaker, now)) {
+			refused = "upstream_unavailable: calls are paused (circuit breaker open)";
+		} else {
+			/* The script's calls obey the same cap as everyone's. */
+			json_decref(f->request);
+			f->request = json_incref(w->request);
+			switch (limiter_acquire(a->d.limiter, &f->lw, on_run_slot, f, now)) {
+			case LIMITER_GO:
+				run_send(f);
+				return;
+			case LIMITER_QUEUED:
+				f->state = FL_QUEUED;
+				return;
+			case LIMITER_FULL:
+				refused = "overloaded: too many model calls are waiting";
+				break;
+			}
 		}
-		f->llm = llm_chat(a->d.llm, w->request, a->d.llm_timeout_ms, on_llm_delta,
-		                  on_run_llm_done, f);
+		/* Answer the script at once: it may have a plan B. */
+		struct script_wait w2;
+		json_t *r2;
+		char e[1024];
+		enum script_step st2 = script_run_resume_reply(f->run, NULL, NULL, NULL, -1, -1,
+		                                               refused, &w2, &r2, e, sizeof e);
+		run_advance(f, st2, &w2, r2, e);
 		return;
 	}
+	}
+}
+
+/* A slot is ours: the script's model call goes out, with the same
+ * first-token deadline as the pipeline's own calls. */
+static void
+run_send(struct flight *f)
+{
+	analysis *a = f->a;
+	f->state = FL_LLM;
+	f->llm = llm_chat(a->d.llm, f->request, a->d.llm_timeout_ms, on_llm_delta,
+	                  on_run_llm_done, f);
+	if (a->d.llm_first_token_ms > 0) {
+		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
+		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
+		evtimer_add(f->first_token_ev, &tv);
+	}
+}
+
+static void
+on_run_slot(void *arg)
+{
+	run_send(arg);
 }
 
 static void
