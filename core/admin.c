@@ -115,32 +115,7 @@ reply_error(struct admin_client *cl, int status, const char *code, const char *f
 json_t *
 admin_types_json(script_registry *r)
 {
-	json_t *list = json_array();
-	int n = script_registry_count(r);
-	for (int i = 0; i < n; i++) {
-		const char *name, *error;
-		script *cur;
-		script_registry_entry(r, i, &name, &cur, &error);
-		json_t *t = json_object();
-		json_object_set_new(t, "name", json_string(name));
-		if (cur) {
-			const struct script_info *si = script_info(cur);
-			json_object_set_new(t, "version", json_stringn(si->version, 8));
-			json_object_set_new(t, "description", json_string(si->description));
-			json_object_set_new(t, "model", json_string(si->model));
-			json_object_set_new(t, "ttl", json_real(si->ttl_ms / 1000.0));
-			json_t *qs = json_array();
-			for (int k = 0; k < si->nqueries; k++)
-				json_array_append_new(qs, json_string(si->queries[k].name));
-			json_object_set_new(t, "queries", qs);
-			json_object_set_new(t, "structured", json_boolean(si->schema != NULL));
-			json_object_set_new(t, "has_fallback", json_boolean(si->has_fallback));
-		}
-		json_object_set_new(t, "loaded", json_boolean(cur != NULL));
-		json_object_set_new(t, "error", error ? json_string(error) : json_null());
-		json_array_append_new(list, t);
-	}
-	return list;
+	return script_registry_describe(r);
 }
 
 json_t *

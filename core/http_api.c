@@ -674,33 +674,7 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 static void
 handle_types(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
 {
-	json_t *list = json_array();
-	int n = script_registry_count(s->d.scripts);
-	for (int i = 0; i < n; i++) {
-		const char *name, *error;
-		script *cur;
-		script_registry_entry(s->d.scripts, i, &name, &cur, &error);
-		json_t *t = json_object();
-		json_object_set_new(t, "name", json_string(name));
-		if (cur) {
-			const struct script_info *si = script_info(cur);
-			char version[9];
-			snprintf(version, sizeof version, "%.8s", si->version);
-			json_object_set_new(t, "description", json_string(si->description));
-			json_object_set_new(t, "version", json_string(version));
-			json_object_set_new(t, "ttl", json_real(si->ttl_ms / 1000.0));
-			json_object_set_new(t, "model", json_string(si->model));
-			json_t *qs = json_array();
-			for (int k = 0; k < si->nqueries; k++)
-				json_array_append_new(qs, json_string(si->queries[k].name));
-			json_object_set_new(t, "queries", qs);
-			json_object_set_new(t, "structured", json_boolean(si->schema != NULL));
-			json_object_set_new(t, "has_fallback", json_boolean(si->has_fallback));
-		}
-		json_object_set_new(t, "loaded", json_boolean(cur != NULL));
-		json_object_set_new(t, "error", error ? json_string(error) : json_null());
-		json_array_append_new(list, t);
-	}
+	json_t *list = script_registry_describe(s->d.scripts);
 	json_t *doc = json_pack("{s:o}", "types", list);
 	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(doc);

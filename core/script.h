@@ -81,6 +81,10 @@ int script_registry_count(const script_registry *r);
 void script_registry_entry(const script_registry *r, int i, const char **name,
                            script **current, const char **error);
 
+/* The list /v1/analysis-types, the admin socket and the console show:
+ * name, version (8 hex), description, model, ttl, queries, load error. */
+json_t *script_registry_describe(const script_registry *r);
+
 void script_ref(script *s);
 void script_unref(script *s);
 const struct script_info *script_info(const script *s);
