@@ -1,0 +1,129 @@
+/*
+ * script_int — the script host's private header, shared by its parts (as
+ * Lua keeps lstate.h): the structs behind the opaque types of script.h and
+ * the functions one part calls in another. Nothing outside core/script_*.c
+ * includes it.
+ *
+ *   script_sandbox.c   the state, its allocator and guards, script_pcall,
+ *                      the sandbox environment
+ *   script_load.c      compiling one file: read_prompt, require, the
+ *                      declaration table, the version hash
+ *   script_registry.c  type names → serving scripts, reload
+ *   script_run.c       one request: ctx, rows, prompt, post, fallback
+ *   script_steps.c     run(ctx): the coroutine, db.query, llm.chat
+ */
+#ifndef RAPPORT_SCRIPT_INT_H
+#define RAPPORT_SCRIPT_INT_H
+
+#include "script.h"
+
+#include <lua.h>
+
+#define HOOK_EVERY 1000          /* instructions between budget checks */
+#define MAX_QUERIES 32
+
+struct script {
+	int refs;
+	lua_State *L;
+	char *name, *path, *description, *model, *version;
+	double ttl_ms, temperature;
+	long max_tokens;
+	struct script_query queries[MAX_QUERIES];
+	int nqueries;
+	json_t *schema;
+	int table_ref;               /* the table the file returned */
+	bool has_post, has_fallback, has_run;
+	struct script_info info;
+	script_run *active_run;      /* whose coroutine is running, for db/llm */
+
+	/* Limits, enforced by the allocator and the count hook. */
+	size_t mem_used, mem_cap;
+	long budget, spent;
+	long wall_ms;                /* per call into Lua */
+	int max_steps;               /* run(ctx) I/O calls */
+	double deadline_ms;
+	bool stopped;                /* the hook stopped the current call */
+	char stop_where[160], stop_why[48];
+	lua_State *call_thread;      /* reusable coroutine every call runs in */
+
+	/* Load-time state: read_prompt() works only while loading, and every
+	 * input read feeds the version hash. */
+	bool loading;
+	uint64_t hash;
+	const char *scripts_dir, *prompts_dir;
+};
+
+struct reg_entry {
+	char *name;
+	script *current;
+	char *error;
+};
+
+struct script_registry {
+	char *scripts_dir, *prompts_dir, *default_model;
+	struct script_limits limits;
+	struct reg_entry *entries;
+	int n;
+	script_validator *validate;  /* runs before a new version may serve */
+	void *validate_arg;
+};
+
+struct script_run {
+	script *s;
+	int64_t contact_id;
+	int ctx_ref;
+	bool contact_missing;
+
+	/* run(ctx): the coroutine and the one operation it waits on. */
+	lua_State *co;
+	int co_ref;
+	int steps;                   /* resumes so far, against max_steps */
+	enum script_step pending;
+	char *p_sql;
+	char **p_params;
+	int p_nparams;
+	bool p_one;
+	json_t *p_request;
+};
+
+/* ---- script_sandbox.c ---- */
+/* The lua_Alloc of every script state: realloc under s->mem_cap. */
+void *script_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+/* The script a state belongs to (kept in its extra space). */
+script *script_owner(lua_State *L);
+int script_panic(lua_State *L);
+void script_warn(void *ud, const char *msg, int tocont);
+/* lua_CFunction: opens the libraries and builds registry["rapport.env"]. */
+int script_sandbox_build(lua_State *L);
+/* Calls the function below nargs arguments on the main stack under the
+ * limits. True with nresults on the main stack, or false with the first
+ * line of the error (file:line: message) in err. */
+bool script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen);
+void script_arm_limits(script *s, lua_State *co);
+void script_stopped_message(script *s, char *err, size_t errlen);
+const char *script_error_text(lua_State *co);
+void script_log_error(script *s, lua_State *co, const char *err);
+
+/* ---- script_load.c ---- */
+script *script_load(script_registry *r, const char *name, char **error);
+void script_free(script *s);
+int script_rawfield(lua_State *L, int t, const char *k);
+int script_lua_require(lua_State *L);
+int script_lua_read_prompt(lua_State *L);
+
+/* ---- script_run.c ---- */
+struct script_reply_args {
+	const char *content, *finish_reason, *model;
+};
+/* lua_CFunction: reply = {text, data, finish_reason, model} from a
+ * struct script_reply_args (light userdata at 1). */
+int script_push_reply(lua_State *L);
+void script_push_row(lua_State *L, const PGresult *res, int row);
+bool script_valid_messages(const json_t *m, char *err, size_t errlen);
+void script_pending_clear(script_run *run);
+
+/* ---- script_steps.c ---- */
+int script_lua_db_query(lua_State *L);
+int script_lua_llm_chat(lua_State *L);
+
+#endif

@@ -1,0 +1,411 @@
+/*
+ * script_load — compiling one analysis file into a `struct script`: its
+ * load-time functions (read_prompt, require), the validation of the table
+ * it returns, and the version hash over every input that shapes its output.
+ */
+#include "script_int.h"
+#include "jschema.h"
+#include "log.h"
+#include "luajson.h"
+#include "util.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+
+/* A path component a script may name: no "..", no absolute paths. */
+static bool
+safe_relpath(const char *p)
+{
+	if (!*p || *p == '/' || strstr(p, ".."))
+		return false;
+	for (; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("_-./", *p))
+			return false;
+	return true;
+}
+
+static void
+hash_input(script *s, const char *label, const char *data, size_t len)
+{
+	s->hash = util_fnv1a(s->hash, label, strlen(label) + 1);
+	s->hash = util_fnv1a(s->hash, data, len);
+}
+
+/* read_prompt(name) → text of prompts/<name>; load time only. */
+int
+script_lua_read_prompt(lua_State *L)
+{
+	script *s = script_owner(L);
+	const char *name = luaL_checkstring(L, 1);
+	if (!s->loading)
+		return luaL_error(L, "read_prompt is only available while the script loads "
+		                     "(call it at the top level of the file)");
+	if (!safe_relpath(name))
+		return luaL_error(L, "read_prompt: bad prompt name '%s'", name);
+	char *path = xasprintf("%s/%s", s->prompts_dir, name);
+	size_t len;
+	char *text = util_read_file(path, &len);
+	int saved = errno;
+	free(path);
+	if (!text)
+		return luaL_error(L, "read_prompt: cannot read prompt '%s': %s", name, strerror(saved));
+	hash_input(s, name, text, len);
+	lua_pushlstring(L, text, len);   /* may raise: copy first, then free */
+	free(text);
+	return 1;
+}
+
+/* require(name) → the module scripts/lib/<name>.lua, loaded once per state
+ * into the same sandbox. Nothing outside scripts/lib is reachable. */
+int
+script_lua_require(lua_State *L)
+{
+	script *s = script_owner(L);
+	const char *name = luaL_checkstring(L, 1);
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.modules");
+	if (lua_getfield(L, -1, name) != LUA_TNIL)
+		return 1;
+	lua_pop(L, 1);
+	for (const char *p = name; *p; p++)
+		if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) && *p != '_' && *p != '.')
+			return luaL_error(L, "require: bad module name '%s' (modules live in scripts/lib)", name);
+	if (!s->loading)
+		return luaL_error(L, "require is only available while the script loads");
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	luaL_addstring(&b, s->scripts_dir);
+	luaL_addstring(&b, "/lib/");
+	for (const char *p = name; *p; p++)
+		luaL_addchar(&b, *p == '.' ? '/' : *p);
+	luaL_addstring(&b, ".lua");
+	luaL_pushresult(&b);
+	const char *path = lua_tostring(L, -1);
+	size_t len;
+	char *src = util_read_file(path, &len);
+	if (!src)
+		return luaL_error(L, "require: module '%s' not found in scripts/lib", name);
+	hash_input(s, path, src, len);
+	/* Short chunk names: Lua cuts long ones to "...tail" in messages. */
+	lua_pushfstring(L, "@scripts/lib/%s.lua", name);
+	int rc = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
+	free(src);
+	if (rc != LUA_OK) {
+		const char *m = lua_tostring(L, -1);
+		if (m && strncmp(m, "scripts/", 8) != 0)
+			return luaL_error(L, "scripts/lib/%s.lua: %s", name, m);
+		return lua_error(L);
+	}
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
+	lua_setupvalue(L, -2, 1);
+	lua_call(L, 0, 1);
+	if (lua_isnil(L, -1)) {
+		lua_pop(L, 1);
+		lua_pushboolean(L, 1);
+	}
+	lua_pushvalue(L, -1);
+	lua_setfield(L, -5, name);     /* rapport.modules[name] */
+	return 1;
+}
+
+/* ---- loading and validating ------------------------------------------- */
+
+void
+script_free(script *s)
+{
+	if (s->L)
+		lua_close(s->L);
+	for (int i = 0; i < s->nqueries; i++) {
+		free(s->queries[i].name);
+		free(s->queries[i].sql);
+	}
+	json_decref(s->schema);
+	free(s->name);
+	free(s->path);
+	free(s->description);
+	free(s->model);
+	free(s->version);
+	free(s);
+}
+
+void
+script_ref(script *s)
+{
+	s->refs++;
+}
+
+void
+script_unref(script *s)
+{
+	if (s && --s->refs == 0)
+		script_free(s);
+}
+
+const struct script_info *
+script_info(const script *s)
+{
+	return &s->info;
+}
+
+/* Raw field access: a script's table may carry metamethods, and reading
+ * its declaration must not run its code. */
+int
+script_rawfield(lua_State *L, int t, const char *k)
+{
+	lua_pushstring(L, k);
+	return lua_rawget(L, t);
+}
+
+/* Adds one named query, resolving the name against the script's own `sql`
+ * table (decl is the script's table), then scripts/lib/queries.lua. */
+static void
+resolve_query(lua_State *L, script *s, int decl, const char *name)
+{
+	int top = lua_gettop(L);
+	int found = LUA_TNIL;
+	if (script_rawfield(L, decl, "sql") == LUA_TTABLE)
+		found = script_rawfield(L, lua_gettop(L), name);
+	if (found == LUA_TNIL) {
+		lua_settop(L, top);
+		lua_pushcfunction(L, script_lua_require);
+		lua_pushstring(L, "queries");
+		lua_call(L, 1, 1);
+		if (!lua_istable(L, -1))
+			luaL_error(L, "scripts/lib/queries.lua must return a table");
+		found = script_rawfield(L, lua_gettop(L), name);
+	}
+	const char *sql = NULL;
+	bool one = false;
+	if (found == LUA_TSTRING) {
+		sql = lua_tostring(L, -1);
+	} else if (found == LUA_TTABLE) {
+		int q = lua_gettop(L);
+		if (script_rawfield(L, q, "sql") == LUA_TSTRING)
+			sql = lua_tostring(L, -1);
+		one = script_rawfield(L, q, "one") == LUA_TBOOLEAN && lua_toboolean(L, -1);
+		lua_pop(L, 1);
+	}
+	if (!sql)
+		luaL_error(L, "%s: query '%s' is not defined (neither in this script's sql table "
+		              "nor in scripts/lib/queries.lua)", s->path, name);
+	if (s->nqueries == MAX_QUERIES)
+		luaL_error(L, "too many queries (at most %d)", MAX_QUERIES);
+	struct script_query *sq = &s->queries[s->nqueries++];
+	sq->name = xstrdup(name);
+	sq->sql = xstrdup(sql);
+	sq->one = one;
+	hash_input(s, name, sql, strlen(sql));
+	hash_input(s, "one", one ? "1" : "0", 1);
+	lua_settop(L, top);
+}
+
+/* Checks the declaration table at index 1 and copies what C needs.
+ * Runs under lua_pcall: errors are raised with luaL_error. */
+static int
+validate_decl(lua_State *L)
+{
+	script *s = script_owner(L);
+	if (!lua_istable(L, 1))
+		return luaL_error(L, "%s: the script must return a table (got %s)", s->path,
+		                  luaL_typename(L, 1));
+	int t = 1;
+	if (script_rawfield(L, t, "description") != LUA_TSTRING)
+		return luaL_error(L, "%s: 'description' must be a string", s->path);
+	s->description = xstrdup(lua_tostring(L, -1));
+	lua_pop(L, 1);
+
+	int ty = script_rawfield(L, t, "run");
+	if (ty != LUA_TNIL && ty != LUA_TFUNCTION)
+		return luaL_error(L, "%s: 'run' must be a function(ctx) returning the result", s->path);
+	s->has_run = ty == LUA_TFUNCTION;
+	lua_pop(L, 1);
+	ty = script_rawfield(L, t, "prompt");
+	if (ty != LUA_TFUNCTION && !(ty == LUA_TNIL && s->has_run))
+		return luaL_error(L, "%s: 'prompt' must be a function(ctx) returning messages "
+		                     "(or define run(ctx))", s->path);
+	lua_pop(L, 1);
+	if (s->has_run) {
+		/* run() may name queries at run time, when require is closed:
+		 * load the shared ones now (it is fine if there are none). */
+		lua_pushcfunction(L, script_lua_require);
+		lua_pushstring(L, "queries");
+		lua_pcall(L, 1, 0, 0) == LUA_OK ? (void)0 : lua_pop(L, 1);
+	}
+	ty = script_rawfield(L, t, "post");
+	if (ty != LUA_TNIL && ty != LUA_TFUNCTION)
+		return luaL_error(L, "%s: 'post' must be a function(reply, ctx)", s->path);
+	s->has_post = ty == LUA_TFUNCTION;
+	lua_pop(L, 1);
+	ty = script_rawfield(L, t, "fallback");
+	if (ty != LUA_TNIL && ty != LUA_TFUNCTION)
+		return luaL_error(L, "%s: 'fallback' must be a function(ctx)", s->path);
+	s->has_fallback = ty == LUA_TFUNCTION;
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "ttl");
+	if (ty == LUA_TNUMBER && lua_tonumber(L, -1) > 0 && lua_tonumber(L, -1) <= 30 * 86400)
+		s->ttl_ms = lua_tonumber(L, -1) * 1000.0;
+	else if (ty != LUA_TNIL)
+		return luaL_error(L, "%s: 'ttl' must be a number of seconds from 1 to 2592000 (30 days)",
+		                  s->path);
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "model");
+	if (ty == LUA_TSTRING) {
+		free(s->model);
+		s->model = xstrdup(lua_tostring(L, -1));
+	} else if (ty != LUA_TNIL) {
+		return luaL_error(L, "%s: 'model' must be a string", s->path);
+	}
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "temperature");
+	if (ty == LUA_TNUMBER && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 2)
+		s->temperature = lua_tonumber(L, -1);
+	else if (ty != LUA_TNIL)
+		return luaL_error(L, "%s: 'temperature' must be a number from 0 to 2", s->path);
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "max_tokens");
+	if (ty == LUA_TNUMBER && lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0)
+		s->max_tokens = (long)lua_tointeger(L, -1);
+	else if (ty != LUA_TNIL)
+		return luaL_error(L, "%s: 'max_tokens' must be a positive integer", s->path);
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "schema");
+	if (ty == LUA_TTABLE) {
+		char err[256];
+		s->schema = luajson_from_lua(L, -1, NULL, err, sizeof err);
+		if (!s->schema)
+			return luaL_error(L, "%s: 'schema' is not valid JSON: %s", s->path, err);
+		if (!json_is_object(s->schema))
+			return luaL_error(L, "%s: 'schema' must be a JSON Schema object", s->path);
+		/* OpenAI refuses a strict schema that breaks its rules; say so
+		 * at load, with the place, not at the first request. */
+		char serr[512];
+		if (!jschema_check_strict(s->schema, serr, sizeof serr))
+			return luaL_error(L, "%s: 'schema' is not valid for strict structured outputs: %s",
+			                  s->path, serr);
+		char *dump = json_dumps(s->schema, JSON_COMPACT | JSON_SORT_KEYS);
+		hash_input(s, "schema", dump, strlen(dump));
+		free(dump);
+	} else if (ty != LUA_TNIL) {
+		return luaL_error(L, "%s: 'schema' must be a table", s->path);
+	}
+	lua_pop(L, 1);
+
+	ty = script_rawfield(L, t, "queries");
+	if (ty == LUA_TTABLE) {
+		int q = lua_gettop(L);
+		lua_Integer n = (lua_Integer)lua_rawlen(L, q);
+		for (lua_Integer i = 1; i <= n; i++) {
+			if (lua_rawgeti(L, q, i) != LUA_TSTRING)
+				return luaL_error(L, "%s: 'queries' must be a list of query names", s->path);
+			char name[128];
+			snprintf(name, sizeof name, "%s", lua_tostring(L, -1));
+			lua_pop(L, 1);
+			resolve_query(L, s, t, name);
+		}
+	} else if (ty != LUA_TNIL) {
+		return luaL_error(L, "%s: 'queries' must be a list of query names", s->path);
+	}
+	/* Anchored here, under protection, because luaL_ref may allocate. */
+	lua_pushvalue(L, t);
+	s->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+script *
+script_load(script_registry *r, const char *name, char **error)
+{
+	script *s = xcalloc(1, sizeof *s);
+	s->refs = 1;
+	s->name = xstrdup(name);
+	s->path = xasprintf("%s/%s.lua", r->scripts_dir, name);
+	s->model = xstrdup(r->default_model);
+	s->ttl_ms = 300000;
+	s->temperature = -1;
+	s->mem_cap = r->limits.memory_bytes;
+	s->budget = r->limits.instructions;
+	s->wall_ms = r->limits.wall_ms;
+	s->max_steps = r->limits.max_steps > 0 ? r->limits.max_steps : 32;
+	s->scripts_dir = r->scripts_dir;
+	s->prompts_dir = r->prompts_dir;
+	s->hash = UTIL_FNV_SEED;
+	s->table_ref = LUA_NOREF;
+	char err[1024];
+
+	s->L = lua_newstate(script_alloc, s);
+	if (!s->L) {
+		*error = xasprintf("%s: cannot create a Lua state", s->path);
+		goto fail;
+	}
+	*(script **)lua_getextraspace(s->L) = s;
+	lua_atpanic(s->L, script_panic);
+	lua_setwarnf(s->L, script_warn, NULL);
+	lua_State *L = s->L;
+
+	lua_pushcfunction(L, script_sandbox_build);
+	if (!script_pcall(s, 0, 0, err, sizeof err)) {
+		*error = xasprintf("%s: %s", s->path, err);
+		goto fail;
+	}
+
+	size_t len;
+	char *src = util_read_file(s->path, &len);
+	if (!src) {
+		*error = xasprintf("%s: %s", s->path, strerror(errno));
+		goto fail;
+	}
+	hash_input(s, "script", src, len);
+	/* Messages say "scripts/<type>.lua:LINE:", whatever the folder's real
+	 * path: Lua cuts long chunk names to "...tail". */
+	char *chunk = xasprintf("@scripts/%s.lua", name);
+	int rc = luaL_loadbufferx(L, src, len, chunk, "t");
+	free(chunk);
+	free(src);
+	if (rc != LUA_OK) {
+		const char *m = lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot load";
+		/* Syntax errors carry "scripts/x.lua:LINE:" already; others
+		 * (a binary chunk) get the file named. */
+		*error = strncmp(m, "scripts/", 8) == 0 ? xstrdup(m) : xasprintf("scripts/%s.lua: %s", name, m);
+		goto fail;
+	}
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
+	lua_setupvalue(L, -2, 1);
+	s->loading = true;
+	bool ok = script_pcall(s, 0, 1, err, sizeof err);
+	if (ok) {
+		lua_pushcfunction(L, validate_decl);
+		lua_pushvalue(L, -2);
+		ok = script_pcall(s, 1, 0, err, sizeof err);
+	}
+	s->loading = false;
+	if (!ok) {
+		*error = xstrdup(err);
+		goto fail;
+	}
+	lua_settop(L, 0);
+	lua_gc(L, LUA_GCCOLLECT);
+	/* Requests make many short-lived tables in a long-lived state: the
+	 * generational collector handles that with less work per request. */
+	lua_gc(L, LUA_GCGEN, 0, 0);
+
+	s->version = xasprintf("%016llx", (unsigned long long)s->hash);
+	s->info = (struct script_info){
+		.name = s->name, .description = s->description, .version = s->version,
+		.path = s->path, .model = s->model, .ttl_ms = s->ttl_ms,
+		.temperature = s->temperature, .max_tokens = s->max_tokens,
+		.queries = s->queries, .nqueries = s->nqueries, .schema = s->schema,
+		.has_post = s->has_post, .has_fallback = s->has_fallback, .has_run = s->has_run,
+	};
+	return s;
+fail:
+	script_free(s);
+	return NULL;
+}
