@@ -21,6 +21,7 @@
  * expressions print their values.
  */
 #include "console_int.h"
+#include "commands.h"
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
@@ -197,6 +198,27 @@ console_opt_bool(lua_State *L, int arg, const char *name, bool dflt)
 	return v;
 }
 
+const char *
+console_word(lua_State *L, int arg)
+{
+	if (lua_type(L, arg) == LUA_TNUMBER)
+		return lua_pushfstring(L, "%I", (LUAI_UACINT)luaL_checkinteger(L, arg));
+	const char *w = luaL_checkstring(L, arg);
+	luaL_argcheck(L, *w && !w[strcspn(w, " \t\r\n")], arg, "one word expected");
+	return w;
+}
+
+int
+console_words(lua_State *L, const struct command *r, char **words)
+{
+	int n = lua_gettop(L);
+	if (n < r->min || n > r->max || n > CONSOLE_MAX_WORDS)
+		luaL_error(L, "usage: %s", r->fn_usage);
+	for (int i = 1; i <= n; i++)
+		words[i - 1] = (char *)console_word(L, i);
+	return n;
+}
+
 /* ---- both modes ---------------------------------------------------------------- */
 
 static int
@@ -243,27 +265,70 @@ l_load_text(lua_State *L)
 
 static int l_help(lua_State *L);
 
-/* The REPL's own functions, after a mode's in help(). */
-static const struct fn repl_fns[] = {
-	{ "time", NULL, NULL, "time(fn, ...)", "call fn(...), print how long it took, return its results" },
-	{ "pp", NULL, NULL, "pp(value)", "the pretty-printed text of a value (what the prompt prints)" },
-	{ "now_ms", l_now_ms, NULL, "now_ms()", "a monotonic clock in milliseconds" },
-	{ "help", l_help, NULL, "help()", "this list" },
-	{ "quit", l_quit, NULL, "quit([status])", "leave now (so does Ctrl-D)" },
-	{ NULL, NULL, NULL, NULL, NULL },
+/* The REPL's own functions (CMD_REPL rows). */
+static const struct console_handler repl_handlers[] = {
+	{ "time", NULL },
+	{ "pp", NULL },
+	{ "now_ms", l_now_ms },
+	{ "help", l_help },
+	{ "quit", l_quit },
+	{ NULL, NULL },
 };
+
+/* Whether row r is a function of this mode: standalone, the local and
+ * REPL rows; attached, the rows the socket serves, attach-only and REPL. */
+static bool
+in_mode(const struct console *c, const struct command *r)
+{
+	if (!r->fn)
+		return false;
+	if (c->attached)
+		return r->where & (CMD_ADMIN | CMD_ATTACH | CMD_REPL);
+	return r->where & (CMD_LOCAL | CMD_REPL);
+}
+
+static bool
+find_handler(const struct console_handler *h, const char *name, lua_CFunction *fn)
+{
+	for (; h->name; h++)
+		if (strcmp(h->name, name) == 0) {
+			*fn = h->fn;
+			return true;
+		}
+	return false;
+}
+
+/* The C function of row r in this mode; false when it has none (a table
+ * row no mode file serves: a bug, reported at start). *fn NULL: the
+ * prelude defines it. */
+static bool
+row_handler(const struct console *c, const struct command *r, lua_CFunction *fn)
+{
+	if (r->where & CMD_REPL)
+		return find_handler(repl_handlers, r->fn, fn);
+	if (find_handler(c->attached ? console_attach_handlers : console_local_handlers, r->fn, fn))
+		return true;
+	*fn = c->attached && (r->where & CMD_ADMIN) ? console_attach_send
+	    : !c->attached && r->run               ? console_local_run
+	                                           : NULL;
+	return *fn != NULL;
+}
 
 static int
 l_help(lua_State *L)
 {
 	struct console *c = console_cur;
-	const struct fn *f = c->attached ? console_attach_fns : console_local_fns;
-	printf("%s\n", c->attached ? "attached to a running server; functions:"
+	printf("%s\n", c->attached ? "attached to a running server; functions (:<the admin command> "
+	                             "each sends):"
 	                           : "standalone (this process's own pool, upstream client and cache); functions:");
-	for (; f->name; f++)
-		printf("  %-52s %s\n", f->usage, f->does);
-	for (f = repl_fns; f->name; f++)
-		printf("  %-52s %s\n", f->usage, f->does);
+	for (const struct command *r = cmd_table; r->fn || r->words; r++) {
+		if (!in_mode(c, r))
+			continue;
+		if (c->attached && (r->where & CMD_ADMIN))
+			printf("  %-52s %s (:%s)\n", r->fn_usage, r->does, r->usage);
+		else
+			printf("  %-52s %s\n", r->fn_usage, r->does);
+	}
 	printf("%s",
 	       "input: `=expr` or a bare expression prints its value; an unfinished chunk continues\n"
 	       "on the next line (>>); Ctrl-C clears the line or stops a wait; Ctrl-D quits.\n");
@@ -381,19 +446,22 @@ static const char prelude[] =
 	"  for i = 1, select('#', ...) do print(pp((select(i, ...)))) end\n"
 	"end\n";
 
+/* Every function of this mode from the command table, each a closure
+ * over its row. Raises for a row without a handler. */
 static void
-register_fns(lua_State *L, const struct fn *f)
+register_fns(lua_State *L, const struct console *c)
 {
-	for (; f->name; f++) {
-		if (!f->fn)
+	for (const struct command *r = cmd_table; r->fn || r->words; r++) {
+		lua_CFunction fn;
+		if (!in_mode(c, r))
 			continue;
-		if (f->command) {
-			lua_pushstring(L, f->command);
-			lua_pushcclosure(L, f->fn, 1);
-		} else {
-			lua_pushcfunction(L, f->fn);
-		}
-		lua_setglobal(L, f->name);
+		if (!row_handler(c, r, &fn))
+			luaL_error(L, "the command table's %s() has no handler in this mode", r->fn);
+		if (!fn)
+			continue;
+		lua_pushlightuserdata(L, (void *)r);
+		lua_pushcclosure(L, fn, 1);
+		lua_setglobal(L, r->fn);
 	}
 }
 
@@ -431,8 +499,7 @@ p_setup(lua_State *L)
 	lua_setfield(L, -2, "dump");
 	luajson_open(L);
 	lua_setglobal(L, "json");
-	register_fns(L, c->attached ? console_attach_fns : console_local_fns);
-	register_fns(L, repl_fns);
+	register_fns(L, c);
 	if (luaL_loadbuffer(L, prelude, sizeof prelude - 1, "=prelude") != LUA_OK)
 		return lua_error(L);
 	lua_call(L, 0, 1);

@@ -9,6 +9,7 @@
  * the server closed (a restart) is reopened on the next request.
  */
 #include "console_int.h"
+#include "commands.h"
 #include "util.h"
 
 #include <errno.h>
@@ -26,8 +27,6 @@
 #include <lauxlib.h>
 
 #include "luajson.h"
-
-#define MAX_WORDS     4         /* arguments of an admin command */
 
 /* ---- attached: the admin socket ------------------------------------------------------ */
 
@@ -150,29 +149,17 @@ push_admin_result(lua_State *L, struct console *c, const char *line)
 	return 1;
 }
 
-/* One admin word from a Lua argument: an integer or a plain word. */
-static const char *
-admin_word(lua_State *L, int arg)
+/* A row the admin socket serves (upvalue 1): its words and the arguments,
+ * sent as one line; the reply's result, or its error raised. */
+int
+console_attach_send(lua_State *L)
 {
-	if (lua_type(L, arg) == LUA_TNUMBER)
-		return lua_pushfstring(L, "%I", (LUAI_UACINT)luaL_checkinteger(L, arg));
-	const char *w = luaL_checkstring(L, arg);
-	luaL_argcheck(L, *w && !w[strcspn(w, " \t\r\n")], arg, "one word expected");
-	return w;
-}
-
-/* The command in upvalue 1, with the arguments appended as words. */
-static int
-l_admin_command(lua_State *L)
-{
-	int n = lua_gettop(L);
+	const struct command *r = lua_touserdata(L, lua_upvalueindex(1));
+	char *words[CONSOLE_MAX_WORDS];
+	int n = console_words(L, r, words);
 	luaL_Buffer b;
-	const char *words[MAX_WORDS];
-	luaL_argcheck(L, n <= MAX_WORDS, MAX_WORDS + 1, "too many arguments");
-	for (int i = 1; i <= n; i++)
-		words[i - 1] = admin_word(L, i);
 	luaL_buffinit(L, &b);
-	luaL_addstring(&b, lua_tostring(L, lua_upvalueindex(1)));
+	luaL_addstring(&b, r->words);
 	for (int i = 0; i < n; i++) {
 		luaL_addchar(&b, ' ');
 		luaL_addstring(&b, words[i]);
@@ -185,7 +172,7 @@ static int
 l_att_analyze(lua_State *L)
 {
 	int64_t id = console_check_contact(L, 1);
-	const char *type = admin_word(L, 2);
+	const char *type = console_word(L, 2);
 	if (!lua_isnoneornil(L, 3))
 		luaL_checktype(L, 3, LUA_TTABLE);
 	bool use_cache = console_opt_bool(L, 3, "cache", true);
@@ -226,22 +213,9 @@ console_raw_command(struct console *c, const char *line)
 	free(text);
 }
 
-/* ---- the table --------------------------------------------------------------- */
-
-const struct fn console_attach_fns[] = {
-	{ "types", l_admin_command, "types", "types()", "the server's analysis types, load errors included" },
-	{ "errors", l_admin_command, "errors", "errors()", "script load errors (file:line)" },
-	{ "reload", l_admin_command, "reload", "reload()", "recompile every script on the server now" },
-	{ "metrics", l_admin_command, "metrics", "metrics()", "the counters of GET /metrics" },
-	{ "status", l_admin_command, "status", "status()", "database, upstream, cache and flights now" },
-	{ "cache_list", l_admin_command, "cache list", "cache_list([id])",
-	  "the server's cached analyses: key, type, age, ttl left, bytes" },
-	{ "cache_drop", l_admin_command, "cache drop", "cache_drop(id [, type])",
-	  "drop a contact's cached analyses on the server" },
-	{ "cache_clear", l_admin_command, "cache clear", "cache_clear()", "drop every cached analysis" },
-	{ "analyze", l_att_analyze, NULL, "analyze(id, type [, {cache = false}])",
-	  "run the server's pipeline → the API's JSON document" },
-	{ "admin", l_admin, NULL, "admin(line)", "send one admin command → the whole reply {ok, result | error}" },
-	{ NULL, NULL, NULL, NULL, NULL },
+/* The attached console's own functions for rows without a plain send. */
+const struct console_handler console_attach_handlers[] = {
+	{ "analyze", l_att_analyze },
+	{ "admin", l_admin },
+	{ NULL, NULL },
 };
-

@@ -55,18 +55,23 @@ struct console {
 
 extern struct console *console_cur;
 
-/* A function of the REPL: its name, C function (NULL: defined by the
- * prelude), the admin command it sends (attached), usage and help line. */
-struct fn {
+struct command;
+
+/* A mode's own function for a row of the command table (commands.h), by
+ * the row's console name. Rows with a run function need none: the
+ * standalone console runs them here (console_local_run), the attached one
+ * sends their words (console_attach_send). */
+struct console_handler {
 	const char *name;
 	lua_CFunction fn;          /* NULL: defined by the prelude */
-	const char *command;       /* attached: the admin command it sends */
-	const char *usage, *does;
 };
 
-/* Each mode's functions, ended by a row with a NULL name. */
-extern const struct fn console_local_fns[];
-extern const struct fn console_attach_fns[];
+extern const struct console_handler console_local_handlers[];   /* ended by a NULL name */
+extern const struct console_handler console_attach_handlers[];
+
+/* The generic functions; upvalue 1 is the row (light userdata). */
+int console_local_run(lua_State *L);
+int console_attach_send(lua_State *L);
 
 /* ---- output (console.c) ---- */
 
@@ -89,6 +94,13 @@ bool console_wait(struct console *c, bool (*done)(void *), void *arg);
  * allocating) ---- */
 
 int64_t console_check_contact(lua_State *L, int arg);
+/* One admin word from a Lua argument: an integer or a plain word. */
+const char *console_word(lua_State *L, int arg);
+/* The arguments of a call of row r, counted against r's bounds (raising
+ * with its usage) and made words (console_word), into words[]. Returns
+ * how many; they live on the Lua stack. */
+#define CONSOLE_MAX_WORDS 4
+int console_words(lua_State *L, const struct command *r, char **words);
 /* opts[name] of the table at arg as a boolean, dflt when absent. */
 bool console_opt_bool(lua_State *L, int arg, const char *name, bool dflt);
 

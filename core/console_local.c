@@ -18,7 +18,7 @@
  * raised.
  */
 #include "console_int.h"
-#include "admin.h"
+#include "commands.h"
 #include "luajson.h"
 #include "util.h"
 
@@ -29,7 +29,6 @@
 #include <lauxlib.h>
 
 #define MAX_QUERIES   32
-#define LIST_MAX      1000
 
 /* The engine's note, under the short name the stages use. */
 static void note(struct console *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -553,86 +552,37 @@ l_analyze(lua_State *L)
 	return 1;
 }
 
-/* ---- standalone: scripts and this process's cache ------------------------------------ */
+/* ---- the rows that run the same on the admin socket ------------------------------ */
 
-static int
-l_types(lua_State *L)
+/* A row of the command table with a run function (upvalue 1), on this
+ * process's parts: types(), cache_list(42) … answer as the admin socket
+ * does, errors included. */
+int
+console_local_run(lua_State *L)
 {
-	luajson_push_owned(L, admin_types_json(console_cur->d.scripts));
+	const struct command *r = lua_touserdata(L, lua_upvalueindex(1));
+	struct console *c = console_cur;
+	char *words[CONSOLE_MAX_WORDS];
+	int n = console_words(L, r, words);
+	struct cmd_parts p = {
+		.scripts = c->d.scripts, .cache = c->d.cache, .analysis = c->d.analysis,
+		.db = c->d.db, .llm = c->d.llm, .who = "console",
+	};
+	struct cmd_error e = { 0 };
+	json_t *result = r->run(&p, n, words, &e);
+	if (!result)
+		return luaL_error(L, "%s: %s", e.code, e.message);
+	luajson_push_owned(L, result);
 	return 1;
 }
 
-static int
-l_errors(lua_State *L)
-{
-	luajson_push_owned(L, admin_errors_json(console_cur->d.scripts));
-	return 1;
-}
-
-static int
-l_reload(lua_State *L)
-{
-	luajson_push_owned(L, admin_reload(console_cur->d.scripts, "console"));
-	return 1;
-}
-
-static int
-l_cache_list(lua_State *L)
-{
-	int64_t id = lua_isnoneornil(L, 1) ? 0 : console_check_contact(L, 1);
-	luajson_push_owned(L, admin_cache_json(console_cur->d.cache, id, LIST_MAX));
-	return 1;
-}
-
-static int
-l_cache_drop(lua_State *L)
-{
-	int64_t id = console_check_contact(L, 1);
-	const char *type = luaL_optstring(L, 2, NULL);
-	int n = cache_drop_contact(console_cur->d.cache, id, type);
-	analysis_contact_changed(console_cur->d.analysis, id);
-	lua_createtable(L, 0, 2);
-	lua_pushinteger(L, (lua_Integer)id);
-	lua_setfield(L, -2, "contact_id");
-	lua_pushinteger(L, n);
-	lua_setfield(L, -2, "dropped");
-	return 1;
-}
-
-static int
-l_cache_clear(lua_State *L)
-{
-	struct cache_stats st;
-	cache_stats(console_cur->d.cache, &st);
-	cache_clear(console_cur->d.cache);
-	analysis_contact_changed(console_cur->d.analysis, -1);
-	lua_createtable(L, 0, 1);
-	lua_pushinteger(L, st.entries);
-	lua_setfield(L, -2, "dropped");
-	return 1;
-}
-
-/* ---- the table --------------------------------------------------------------- */
-
-const struct fn console_local_fns[] = {
-	{ "types", l_types, NULL, "types()", "the analysis types: version, model, ttl, queries, load error" },
-	{ "context", l_context, NULL, "ctx = context(id, type)",
-	  "run the type's named queries (all at once) → the ctx table; prints db time and rows" },
-	{ "messages", l_messages, NULL, "req = messages(ctx | id [, type])",
-	  "the exact chat request prompt(ctx) builds: model, messages, response_format …" },
-	{ "chat", l_chat, NULL, "reply = chat(req)",
-	  "send it upstream, printing the text as it streams → {text, data, finish_reason, model, usage, ms}" },
-	{ "post", l_post, NULL, "result = post(reply, ctx [, type])", "the script's post(reply, ctx) → the result" },
-	{ "fallback", l_fallback, NULL, "fallback(ctx [, type])",
-	  "the script's fallback(ctx): the result served when the model is down" },
-	{ "analyze", l_analyze, NULL, "analyze(id, type [, {cache = false, stream = false}])",
-	  "the whole pipeline (cache first unless cache = false) → the API's JSON document" },
-	{ "cache_list", l_cache_list, NULL, "cache_list([id])",
-	  "this console's cache (analyze() fills it): key, type, age, ttl left, bytes" },
-	{ "cache_drop", l_cache_drop, NULL, "cache_drop(id [, type])", "drop a contact's cached analyses" },
-	{ "cache_clear", l_cache_clear, NULL, "cache_clear()", "drop every cached analysis" },
-	{ "reload", l_reload, NULL, "reload()", "recompile scripts/ and prompts/ now" },
-	{ "errors", l_errors, NULL, "errors()", "script load errors (file:line)" },
-	{ NULL, NULL, NULL, NULL, NULL },
+/* The standalone console's own functions for rows without a run. */
+const struct console_handler console_local_handlers[] = {
+	{ "context", l_context },
+	{ "messages", l_messages },
+	{ "chat", l_chat },
+	{ "post", l_post },
+	{ "fallback", l_fallback },
+	{ "analyze", l_analyze },
+	{ NULL, NULL },
 };
-
