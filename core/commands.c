@@ -18,8 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-
 #define LIST_MAX      1000      /* cache list entries per reply */
 
 json_t *
@@ -164,43 +162,25 @@ run_cache_clear(const struct cmd_parts *p, int argc, char **argv, struct cmd_err
 
 /* ---- the process now ------------------------------------------------------------ */
 
-/* Prometheus text → {"name{labels}": value}. */
-static json_t *
-metrics_json(const char *text, size_t len)
-{
-	json_t *o = json_object();
-	const char *p = text, *end = text + len;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *eol = nl ? nl : end;
-		const char *sp = eol;
-		while (sp > p && sp[-1] != ' ')
-			sp--;
-		if (*p != '#' && sp > p + 1) {
-			char *name = xstrndup(p, (size_t)(sp - 1 - p));
-			char *val = xstrndup(sp, (size_t)(eol - sp));
-			int64_t i;
-			json_object_set_new(o, name, util_parse_i64(val, &i) ? json_integer(i)
-			                                                     : json_real(strtod(val, NULL)));
-			free(name);
-			free(val);
-		}
-		p = nl ? nl + 1 : end;
-	}
-	return o;
-}
-
+/* The numbers of GET /metrics as JSON: on the admin socket the HTTP
+ * server's own list (its counters included), in the standalone console the
+ * same families from its own parts. */
 static json_t *
 run_metrics(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e)
 {
-	if (!p->http)
-		return cmd_fail(e, 0, "unavailable", "no HTTP server in this process");
-	struct evbuffer *b = evbuffer_new();
-	http_server_metrics(p->http, b);
-	size_t len = evbuffer_get_length(b);
-	json_t *m = len ? metrics_json((const char *)evbuffer_pullup(b, -1), len) : json_object();
-	evbuffer_free(b);
-	return m;
+	metrics *m = metrics_new();
+	if (p->http) {
+		http_server_metrics(p->http, m);
+	} else {
+		struct metrics_sources src = {
+			.cache = p->cache, .db = p->db, .llm = p->llm, .limiter = p->limiter,
+			.breaker = p->breaker, .acct = p->acct, .analysis = p->analysis,
+		};
+		metrics_gather(m, &src);
+	}
+	json_t *o = metrics_json(m);
+	metrics_free(m);
+	return o;
 }
 
 static json_t *
@@ -271,8 +251,8 @@ const struct command cmd_table[] = {
 	  "drop a contact's cached analyses (all types, or one)" },
 	{ "cache clear", "cache_clear", 0, 0, ADMIN | LOCAL, run_cache_clear, "cache clear",
 	  "cache_clear()", "drop every cached analysis" },
-	{ "metrics", "metrics", 0, 0, ADMIN, run_metrics, "metrics", "metrics()",
-	  "the counters of GET /metrics" },
+	{ "metrics", "metrics", 0, 0, ADMIN | LOCAL, run_metrics, "metrics", "metrics()",
+	  "the numbers of GET /metrics: {\"name{labels}\": value}" },
 	{ "status", "status", 0, 0, ADMIN | LOCAL, run_status, "status", "status()",
 	  "database, upstream, cache and flights now" },
 	{ NULL, "admin", 1, 1, ATTACH, NULL, NULL, "admin(line)",

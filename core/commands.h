@@ -30,6 +30,7 @@
 #include "db.h"
 #include "http_api.h"
 #include "llm.h"
+#include "metrics.h"
 #include "script.h"
 
 enum cmd_where {
@@ -46,7 +47,10 @@ struct cmd_parts {
 	analysis *analysis;
 	db_pool *db;
 	llm_client *llm;
-	http_server *http;          /* the HTTP API's counters (metrics) */
+	limiter *limiter;           /* these three: metrics without an HTTP server */
+	breaker *breaker;
+	accounting *acct;
+	http_server *http;          /* metrics: the HTTP API's list, its counters included */
 	const char *who;            /* in the reload log line: "admin socket", "console" */
 	double started_ms;          /* status's admin_uptime_s; 0: not shown */
 };

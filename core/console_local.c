@@ -566,7 +566,8 @@ console_local_run(lua_State *L)
 	int n = console_words(L, r, words);
 	struct cmd_parts p = {
 		.scripts = c->d.scripts, .cache = c->d.cache, .analysis = c->d.analysis,
-		.db = c->d.db, .llm = c->d.llm, .who = "console",
+		.db = c->d.db, .llm = c->d.llm, .limiter = c->d.limiter, .breaker = c->d.breaker,
+		.acct = c->d.acct, .who = "console",
 	};
 	struct cmd_error e = { 0 };
 	json_t *result = r->run(&p, n, words, &e);
