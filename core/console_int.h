@@ -10,6 +10,10 @@
  *   console_attach.c  attached: the admin-socket client and the functions
  *                     that send admin commands
  *
+ * Which functions a mode has, their usage and help text come from the one
+ * command table (commands.h) the admin socket dispatches from; a mode file
+ * adds only the handlers of rows that are not a plain run or send.
+ *
  * A mode function starts its work, then runs the loop (console_wait) until
  * the work is done or a signal comes. The one console of the process is
  * console_cur: signal handlers and readline's callbacks take no argument.
