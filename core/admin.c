@@ -16,6 +16,7 @@
  * or admin_destroy().
  */
 #include "admin.h"
+#include "commands.h"
 #include "log.h"
 #include "util.h"
 
@@ -110,208 +111,7 @@ reply_error(struct admin_client *cl, int status, const char *code, const char *f
 	send_doc(cl, doc);
 }
 
-/* ---- listings shared with the console ------------------------------------- */
-
-json_t *
-admin_types_json(script_registry *r)
-{
-	return script_registry_describe(r);
-}
-
-json_t *
-admin_errors_json(script_registry *r)
-{
-	json_t *list = json_array();
-	int n = script_registry_count(r);
-	for (int i = 0; i < n; i++) {
-		const char *name, *error;
-		script *cur;
-		script_registry_entry(r, i, &name, &cur, &error);
-		if (error)
-			json_array_append_new(list, json_pack("{s:s,s:s,s:b}", "type", name, "error",
-			                                      error, "serving_old_version", cur != NULL));
-	}
-	return list;
-}
-
-struct cache_walk {
-	json_t *entries;
-	int64_t contact_id;
-	size_t max, total;
-	double now_ms;
-};
-
-static void
-cache_walk_one(void *arg, const struct cache_entry *e)
-{
-	struct cache_walk *w = arg;
-	if (w->contact_id > 0 && e->contact_id != w->contact_id)
-		return;
-	if (w->total++ >= w->max)
-		return;
-	/* The key is contact:type:version. */
-	const char *version = strrchr(e->key, ':');
-	double left = e->expires_ms - w->now_ms;
-	json_t *o = json_object();
-	json_object_set_new(o, "key", json_string(e->key));
-	json_object_set_new(o, "contact_id", json_integer(e->contact_id));
-	json_object_set_new(o, "type", json_string(e->type));
-	json_object_set_new(o, "version", json_string(version ? version + 1 : ""));
-	json_object_set_new(o, "age_ms", json_integer((json_int_t)(w->now_ms - e->created_ms)));
-	json_object_set_new(o, "ttl_left_ms", json_integer(left > 0 ? (json_int_t)left : 0));
-	json_object_set_new(o, "bytes", json_integer((json_int_t)e->bytes));
-	if (left <= 0)
-		json_object_set_new(o, "expired", json_true());
-	json_array_append_new(w->entries, o);
-}
-
-json_t *
-admin_cache_json(cache *c, int64_t contact_id, size_t max)
-{
-	struct cache_walk w = { json_array(), contact_id, max, 0, util_now_ms() };
-	cache_each(c, cache_walk_one, &w);
-	return json_pack("{s:o,s:I}", "entries", w.entries, "total", (json_int_t)w.total);
-}
-
-json_t *
-admin_reload(script_registry *r, const char *who)
-{
-	int failed = script_registry_reload(r);
-	int n = script_registry_count(r);
-	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded", LOG_S("by", who),
-	          LOG_I("types", n), LOG_I("failed", failed), LOG_END);
-	return json_pack("{s:i,s:i,s:o}", "types", n, "failed", failed, "errors",
-	                 admin_errors_json(r));
-}
-
 /* ---- commands --------------------------------------------------------------- */
-
-/* Positive contact id, or a 400 reply and false. */
-static bool
-arg_contact(struct admin_client *cl, const char *s, int64_t *id)
-{
-	if (util_parse_i64(s, id) && *id > 0)
-		return true;
-	reply_error(cl, 400, "invalid_contact_id", "the contact id must be a positive integer, got '%.40s'", s);
-	return false;
-}
-
-static void
-cmd_types(struct admin_client *cl, int argc, char **argv)
-{
-	reply_ok(cl, admin_types_json(cl->a->d.scripts));
-}
-
-static void
-cmd_errors(struct admin_client *cl, int argc, char **argv)
-{
-	reply_ok(cl, admin_errors_json(cl->a->d.scripts));
-}
-
-static void
-cmd_reload(struct admin_client *cl, int argc, char **argv)
-{
-	reply_ok(cl, admin_reload(cl->a->d.scripts, "admin socket"));
-}
-
-static void
-cmd_cache_list(struct admin_client *cl, int argc, char **argv)
-{
-	int64_t id = 0;
-	if (argc > 0 && !arg_contact(cl, argv[0], &id))
-		return;
-	reply_ok(cl, admin_cache_json(cl->a->d.cache, id, LIST_MAX));
-}
-
-/* A manual drop is an invalidation: generations of the contact already in
- * progress read the old rows, so they must not store their result. */
-static void
-cmd_cache_drop(struct admin_client *cl, int argc, char **argv)
-{
-	int64_t id;
-	if (!arg_contact(cl, argv[0], &id))
-		return;
-	int n = cache_drop_contact(cl->a->d.cache, id, argc > 1 ? argv[1] : NULL);
-	analysis_contact_changed(cl->a->d.analysis, id);
-	reply_ok(cl, json_pack("{s:I,s:i}", "contact_id", (json_int_t)id, "dropped", n));
-}
-
-static void
-cmd_cache_clear(struct admin_client *cl, int argc, char **argv)
-{
-	struct cache_stats st;
-	cache_stats(cl->a->d.cache, &st);
-	cache_clear(cl->a->d.cache);
-	analysis_contact_changed(cl->a->d.analysis, -1);
-	reply_ok(cl, json_pack("{s:I}", "dropped", (json_int_t)st.entries));
-}
-
-/* Prometheus text → {"name{labels}": value}. */
-static json_t *
-metrics_json(const char *text, size_t len)
-{
-	json_t *o = json_object();
-	const char *p = text, *end = text + len;
-	while (p < end) {
-		const char *nl = memchr(p, '\n', (size_t)(end - p));
-		const char *eol = nl ? nl : end;
-		const char *sp = eol;
-		while (sp > p && sp[-1] != ' ')
-			sp--;
-		if (*p != '#' && sp > p + 1) {
-			char *name = xstrndup(p, (size_t)(sp - 1 - p));
-			char *val = xstrndup(sp, (size_t)(eol - sp));
-			int64_t i;
-			json_object_set_new(o, name, util_parse_i64(val, &i) ? json_integer(i)
-			                                                     : json_real(strtod(val, NULL)));
-			free(name);
-			free(val);
-		}
-		p = nl ? nl + 1 : end;
-	}
-	return o;
-}
-
-static void
-cmd_metrics(struct admin_client *cl, int argc, char **argv)
-{
-	if (!cl->a->d.http) {
-		reply_error(cl, 0, "unavailable", "no HTTP server in this process");
-		return;
-	}
-	struct evbuffer *b = evbuffer_new();
-	http_server_metrics(cl->a->d.http, b);
-	size_t len = evbuffer_get_length(b);
-	json_t *m = len ? metrics_json((const char *)evbuffer_pullup(b, -1), len) : json_object();
-	evbuffer_free(b);
-	reply_ok(cl, m);
-}
-
-static void
-cmd_status(struct admin_client *cl, int argc, char **argv)
-{
-	admin *a = cl->a;
-	struct db_stats ds;
-	struct llm_stats ls;
-	struct cache_stats cs;
-	struct analysis_stats as;
-	db_pool_stats(a->d.db, &ds);
-	llm_client_stats(a->d.llm, &ls);
-	cache_stats(a->d.cache, &cs);
-	analysis_stats(a->d.analysis, &as);
-	reply_ok(cl, json_pack("{s:i,s:f,s:{s:s,s:i,s:i,s:i},s:{s:I,s:I},s:{s:I,s:I,s:I},"
-	                       "s:{s:I,s:I}}",
-	                       "pid", (int)getpid(), "admin_uptime_s",
-	                       (util_now_ms() - a->started_ms) / 1000.0,
-	                       "database", "state", db_pool_is_up(a->d.db) ? "up" : "down",
-	                       "connected", ds.connected, "busy", ds.busy, "queued", ds.queued,
-	                       "upstream", "in_flight", (json_int_t)ls.in_flight,
-	                       "calls", (json_int_t)ls.calls,
-	                       "cache", "entries", (json_int_t)cs.entries,
-	                       "bytes", (json_int_t)cs.bytes, "max_bytes", (json_int_t)cs.max_bytes,
-	                       "analysis", "flights", (json_int_t)as.flights,
-	                       "waiters", (json_int_t)as.waiters));
-}
 
 /* The pipeline answered: write it, then let the client's next line run. */
 static void
@@ -333,12 +133,17 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	evtimer_add(cl->next_ev, &zero);
 }
 
+/* The one command that waits: it holds the client's next lines until the
+ * pipeline answers. */
 static void
 cmd_analyze(struct admin_client *cl, int argc, char **argv)
 {
 	int64_t id;
-	if (!arg_contact(cl, argv[0], &id))
+	if (!util_parse_i64(argv[0], &id) || id <= 0) {
+		reply_error(cl, 400, "invalid_contact_id",
+		            "the contact id must be a positive integer, got '%.40s'", argv[0]);
 		return;
+	}
 	int flags = 0;
 	if (argc > 2) {
 		if (strcmp(argv[2], "refresh") != 0) {
@@ -351,40 +156,13 @@ cmd_analyze(struct admin_client *cl, int argc, char **argv)
 	cl->wait = analysis_get(cl->a->d.analysis, id, argv[1], flags, on_analysis_reply, NULL, cl);
 }
 
-static void cmd_help(struct admin_client *cl, int argc, char **argv);
-
-static const struct command {
-	const char *name, *sub;   /* "cache" "list"; sub NULL for one-word commands */
-	int min, max;             /* arguments after the name (and sub) */
+/* Rows of the command table without a run function of their own. */
+static const struct {
+	const char *words;
 	void (*fn)(struct admin_client *cl, int argc, char **argv);
-	const char *usage, *does;
-} commands[] = {
-	{ "help", NULL, 0, 0, cmd_help, "help", "this list" },
-	{ "types", NULL, 0, 0, cmd_types, "types",
-	  "analysis types: version, model, ttl, queries, load error" },
-	{ "errors", NULL, 0, 0, cmd_errors, "errors", "script load errors (file:line)" },
-	{ "reload", NULL, 0, 0, cmd_reload, "reload", "recompile every script now" },
-	{ "cache", "list", 0, 1, cmd_cache_list, "cache list [contact]",
-	  "cached analyses: key, type, age, ttl left, bytes (most recent first)" },
-	{ "cache", "drop", 1, 2, cmd_cache_drop, "cache drop <contact> [type]",
-	  "drop a contact's cached analyses (all types, or one)" },
-	{ "cache", "clear", 0, 0, cmd_cache_clear, "cache clear", "drop every cached analysis" },
-	{ "metrics", NULL, 0, 0, cmd_metrics, "metrics", "the counters of GET /metrics" },
-	{ "status", NULL, 0, 0, cmd_status, "status", "database, upstream, cache and flights now" },
-	{ "analyze", NULL, 2, 3, cmd_analyze, "analyze <contact> <type> [refresh]",
-	  "run an analysis through the pipeline (cache first unless refresh)" },
+} own_commands[] = {
+	{ "analyze", cmd_analyze },
 };
-#define NCOMMANDS (sizeof commands / sizeof commands[0])
-
-static void
-cmd_help(struct admin_client *cl, int argc, char **argv)
-{
-	json_t *list = json_array();
-	for (size_t i = 0; i < NCOMMANDS; i++)
-		json_array_append_new(list, json_pack("{s:s,s:s}", "command", commands[i].usage,
-		                                      "does", commands[i].does));
-	reply_ok(cl, list);
-}
 
 static void
 run_command(struct admin_client *cl, char *line)
@@ -400,32 +178,37 @@ run_command(struct admin_client *cl, char *line)
 	}
 	if (argc == 0)
 		return;
-	bool known = false;
-	for (size_t i = 0; i < NCOMMANDS; i++) {
-		const struct command *c = &commands[i];
-		if (strcmp(argv[0], c->name) != 0)
-			continue;
-		known = true;
-		int skip = 1;
-		if (c->sub) {
-			if (argc < 2 || strcmp(argv[1], c->sub) != 0)
-				continue;
-			skip = 2;
-		}
-		int n = argc - skip;
-		if (n < c->min || n > c->max) {
-			reply_error(cl, 400, "bad_command", "usage: %s", c->usage);
-			return;
-		}
-		log_event(LOG_INFO, "admin command", LOG_S("command", argv[0]),
-		          LOG_S("sub", c->sub), LOG_S("arg", n > 0 ? argv[skip] : NULL), LOG_END);
-		c->fn(cl, n, argv + skip);
+	struct cmd_error e = { 0 };
+	int skip = 0;
+	const struct command *c = cmd_match(argc, argv, &skip, &e);
+	if (!c) {
+		reply_error(cl, e.status, e.code, "%s", e.message);
 		return;
 	}
-	if (known)
-		reply_error(cl, 400, "bad_command", "'%s' needs a subcommand (see help)", argv[0]);
-	else
-		reply_error(cl, 400, "unknown_command", "unknown command '%.40s' (see help)", argv[0]);
+	int n = argc - skip;
+	log_event(LOG_INFO, "admin command", LOG_S("command", argv[0]),
+	          LOG_S("sub", skip > 1 ? argv[1] : NULL), LOG_S("arg", n > 0 ? argv[skip] : NULL),
+	          LOG_END);
+	if (c->run) {
+		admin *a = cl->a;
+		struct cmd_parts p = {
+			.scripts = a->d.scripts, .cache = a->d.cache, .analysis = a->d.analysis,
+			.db = a->d.db, .llm = a->d.llm, .http = a->d.http, .who = "admin socket",
+			.started_ms = a->started_ms,
+		};
+		json_t *result = c->run(&p, n, argv + skip, &e);
+		if (result)
+			reply_ok(cl, result);
+		else
+			reply_error(cl, e.status, e.code, "%s", e.message);
+		return;
+	}
+	for (size_t i = 0; i < sizeof own_commands / sizeof own_commands[0]; i++)
+		if (strcmp(own_commands[i].words, c->words) == 0) {
+			own_commands[i].fn(cl, n, argv + skip);
+			return;
+		}
+	reply_error(cl, 500, "internal_error", "'%s' has no handler on the admin socket", c->words);
 }
 
 /* ---- clients ---------------------------------------------------------------- */

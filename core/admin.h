@@ -13,7 +13,8 @@
  * line: JSON text never contains "\n\n", so a reader splits replies there.
  * A failure is {"ok": false, "error": {"code": …, "message": …}} (plus
  * "status", the HTTP status, for `analyze`). Empty lines get no reply.
- * `help` lists the commands.
+ * `help` lists the commands; they are the rows of the command table
+ * (commands.h) the console shares.
  *
  * Owns the listener, the socket file (created at start, a stale one from a
  * crash replaced, removed at stop) and every connected client, including
@@ -55,16 +56,5 @@ admin *admin_create(const struct admin_deps *deps, char **err);
 /* Disconnects every client (cancelling their waits), closes the listener
  * and removes the socket file if it is still ours. NULL is fine. */
 void admin_destroy(admin *a);
-
-/* The listings behind the commands, shared with the console's standalone
- * mode so both show the same shapes. Each returns a new reference. */
-json_t *admin_types_json(script_registry *r);      /* types, load errors included */
-json_t *admin_errors_json(script_registry *r);     /* [{type, error}] */
-/* Cache entries, most recently used first, of one contact (contact_id > 0)
- * or all; at most `max`: {entries: [{key, contact_id, type, version,
- * age_ms, ttl_left_ms, bytes}], total}. */
-json_t *admin_cache_json(cache *c, int64_t contact_id, size_t max);
-/* Reloads every script and reports {types, failed, errors}. */
-json_t *admin_reload(script_registry *r, const char *who);
 
 #endif

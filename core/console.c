@@ -1,25 +1,13 @@
 /*
- * console — the REPL: its own Lua state, line input, the event-loop waits
- * and the functions that reach the server's parts.
- *
- * Data flow, standalone (the subsystems main built, in this process):
- *   context(id, type)  script_run_new, every named query sent at once on
- *                      the pool, script_run_add_rows, then the ctx as JSON
- *   messages(ctx)      JSON → script_run_set_ctx_json → script_run_request
- *   chat(request)      llm_chat, streamed: the text is printed as it comes
- *   post(reply, ctx)   script_run_post;  analyze(id, type) analysis_get
- * Values cross between a script's lua_State and the console's as JSON
- * (jansson), never as shared Lua values: the console's state is the
- * user's to play with, the script's stays sandboxed and budgeted.
- * Attached, the functions send admin commands (admin.h) over the unix
- * socket and return the reply's result.
+ * console — the REPL engine of `rapport console`: its own Lua state, line
+ * input, history, multi-line chunks, the printer, tracebacks, signals and
+ * the event-loop waits. The functions that reach the server's parts are a
+ * mode's: console_local.c (standalone) and console_attach.c (--attach);
+ * console_int.h is what the three share.
  *
  * A function starts its work, then runs the loop (console_wait) until the
  * work is done or a signal comes; Ctrl-C cancels the work (queries,
  * upstream call, pipeline waiter, admin request) and raises "interrupted".
- * No C allocation lives across a Lua error: the work is done and freed in
- * C, and only then is a result pushed (luajson_push_owned) or an error
- * raised.
  *
  * The Lua state has the standard libraries minus whatever could read the
  * OpenAI key or a file holding it (io, os.getenv/execute, package, debug,
@@ -32,24 +20,19 @@
  * (its load error ends in "<eof>", as in lua.c); "=expr" and bare
  * expressions print their values.
  */
-#include "console.h"
-#include "admin.h"
+#include "console_int.h"
+#include "commands.h"
 #include "log.h"
 #include "luajson.h"
 #include "util.h"
 
-#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <lauxlib.h>
 #include <lua-cjson.h>
@@ -57,43 +40,17 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
-#define MAX_QUERIES   32
 #define HISTORY_MAX   1000
-#define LIST_MAX      1000
-#define MAX_WORDS     4         /* arguments of an admin command */
 #define PROMPT        "rapport> "
 #define PROMPT_ATT    "rapport(attached)> "
 #define PROMPT_MORE   ">> "
 
-enum input { IN_LINE, IN_EOF, IN_INTERRUPT };
 enum eval { EVAL_OK, EVAL_INCOMPLETE, EVAL_FAILED };
-
-struct console {
-	struct console_deps d;
-	lua_State *L;
-	bool attached;
-	const char *sock_path;
-	struct bufferevent *conn;     /* attached: the admin connection, or NULL */
-	bool conn_dead;
-	bool tty;
-	struct event *sig_ev[3];      /* SIGINT, SIGTERM, SIGHUP: in waits, at the prompt */
-	struct event *winch_ev, *stdin_ev;
-	bool at_prompt;
-	bool interrupted;             /* a signal ended the current wait */
-	bool quit;                    /* quit(), SIGTERM or SIGHUP: the session ends */
-	int exit_code;
-	int failures;                 /* chunks that raised */
-	bool at_line_start;           /* stdout ends with a newline */
-	bool rl_done;                 /* readline callback → read_tty */
-	enum input rl_result;
-	char *rl_line;
-	char *history;
-};
 
 /* The one console of the process: signal handlers and readline's
  * callbacks take no argument (lua.c keeps its globalL for the same
  * reason). */
-static struct console *C;
+struct console *console_cur;
 /* Set by the plain handler: Lua code is running (so a hook can stop
  * it), a SIGINT came outside the loop (the next wait stops at once), a
  * SIGTERM or SIGHUP came (the session ends). */
@@ -103,8 +60,8 @@ static struct sigaction saved_actions[3];
 
 /* ---- output ------------------------------------------------------------------ */
 
-static void
-print_stream(struct console *c, const char *text, size_t len)
+void
+console_print_stream(struct console *c, const char *text, size_t len)
 {
 	if (!len)
 		return;
@@ -113,35 +70,28 @@ print_stream(struct console *c, const char *text, size_t len)
 	c->at_line_start = text[len - 1] == '\n';
 }
 
-/* A note after streamed text starts on its own line. */
-static void
-end_stream(struct console *c)
+void
+console_end_stream(struct console *c)
 {
 	if (!c->at_line_start)
 		fputc('\n', stdout);
 	c->at_line_start = true;
 }
 
-/* "-- …" lines: timings and remarks, a Lua comment if pasted back. */
-static void note(struct console *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void
-note(struct console *c, const char *fmt, ...)
+void
+console_vnote(struct console *c, const char *fmt, va_list ap)
 {
-	va_list ap;
-	end_stream(c);
+	console_end_stream(c);
 	fputs("-- ", stdout);
-	va_start(ap, fmt);
 	vfprintf(stdout, fmt, ap);
-	va_end(ap);
 	fputc('\n', stdout);
 	fflush(stdout);
 }
 
-static void
-report(struct console *c, const char *msg)
+void
+console_report(struct console *c, const char *msg)
 {
-	end_stream(c);
+	console_end_stream(c);
 	fflush(stdout);
 	fprintf(stderr, "%s\n", msg);
 	fflush(stderr);
@@ -167,7 +117,7 @@ on_signal_direct(int sig)
 	else
 		quit_signal = 1;
 	if (lua_running)
-		lua_sethook(C->L, on_lua_stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+		lua_sethook(console_cur->L, on_lua_stop, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
 }
 
 static void
@@ -214,9 +164,7 @@ signals_off(struct console *c)
 		event_del(c->sig_ev[i]);
 }
 
-/* Runs the loop until done(arg) or a signal. Returns done(arg): false
- * means interrupted, and the caller cancels its work. */
-static bool
+bool
 console_wait(struct console *c, bool (*done)(void *), void *arg)
 {
 	c->interrupted = pending_int || quit_signal;
@@ -231,482 +179,16 @@ console_wait(struct console *c, bool (*done)(void *), void *arg)
 
 /* ---- argument helpers (they may raise: call them before allocating) ------------ */
 
-static int64_t
-check_contact(lua_State *L, int arg)
+int64_t
+console_check_contact(lua_State *L, int arg)
 {
 	lua_Integer id = luaL_checkinteger(L, arg);
 	luaL_argcheck(L, id > 0, arg, "a contact id is a positive integer");
 	return (int64_t)id;
 }
 
-static script *
-check_script(lua_State *L, const char *type)
-{
-	script *s = script_registry_get(C->d.scripts, type);
-	if (!s)
-		luaL_error(L, "unknown analysis type '%s' (types() lists them)", type);
-	return s;
-}
-
-/* The type: the string at arg, else ctx.type of the table at ctx_arg. The
- * string stays on the stack. */
-static const char *
-type_arg(lua_State *L, int arg, int ctx_arg)
-{
-	if (lua_type(L, arg) == LUA_TSTRING)
-		return lua_tostring(L, arg);
-	if (!lua_isnoneornil(L, arg))
-		luaL_typeerror(L, arg, "string");
-	if (lua_type(L, ctx_arg) == LUA_TTABLE && lua_getfield(L, ctx_arg, "type") == LUA_TSTRING)
-		return lua_tostring(L, -1);
-	luaL_error(L, "which analysis type? pass it, or a ctx that has ctx.type");
-	return NULL;
-}
-
-/* ---- standalone: the context ---------------------------------------------------- */
-
-struct fetch {
-	const struct script_info *si;
-	script_run *run;
-	db_query *q[MAX_QUERIES];
-	struct fetch_arg {
-		struct fetch *f;
-		int i;
-	} args[MAX_QUERIES];
-	int rows[MAX_QUERIES];
-	int pending;
-	bool failed;
-	char err[1024];
-};
-
-static void
-on_fetch_rows(void *arg, const PGresult *res, const struct db_error *err)
-{
-	struct fetch_arg *fa = arg;
-	struct fetch *f = fa->f;
-	const struct script_query *q = &f->si->queries[fa->i];
-	f->q[fa->i] = NULL;
-	f->pending--;
-	if (f->failed)
-		return;
-	if (err) {
-		f->failed = true;
-		snprintf(f->err, sizeof f->err, "query '%s' failed: %s%s%s%s", q->name, err->message,
-		         err->sqlstate ? " (SQLSTATE " : "", err->sqlstate ? err->sqlstate : "",
-		         err->sqlstate ? ")" : "");
-		return;
-	}
-	f->rows[fa->i] = PQntuples(res);
-	if (!script_run_add_rows(f->run, q, res, f->err, sizeof f->err))
-		f->failed = true;
-}
-
-static bool
-fetch_done(void *arg)
-{
-	return ((struct fetch *)arg)->pending == 0;
-}
-
-/* Every named query of s for the contact, all at once as the pipeline
- * sends them, into a new run. NULL with err on failure or Ctrl-C. */
-static script_run *
-fetch_context(struct console *c, script *s, int64_t id, char *err, size_t errlen)
-{
-	struct fetch f = { .si = script_info(s) };
-	char now[40], idtext[24];
-	util_iso8601(util_wall_ms(), now, sizeof now);
-	snprintf(idtext, sizeof idtext, "%lld", (long long)id);
-	const char *params[1] = { idtext };
-	f.run = script_run_new(s, id, now);
-	double t0 = util_now_ms();
-	int n = f.si->nqueries < MAX_QUERIES ? f.si->nqueries : MAX_QUERIES;
-	for (int i = 0; i < n; i++) {
-		f.args[i] = (struct fetch_arg){ &f, i };
-		f.pending++;
-		f.q[i] = db_query_send(c->d.db, f.si->queries[i].sql, 1, params, on_fetch_rows,
-		                       &f.args[i]);
-	}
-	bool done = console_wait(c, fetch_done, &f);
-	double ms = util_now_ms() - t0;
-	if (!done) {
-		for (int i = 0; i < n; i++)
-			if (f.q[i])
-				db_query_cancel(f.q[i]);
-		snprintf(err, errlen, "interrupted: the queries were cancelled");
-	} else if (f.failed) {
-		snprintf(err, errlen, "%s", f.err);
-	}
-	if (!done || f.failed) {
-		script_run_free(f.run);
-		return NULL;
-	}
-	char list[512];
-	size_t off = 0;
-	list[0] = '\0';
-	for (int i = 0; i < n && off < sizeof list; i++)
-		off += (size_t)snprintf(list + off, sizeof list - off, "%s%s %d", i ? ", " : "",
-		                        f.si->queries[i].name, f.rows[i]);
-	note(c, "db %.1f ms, %d queries at once (rows: %s)", ms, n, n ? list : "none");
-	return f.run;
-}
-
-/* A run whose ctx is the given JSON (a ctx table the user may have edited). */
-static script_run *
-run_with_ctx(script *s, const json_t *ctx, char *err, size_t errlen)
-{
-	json_t *id = json_object_get(ctx, "contact_id");
-	json_t *now = json_object_get(ctx, "now");
-	char nowbuf[40];
-	util_iso8601(util_wall_ms(), nowbuf, sizeof nowbuf);
-	script_run *run = script_run_new(s, json_is_integer(id) ? json_integer_value(id) : 0,
-	                                 json_is_string(now) ? json_string_value(now) : nowbuf);
-	if (!script_run_set_ctx_json(run, ctx, err, errlen)) {
-		script_run_free(run);
-		return NULL;
-	}
-	return run;
-}
-
-/* The table at arg as a run's ctx. NULL with err. */
-static script_run *
-run_from_table(lua_State *L, int arg, script *s, char *err, size_t errlen)
-{
-	char jerr[256];
-	json_t *ctx = luajson_from_lua(L, arg, NULL, jerr, sizeof jerr);
-	if (!ctx) {
-		snprintf(err, errlen, "the ctx is not JSON-like: %s", jerr);
-		return NULL;
-	}
-	script_run *run = run_with_ctx(s, ctx, err, errlen);
-	json_decref(ctx);
-	return run;
-}
-
-static int
-l_context(lua_State *L)
-{
-	struct console *c = C;
-	int64_t id = check_contact(L, 1);
-	script *s = check_script(L, luaL_checkstring(L, 2));
-	char err[1024];
-	script_run *run = fetch_context(c, s, id, err, sizeof err);
-	if (!run)
-		return luaL_error(L, "%s", err);
-	if (script_run_contact_missing(run))
-		note(c, "contact %lld not found: the API answers 404 contact_not_found and calls "
-		     "no model", (long long)id);
-	json_t *ctx = script_run_ctx_json(run, err, sizeof err);
-	script_run_free(run);
-	if (!ctx)
-		return luaL_error(L, "%s", err);
-	luajson_push_owned(L, ctx);
-	return 1;
-}
-
-static int
-l_messages(lua_State *L)
-{
-	struct console *c = C;
-	lua_settop(L, 2);
-	const char *type = type_arg(L, 2, 1);
-	script *s = check_script(L, type);
-	char err[1024];
-	script_run *run;
-	if (lua_type(L, 1) == LUA_TNUMBER) {
-		int64_t id = check_contact(L, 1);
-		run = fetch_context(c, s, id, err, sizeof err);
-		if (run && script_run_contact_missing(run)) {
-			snprintf(err, sizeof err, "contact %lld not found (the API answers 404 "
-			         "contact_not_found)", (long long)id);
-			script_run_free(run);
-			run = NULL;
-		}
-	} else {
-		luaL_checktype(L, 1, LUA_TTABLE);
-		run = run_from_table(L, 1, s, err, sizeof err);
-	}
-	if (!run)
-		return luaL_error(L, "%s", err);
-	double t0 = util_now_ms();
-	json_t *req = script_run_request(run, err, sizeof err);
-	double ms = util_now_ms() - t0;
-	script_run_free(run);
-	if (!req)
-		return luaL_error(L, "%s", err);
-	note(c, "prompt(ctx) %.1f ms: %zu messages for %s", ms,
-	     json_array_size(json_object_get(req, "messages")),
-	     json_string_value(json_object_get(req, "model")));
-	luajson_push_owned(L, req);
-	return 1;
-}
-
-/* reply (the table chat() returned, or the text) and ctx → post(). */
-static int
-l_post(lua_State *L)
-{
-	struct console *c = C;
-	lua_settop(L, 3);
-	const char *text, *finish = NULL, *model = NULL;
-	if (lua_type(L, 1) == LUA_TSTRING) {
-		text = lua_tostring(L, 1);
-	} else {
-		luaL_checktype(L, 1, LUA_TTABLE);
-		if (lua_getfield(L, 1, "text") != LUA_TSTRING)
-			return luaL_error(L, "reply.text must be a string (pass what chat() returned)");
-		text = lua_tostring(L, -1);
-		if (lua_getfield(L, 1, "finish_reason") == LUA_TSTRING)
-			finish = lua_tostring(L, -1);
-		if (lua_getfield(L, 1, "model") == LUA_TSTRING)
-			model = lua_tostring(L, -1);
-	}
-	luaL_checktype(L, 2, LUA_TTABLE);
-	script *s = check_script(L, type_arg(L, 3, 2));
-	char err[1024];
-	script_run *run = run_from_table(L, 2, s, err, sizeof err);
-	if (!run)
-		return luaL_error(L, "%s", err);
-	double t0 = util_now_ms();
-	json_t *res = script_run_post(run, text, finish, model, err, sizeof err);
-	double ms = util_now_ms() - t0;
-	script_run_free(run);
-	if (!res)
-		return luaL_error(L, "%s", err);
-	note(c, "post(reply, ctx) %.1f ms", ms);
-	luajson_push_owned(L, res);
-	return 1;
-}
-
-static int
-l_fallback(lua_State *L)
-{
-	struct console *c = C;
-	lua_settop(L, 2);
-	luaL_checktype(L, 1, LUA_TTABLE);
-	script *s = check_script(L, type_arg(L, 2, 1));
-	if (!script_info(s)->has_fallback)
-		return luaL_error(L, "script %s has no fallback(ctx)", script_info(s)->name);
-	char err[1024];
-	script_run *run = run_from_table(L, 1, s, err, sizeof err);
-	if (!run)
-		return luaL_error(L, "%s", err);
-	double t0 = util_now_ms();
-	json_t *res = script_run_fallback(run, err, sizeof err);
-	double ms = util_now_ms() - t0;
-	script_run_free(run);
-	if (!res)
-		return luaL_error(L, "%s", err);
-	note(c, "fallback(ctx) %.1f ms", ms);
-	luajson_push_owned(L, res);
-	return 1;
-}
-
-/* ---- standalone: the model ------------------------------------------------------ */
-
-struct chat_job {
-	struct console *c;
-	llm_call *call;
-	bool done;
-	enum llm_status status;
-	long http_status, prompt_tokens, completion_tokens;
-	int attempts;
-	double ms;
-	char *content, *finish_reason, *model, *refusal, *error, *request_id;
-};
-
-static char *
-dup_or_null(const char *s)
-{
-	return s ? xstrdup(s) : NULL;
-}
-
-static void
-on_chat_delta(void *arg, const char *text, size_t len)
-{
-	struct chat_job *j = arg;
-	print_stream(j->c, text, len);
-}
-
-/* res lives only during the callback: copy it. */
-static void
-on_chat_done(void *arg, const struct llm_result *res)
-{
-	struct chat_job *j = arg;
-	j->call = NULL;
-	j->done = true;
-	j->status = res->status;
-	j->http_status = res->http_status;
-	j->prompt_tokens = res->prompt_tokens;
-	j->completion_tokens = res->completion_tokens;
-	j->attempts = res->attempts;
-	j->ms = res->elapsed_ms;
-	j->content = xstrdup(res->content ? res->content : "");
-	j->finish_reason = dup_or_null(res->finish_reason);
-	j->model = dup_or_null(res->model);
-	j->refusal = dup_or_null(res->refusal);
-	j->error = dup_or_null(res->error_message);
-	j->request_id = dup_or_null(res->request_id);
-}
-
-static bool
-chat_done(void *arg)
-{
-	return ((struct chat_job *)arg)->done;
-}
-
-static void
-chat_job_free(struct chat_job *j)
-{
-	free(j->content);
-	free(j->finish_reason);
-	free(j->model);
-	free(j->refusal);
-	free(j->error);
-	free(j->request_id);
-}
-
-/* {text, data, finish_reason, model, usage, ms, attempts, request_id}. */
-static json_t *
-chat_result(const struct chat_job *j)
-{
-	json_t *o = json_object();
-	json_object_set_new(o, "text", json_string(j->content));
-	json_t *data = json_loads(j->content, JSON_DECODE_ANY, NULL);
-	if (json_is_object(data) || json_is_array(data))
-		json_object_set_new(o, "data", data);
-	else
-		json_decref(data);
-	if (j->finish_reason)
-		json_object_set_new(o, "finish_reason", json_string(j->finish_reason));
-	if (j->model)
-		json_object_set_new(o, "model", json_string(j->model));
-	if (j->refusal)
-		json_object_set_new(o, "refusal", json_string(j->refusal));
-	json_t *usage = json_object();
-	if (j->prompt_tokens >= 0)
-		json_object_set_new(usage, "prompt_tokens", json_integer(j->prompt_tokens));
-	if (j->completion_tokens >= 0)
-		json_object_set_new(usage, "completion_tokens", json_integer(j->completion_tokens));
-	json_object_set_new(o, "usage", usage);
-	json_object_set_new(o, "ms", json_real(j->ms));
-	json_object_set_new(o, "attempts", json_integer(j->attempts));
-	if (j->request_id)
-		json_object_set_new(o, "request_id", json_string(j->request_id));
-	return o;
-}
-
-/* The request as chat() takes it: the table messages() returned, or a bare
- * list of messages for the default model. NULL with err. */
-static json_t *
-chat_request(lua_State *L, struct console *c, char *err, size_t errlen)
-{
-	char jerr[256];
-	json_t *req = luajson_from_lua(L, 1, NULL, jerr, sizeof jerr);
-	if (!req) {
-		snprintf(err, errlen, "the request is not JSON-like: %s", jerr);
-		return NULL;
-	}
-	if (json_is_array(req))
-		req = json_pack("{s:s,s:o}", "model", c->d.cfg->model, "messages", req);
-	if (!json_is_object(req) || !json_is_array(json_object_get(req, "messages"))) {
-		snprintf(err, errlen, "chat(request): request.messages must be a list (pass what "
-		         "messages() returned)");
-		json_decref(req);
-		return NULL;
-	}
-	if (!json_object_get(req, "model"))
-		json_object_set_new(req, "model", json_string(c->d.cfg->model));
-	return req;
-}
-
-static int
-l_chat(lua_State *L)
-{
-	struct console *c = C;
-	luaL_checktype(L, 1, LUA_TTABLE);
-	char err[1024];
-	json_t *req = chat_request(L, c, err, sizeof err);
-	if (!req)
-		return luaL_error(L, "%s", err);
-	struct chat_job j = { .c = c };
-	/* Serialised at once and not kept. */
-	j.call = llm_chat(c->d.llm, req, c->d.cfg->llm_timeout_ms, on_chat_delta, on_chat_done, &j);
-	json_decref(req);
-	c->at_line_start = true;
-	if (!console_wait(c, chat_done, &j)) {
-		llm_cancel(j.call);
-		end_stream(c);
-		return luaL_error(L, "interrupted: the upstream call was cancelled");
-	}
-	end_stream(c);
-	if (j.status != LLM_OK) {
-		snprintf(err, sizeof err, "%s: %s (HTTP %ld, %d attempt%s, %.0f ms)",
-		         llm_status_name(j.status), j.error ? j.error : "no message", j.http_status,
-		         j.attempts, j.attempts == 1 ? "" : "s", j.ms);
-		chat_job_free(&j);
-		return luaL_error(L, "%s", err);
-	}
-	note(c, "llm %.1f ms, %d attempt%s, tokens %ld in / %ld out, finish %s, model %s", j.ms,
-	     j.attempts, j.attempts == 1 ? "" : "s", j.prompt_tokens, j.completion_tokens,
-	     j.finish_reason ? j.finish_reason : "?", j.model ? j.model : "?");
-	json_t *out = chat_result(&j);
-	chat_job_free(&j);
-	luajson_push_owned(L, out);
-	return 1;
-}
-
-/* ---- standalone: the whole pipeline --------------------------------------------- */
-
-struct analyze_job {
-	struct console *c;
-	bool done;
-	int status;
-	char *body, *message;
-	size_t body_len;
-	char code[64], cache_status[16];
-	double age_ms, remaining_ms, db_ms, script_ms, llm_ms, total_ms;
-	long prompt_tokens, completion_tokens;
-};
-
-static void
-on_analyze_reply(void *arg, const struct analysis_reply *r)
-{
-	struct analyze_job *j = arg;
-	j->done = true;
-	j->status = r->status;
-	snprintf(j->cache_status, sizeof j->cache_status, "%s",
-	         r->cache_status ? r->cache_status : "?");
-	if (r->status == 200) {
-		j->body = xstrndup(r->body, r->body_len);
-		j->body_len = r->body_len;
-	} else {
-		snprintf(j->code, sizeof j->code, "%s", r->error_code ? r->error_code : "error");
-		j->message = xstrdup(r->error_message ? r->error_message : "");
-	}
-	j->age_ms = r->age_ms;
-	j->remaining_ms = r->remaining_ms;
-	j->db_ms = r->db_ms;
-	j->script_ms = r->script_ms;
-	j->llm_ms = r->llm_ms;
-	j->total_ms = r->total_ms;
-	j->prompt_tokens = r->prompt_tokens;
-	j->completion_tokens = r->completion_tokens;
-}
-
-static void
-on_analyze_delta(void *arg, const char *text, size_t len)
-{
-	struct analyze_job *j = arg;
-	print_stream(j->c, text, len);
-}
-
-static bool
-analyze_done(void *arg)
-{
-	return ((struct analyze_job *)arg)->done;
-}
-
-static bool
-opt_bool(lua_State *L, int arg, const char *name, bool dflt)
+bool
+console_opt_bool(lua_State *L, int arg, const char *name, bool dflt)
 {
 	if (lua_type(L, arg) != LUA_TTABLE)
 		return dflt;
@@ -716,231 +198,8 @@ opt_bool(lua_State *L, int arg, const char *name, bool dflt)
 	return v;
 }
 
-static int
-l_analyze(lua_State *L)
-{
-	struct console *c = C;
-	int64_t id = check_contact(L, 1);
-	const char *type = luaL_checkstring(L, 2);
-	if (!lua_isnoneornil(L, 3))
-		luaL_checktype(L, 3, LUA_TTABLE);
-	bool use_cache = opt_bool(L, 3, "cache", true);
-	bool stream = opt_bool(L, 3, "stream", true);
-	struct analyze_job j = { .c = c };
-	c->at_line_start = true;
-	analysis_wait *w = analysis_get(c->d.analysis, id, type, use_cache ? 0 : ANALYSIS_REFRESH,
-	                                on_analyze_reply, stream ? on_analyze_delta : NULL, &j);
-	if (w && !console_wait(c, analyze_done, &j)) {
-		analysis_wait_cancel(w);
-		end_stream(c);
-		/* The flight itself follows the server's orphan policy. */
-		return luaL_error(L, "interrupted: stopped waiting for the analysis");
-	}
-	end_stream(c);
-	char err[1200];
-	if (j.status != 200) {
-		snprintf(err, sizeof err, "%d %s: %s", j.status, j.code, j.message);
-		free(j.message);
-		return luaL_error(L, "%s", err);
-	}
-	if (strcmp(j.cache_status, "hit") == 0)
-		note(c, "hit: age %.1f s, ttl left %.1f s, total %.2f ms", j.age_ms / 1000,
-		     j.remaining_ms / 1000, j.total_ms);
-	else
-		note(c, "%s: db %.1f ms, script %.1f ms, llm %.1f ms, total %.1f ms, tokens %ld in "
-		     "/ %ld out", j.cache_status, j.db_ms, j.script_ms, j.llm_ms, j.total_ms,
-		     j.prompt_tokens, j.completion_tokens);
-	json_t *doc = json_loadb(j.body, j.body_len, 0, NULL);
-	free(j.body);
-	if (!doc)
-		return luaL_error(L, "the pipeline's document is not JSON");
-	luajson_push_owned(L, doc);
-	return 1;
-}
-
-/* ---- standalone: scripts and this process's cache ------------------------------------ */
-
-static int
-l_types(lua_State *L)
-{
-	luajson_push_owned(L, admin_types_json(C->d.scripts));
-	return 1;
-}
-
-static int
-l_errors(lua_State *L)
-{
-	luajson_push_owned(L, admin_errors_json(C->d.scripts));
-	return 1;
-}
-
-static int
-l_reload(lua_State *L)
-{
-	luajson_push_owned(L, admin_reload(C->d.scripts, "console"));
-	return 1;
-}
-
-static int
-l_cache_list(lua_State *L)
-{
-	int64_t id = lua_isnoneornil(L, 1) ? 0 : check_contact(L, 1);
-	luajson_push_owned(L, admin_cache_json(C->d.cache, id, LIST_MAX));
-	return 1;
-}
-
-static int
-l_cache_drop(lua_State *L)
-{
-	int64_t id = check_contact(L, 1);
-	const char *type = luaL_optstring(L, 2, NULL);
-	int n = cache_drop_contact(C->d.cache, id, type);
-	analysis_contact_changed(C->d.analysis, id);
-	lua_createtable(L, 0, 2);
-	lua_pushinteger(L, (lua_Integer)id);
-	lua_setfield(L, -2, "contact_id");
-	lua_pushinteger(L, n);
-	lua_setfield(L, -2, "dropped");
-	return 1;
-}
-
-static int
-l_cache_clear(lua_State *L)
-{
-	struct cache_stats st;
-	cache_stats(C->d.cache, &st);
-	cache_clear(C->d.cache);
-	analysis_contact_changed(C->d.analysis, -1);
-	lua_createtable(L, 0, 1);
-	lua_pushinteger(L, st.entries);
-	lua_setfield(L, -2, "dropped");
-	return 1;
-}
-
-/* ---- attached: the admin socket ------------------------------------------------------ */
-
-static void
-on_conn_event(struct bufferevent *bev, short what, void *arg)
-{
-	struct console *c = arg;
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
-		c->conn_dead = true;
-}
-
-static void
-conn_close(struct console *c)
-{
-	if (c->conn)
-		bufferevent_free(c->conn);
-	c->conn = NULL;
-	c->conn_dead = false;
-}
-
-static bool
-conn_open(struct console *c, char *err, size_t errlen)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(c->sock_path) >= sizeof sa.sun_path) {
-		snprintf(err, errlen, "socket path too long: %s", c->sock_path);
-		return false;
-	}
-	memcpy(sa.sun_path, c->sock_path, strlen(c->sock_path) + 1);
-	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-		int e = errno;
-		if (fd >= 0)
-			close(fd);
-		snprintf(err, errlen, "cannot connect to %s: %s (is `rapport serve` running with the "
-		         "same RAPPORT_LISTEN or RAPPORT_ADMIN_SOCKET?)", c->sock_path, strerror(e));
-		return false;
-	}
-	evutil_make_socket_nonblocking(fd);
-	c->conn = bufferevent_socket_new(c->d.base, fd, BEV_OPT_CLOSE_ON_FREE);
-	bufferevent_setcb(c->conn, NULL, NULL, on_conn_event, c);
-	bufferevent_enable(c->conn, EV_READ | EV_WRITE);
-	c->conn_dead = false;
-	return true;
-}
-
-static bool
-reply_ready(void *arg)
-{
-	struct console *c = arg;
-	struct evbuffer *in = bufferevent_get_input(c->conn);
-	return c->conn_dead || evbuffer_search(in, "\n\n", 2, NULL).pos >= 0;
-}
-
-/* Sends one command line and waits for its reply: the reply text (without
- * the blank line, caller frees), or NULL with err. A connection closed by
- * the server (restart) is reopened on the next request. */
-static char *
-admin_request(struct console *c, const char *line, char *err, size_t errlen)
-{
-	if (c->conn && c->conn_dead)
-		conn_close(c);
-	if (!c->conn && !conn_open(c, err, errlen))
-		return NULL;
-	bufferevent_write(c->conn, line, strlen(line));
-	bufferevent_write(c->conn, "\n", 1);
-	if (!console_wait(c, reply_ready, c)) {
-		/* The reply would arrive for the next request: start afresh. */
-		conn_close(c);
-		snprintf(err, errlen, "interrupted: stopped waiting for the server");
-		return NULL;
-	}
-	struct evbuffer *in = bufferevent_get_input(c->conn);
-	ev_ssize_t pos = evbuffer_search(in, "\n\n", 2, NULL).pos;
-	if (pos < 0) {
-		conn_close(c);
-		snprintf(err, errlen, "the server closed the connection");
-		return NULL;
-	}
-	char *text = xmalloc((size_t)pos + 1);
-	evbuffer_remove(in, text, (size_t)pos);
-	text[pos] = '\0';
-	evbuffer_drain(in, 2);
-	return text;
-}
-
-/* Parses a reply; on ok:false fills err with "code: message". */
-static json_t *
-admin_reply_doc(const char *text, char *err, size_t errlen)
-{
-	json_t *doc = json_loads(text, 0, NULL);
-	if (!json_is_object(doc)) {
-		json_decref(doc);
-		snprintf(err, errlen, "the server's reply is not a JSON object");
-		return NULL;
-	}
-	return doc;
-}
-
-/* Pushes reply.result, or raises with reply.error. */
-static int
-push_admin_result(lua_State *L, struct console *c, const char *line)
-{
-	char err[1024];
-	char *text = admin_request(c, line, err, sizeof err);
-	json_t *doc = text ? admin_reply_doc(text, err, sizeof err) : NULL;
-	free(text);
-	if (!doc)
-		return luaL_error(L, "%s", err);
-	if (!json_is_true(json_object_get(doc, "ok"))) {
-		json_t *e = json_object_get(doc, "error");
-		snprintf(err, sizeof err, "%s: %s", json_string_value(json_object_get(e, "code")),
-		         json_string_value(json_object_get(e, "message")));
-		json_decref(doc);
-		return luaL_error(L, "%s", err);
-	}
-	json_t *result = json_incref(json_object_get(doc, "result"));
-	json_decref(doc);
-	luajson_push_owned(L, result ? result : json_null());
-	return 1;
-}
-
-/* One admin word from a Lua argument: an integer or a plain word. */
-static const char *
-admin_word(lua_State *L, int arg)
+const char *
+console_word(lua_State *L, int arg)
 {
 	if (lua_type(L, arg) == LUA_TNUMBER)
 		return lua_pushfstring(L, "%I", (LUAI_UACINT)luaL_checkinteger(L, arg));
@@ -949,69 +208,15 @@ admin_word(lua_State *L, int arg)
 	return w;
 }
 
-/* The command in upvalue 1, with the arguments appended as words. */
-static int
-l_admin_command(lua_State *L)
+int
+console_words(lua_State *L, const struct command *r, char **words)
 {
 	int n = lua_gettop(L);
-	luaL_Buffer b;
-	const char *words[MAX_WORDS];
-	luaL_argcheck(L, n <= MAX_WORDS, MAX_WORDS + 1, "too many arguments");
+	if (n < r->min || n > r->max || n > CONSOLE_MAX_WORDS)
+		luaL_error(L, "usage: %s", r->fn_usage);
 	for (int i = 1; i <= n; i++)
-		words[i - 1] = admin_word(L, i);
-	luaL_buffinit(L, &b);
-	luaL_addstring(&b, lua_tostring(L, lua_upvalueindex(1)));
-	for (int i = 0; i < n; i++) {
-		luaL_addchar(&b, ' ');
-		luaL_addstring(&b, words[i]);
-	}
-	luaL_pushresult(&b);
-	return push_admin_result(L, C, lua_tostring(L, -1));
-}
-
-static int
-l_att_analyze(lua_State *L)
-{
-	int64_t id = check_contact(L, 1);
-	const char *type = admin_word(L, 2);
-	if (!lua_isnoneornil(L, 3))
-		luaL_checktype(L, 3, LUA_TTABLE);
-	bool use_cache = opt_bool(L, 3, "cache", true);
-	const char *line = lua_pushfstring(L, "analyze %I %s%s", (LUAI_UACINT)id, type,
-	                                   use_cache ? "" : " refresh");
-	return push_admin_result(L, C, line);
-}
-
-/* admin("cache list 42") → the whole reply {ok, result | error}. */
-static int
-l_admin(lua_State *L)
-{
-	const char *line = luaL_checkstring(L, 1);
-	luaL_argcheck(L, !strchr(line, '\n'), 1, "one line expected");
-	char err[1024];
-	char *text = admin_request(C, line, err, sizeof err);
-	json_t *doc = text ? admin_reply_doc(text, err, sizeof err) : NULL;
-	free(text);
-	if (!doc)
-		return luaL_error(L, "%s", err);
-	luajson_push_owned(L, doc);
-	return 1;
-}
-
-/* ":cache list" at the prompt: the reply as the server wrote it. */
-static void
-raw_command(struct console *c, const char *line)
-{
-	char err[1024];
-	char *text = admin_request(c, line, err, sizeof err);
-	if (!text) {
-		report(c, err);
-		c->failures++;
-		return;
-	}
-	puts(text);
-	fflush(stdout);
-	free(text);
+		words[i - 1] = (char *)console_word(L, i);
+	return n;
 }
 
 /* ---- both modes ---------------------------------------------------------------- */
@@ -1036,8 +241,8 @@ is_quit(lua_State *L)
 static int
 l_quit(lua_State *L)
 {
-	C->exit_code = (int)luaL_optinteger(L, 1, 0);
-	C->quit = true;
+	console_cur->exit_code = (int)luaL_optinteger(L, 1, 0);
+	console_cur->quit = true;
 	lua_pushlightuserdata(L, &quit_sentinel);
 	return lua_error(L);
 }
@@ -1058,73 +263,72 @@ l_load_text(lua_State *L)
 	return lua_gettop(L) - 4;
 }
 
-struct fn {
-	const char *name;
-	lua_CFunction fn;          /* NULL: defined by the prelude */
-	const char *command;       /* attached: the admin command it sends */
-	const char *usage, *does;
-};
-
 static int l_help(lua_State *L);
 
-static const struct fn standalone_fns[] = {
-	{ "types", l_types, NULL, "types()", "the analysis types: version, model, ttl, queries, load error" },
-	{ "context", l_context, NULL, "ctx = context(id, type)",
-	  "run the type's named queries (all at once) → the ctx table; prints db time and rows" },
-	{ "messages", l_messages, NULL, "req = messages(ctx | id [, type])",
-	  "the exact chat request prompt(ctx) builds: model, messages, response_format …" },
-	{ "chat", l_chat, NULL, "reply = chat(req)",
-	  "send it upstream, printing the text as it streams → {text, data, finish_reason, model, usage, ms}" },
-	{ "post", l_post, NULL, "result = post(reply, ctx [, type])", "the script's post(reply, ctx) → the result" },
-	{ "fallback", l_fallback, NULL, "fallback(ctx [, type])",
-	  "the script's fallback(ctx): the result served when the model is down" },
-	{ "analyze", l_analyze, NULL, "analyze(id, type [, {cache = false, stream = false}])",
-	  "the whole pipeline (cache first unless cache = false) → the API's JSON document" },
-	{ "cache_list", l_cache_list, NULL, "cache_list([id])",
-	  "this console's cache (analyze() fills it): key, type, age, ttl left, bytes" },
-	{ "cache_drop", l_cache_drop, NULL, "cache_drop(id [, type])", "drop a contact's cached analyses" },
-	{ "cache_clear", l_cache_clear, NULL, "cache_clear()", "drop every cached analysis" },
-	{ "reload", l_reload, NULL, "reload()", "recompile scripts/ and prompts/ now" },
-	{ "errors", l_errors, NULL, "errors()", "script load errors (file:line)" },
-	{ "time", NULL, NULL, "time(fn, ...)", "call fn(...), print how long it took, return its results" },
-	{ "pp", NULL, NULL, "pp(value)", "the pretty-printed text of a value (what the prompt prints)" },
-	{ "now_ms", l_now_ms, NULL, "now_ms()", "a monotonic clock in milliseconds" },
-	{ "help", l_help, NULL, "help()", "this list" },
-	{ "quit", l_quit, NULL, "quit([status])", "leave now (so does Ctrl-D)" },
-	{ NULL, NULL, NULL, NULL, NULL },
+/* The REPL's own functions (CMD_REPL rows). */
+static const struct console_handler repl_handlers[] = {
+	{ "time", NULL },
+	{ "pp", NULL },
+	{ "now_ms", l_now_ms },
+	{ "help", l_help },
+	{ "quit", l_quit },
+	{ NULL, NULL },
 };
 
-static const struct fn attached_fns[] = {
-	{ "types", l_admin_command, "types", "types()", "the server's analysis types, load errors included" },
-	{ "errors", l_admin_command, "errors", "errors()", "script load errors (file:line)" },
-	{ "reload", l_admin_command, "reload", "reload()", "recompile every script on the server now" },
-	{ "metrics", l_admin_command, "metrics", "metrics()", "the counters of GET /metrics" },
-	{ "status", l_admin_command, "status", "status()", "database, upstream, cache and flights now" },
-	{ "cache_list", l_admin_command, "cache list", "cache_list([id])",
-	  "the server's cached analyses: key, type, age, ttl left, bytes" },
-	{ "cache_drop", l_admin_command, "cache drop", "cache_drop(id [, type])",
-	  "drop a contact's cached analyses on the server" },
-	{ "cache_clear", l_admin_command, "cache clear", "cache_clear()", "drop every cached analysis" },
-	{ "analyze", l_att_analyze, NULL, "analyze(id, type [, {cache = false}])",
-	  "run the server's pipeline → the API's JSON document" },
-	{ "admin", l_admin, NULL, "admin(line)", "send one admin command → the whole reply {ok, result | error}" },
-	{ "time", NULL, NULL, "time(fn, ...)", "call fn(...), print how long it took, return its results" },
-	{ "pp", NULL, NULL, "pp(value)", "the pretty-printed text of a value (what the prompt prints)" },
-	{ "now_ms", l_now_ms, NULL, "now_ms()", "a monotonic clock in milliseconds" },
-	{ "help", l_help, NULL, "help()", "this list" },
-	{ "quit", l_quit, NULL, "quit([status])", "leave now (so does Ctrl-D)" },
-	{ NULL, NULL, NULL, NULL, NULL },
-};
+/* Whether row r is a function of this mode: standalone, the local and
+ * REPL rows; attached, the rows the socket serves, attach-only and REPL. */
+static bool
+in_mode(const struct console *c, const struct command *r)
+{
+	if (!r->fn)
+		return false;
+	if (c->attached)
+		return r->where & (CMD_ADMIN | CMD_ATTACH | CMD_REPL);
+	return r->where & (CMD_LOCAL | CMD_REPL);
+}
+
+static bool
+find_handler(const struct console_handler *h, const char *name, lua_CFunction *fn)
+{
+	for (; h->name; h++)
+		if (strcmp(h->name, name) == 0) {
+			*fn = h->fn;
+			return true;
+		}
+	return false;
+}
+
+/* The C function of row r in this mode; false when it has none (a table
+ * row no mode file serves: a bug, reported at start). *fn NULL: the
+ * prelude defines it. */
+static bool
+row_handler(const struct console *c, const struct command *r, lua_CFunction *fn)
+{
+	if (r->where & CMD_REPL)
+		return find_handler(repl_handlers, r->fn, fn);
+	if (find_handler(c->attached ? console_attach_handlers : console_local_handlers, r->fn, fn))
+		return true;
+	*fn = c->attached && (r->where & CMD_ADMIN) ? console_attach_send
+	    : !c->attached && r->run               ? console_local_run
+	                                           : NULL;
+	return *fn != NULL;
+}
 
 static int
 l_help(lua_State *L)
 {
-	struct console *c = C;
-	const struct fn *f = c->attached ? attached_fns : standalone_fns;
-	printf("%s\n", c->attached ? "attached to a running server; functions:"
+	struct console *c = console_cur;
+	printf("%s\n", c->attached ? "attached to a running server; functions (:<the admin command> "
+	                             "each sends):"
 	                           : "standalone (this process's own pool, upstream client and cache); functions:");
-	for (; f->name; f++)
-		printf("  %-52s %s\n", f->usage, f->does);
+	for (const struct command *r = cmd_table; r->fn || r->words; r++) {
+		if (!in_mode(c, r))
+			continue;
+		if (c->attached && (r->where & CMD_ADMIN))
+			printf("  %-52s %s (:%s)\n", r->fn_usage, r->does, r->usage);
+		else
+			printf("  %-52s %s\n", r->fn_usage, r->does);
+	}
 	printf("%s",
 	       "input: `=expr` or a bare expression prints its value; an unfinished chunk continues\n"
 	       "on the next line (>>); Ctrl-C clears the line or stops a wait; Ctrl-D quits.\n");
@@ -1242,19 +446,22 @@ static const char prelude[] =
 	"  for i = 1, select('#', ...) do print(pp((select(i, ...)))) end\n"
 	"end\n";
 
+/* Every function of this mode from the command table, each a closure
+ * over its row. Raises for a row without a handler. */
 static void
-register_fns(lua_State *L, const struct fn *f)
+register_fns(lua_State *L, const struct console *c)
 {
-	for (; f->name; f++) {
-		if (!f->fn)
+	for (const struct command *r = cmd_table; r->fn || r->words; r++) {
+		lua_CFunction fn;
+		if (!in_mode(c, r))
 			continue;
-		if (f->command) {
-			lua_pushstring(L, f->command);
-			lua_pushcclosure(L, f->fn, 1);
-		} else {
-			lua_pushcfunction(L, f->fn);
-		}
-		lua_setglobal(L, f->name);
+		if (!row_handler(c, r, &fn))
+			luaL_error(L, "the command table's %s() has no handler in this mode", r->fn);
+		if (!fn)
+			continue;
+		lua_pushlightuserdata(L, (void *)r);
+		lua_pushcclosure(L, fn, 1);
+		lua_setglobal(L, r->fn);
 	}
 }
 
@@ -1292,7 +499,7 @@ p_setup(lua_State *L)
 	lua_setfield(L, -2, "dump");
 	luajson_open(L);
 	lua_setglobal(L, "json");
-	register_fns(L, c->attached ? attached_fns : standalone_fns);
+	register_fns(L, c);
 	if (luaL_loadbuffer(L, prelude, sizeof prelude - 1, "=prelude") != LUA_OK)
 		return lua_error(L);
 	lua_call(L, 0, 1);
@@ -1388,9 +595,9 @@ show_results(struct console *c, int base)
 		return;
 	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.console.show");
 	lua_insert(L, base + 1);
-	end_stream(c);
+	console_end_stream(c);
 	if (docall(c, n, 0) != LUA_OK && !is_quit(L)) {
-		report(c, lua_tostring(L, -1));
+		console_report(c, lua_tostring(L, -1));
 		c->failures++;
 	}
 	fflush(stdout);
@@ -1417,7 +624,7 @@ eval_chunk(struct console *c, const char *chunk, const char *name)
 		lua_settop(L, base);
 		return EVAL_OK;
 	}
-	report(c, lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
+	console_report(c, lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error)");
 	c->failures++;
 	lua_settop(L, base);
 	return EVAL_FAILED;
@@ -1433,7 +640,7 @@ run_file(struct console *c, const char *path)
 		st = docall(c, 0, 0);
 	bool ok = st == LUA_OK || is_quit(L);
 	if (!ok) {
-		report(c, lua_tostring(L, -1));
+		console_report(c, lua_tostring(L, -1));
 		c->failures++;
 	}
 	lua_settop(L, base);
@@ -1445,9 +652,9 @@ run_file(struct console *c, const char *path)
 static void
 on_rl_line(char *line)
 {
-	C->rl_line = line;
-	C->rl_result = line ? IN_LINE : IN_EOF;
-	C->rl_done = true;
+	console_cur->rl_line = line;
+	console_cur->rl_result = line ? IN_LINE : IN_EOF;
+	console_cur->rl_done = true;
 	rl_callback_handler_remove();
 }
 
@@ -1563,10 +770,10 @@ complete_next(const char *text, int state)
 {
 	if (state == 0) {
 		comp_reset();
-		lua_pushcfunction(C->L, p_complete);
-		lua_pushlightuserdata(C->L, (void *)text);
-		if (lua_pcall(C->L, 1, 0, 0) != LUA_OK)
-			lua_pop(C->L, 1);
+		lua_pushcfunction(console_cur->L, p_complete);
+		lua_pushlightuserdata(console_cur->L, (void *)text);
+		if (lua_pcall(console_cur->L, 1, 0, 0) != LUA_OK)
+			lua_pop(console_cur->L, 1);
 	}
 	return icomp < ncomp ? comp[icomp++] : NULL;
 }
@@ -1639,7 +846,7 @@ repl(struct console *c)
 		enum input in = c->tty ? read_tty(c, prompt, &line) : read_plain(&line);
 		if (in == IN_EOF) {
 			if (chunk && !c->tty) {
-				report(c, "stdin: the last chunk is unfinished at the end of input");
+				console_report(c, "stdin: the last chunk is unfinished at the end of input");
 				c->failures++;
 			}
 			break;
@@ -1661,9 +868,9 @@ repl(struct console *c)
 			if (c->tty)
 				add_history(chunk);
 			if (c->attached)
-				raw_command(c, chunk + 1);
+				console_raw_command(c, chunk + 1);
 			else {
-				report(c, ":command lines need --attach (a running server)");
+				console_report(c, ":command lines need --attach (a running server)");
 				c->failures++;
 			}
 		} else {
@@ -1745,7 +952,7 @@ run_args(struct console *c, char **args, int nargs, const char *file)
 			continue;
 		enum eval e = eval_chunk(c, args[++i], "=(command line)");
 		if (e == EVAL_INCOMPLETE)
-			report(c, "(command line): the chunk is unfinished");
+			console_report(c, "(command line): the chunk is unfinished");
 		if (e != EVAL_OK)
 			return false;
 	}
@@ -1804,7 +1011,7 @@ console_main(const struct console_deps *d, const struct console_opts *o, char **
 		if (!c.d.base)
 			return 1;
 	}
-	C = &c;
+	console_cur = &c;
 	int rc = 1;
 	c.L = new_state(&c);
 	for (int i = 0; i < 3; i++)
@@ -1813,7 +1020,7 @@ console_main(const struct console_deps *d, const struct console_opts *o, char **
 	char err[1024];
 	if (!c.L)
 		goto out;
-	if (o->attach && !conn_open(&c, err, sizeof err)) {
+	if (o->attach && !console_conn_open(&c, err, sizeof err)) {
 		fprintf(stderr, "rapport console: %s\n", err);
 		goto out;
 	}
@@ -1834,7 +1041,7 @@ console_main(const struct console_deps *d, const struct console_opts *o, char **
 	rc = c.exit_code ? c.exit_code : !c.tty && c.failures ? 1 : 0;
 out:
 	direct_signals(false);
-	conn_close(&c);
+	console_conn_close(&c);
 	for (int i = 0; i < 3; i++)
 		if (c.sig_ev[i])
 			event_free(c.sig_ev[i]);
@@ -1842,7 +1049,8 @@ out:
 		lua_close(c.L);
 	if (o->attach && c.d.base)
 		event_base_free(c.d.base);
-	C = NULL;
+	console_cur = NULL;
 	fflush(stdout);
 	return rc;
 }
+

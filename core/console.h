@@ -40,6 +40,9 @@ struct console_deps {
 	llm_client *llm;
 	cache *cache;
 	analysis *analysis;
+	limiter *limiter;         /* for metrics() */
+	breaker *breaker;
+	accounting *acct;
 };
 
 /* Takes the console's own flags (--attach [SOCKET], --attach=SOCKET) out

@@ -712,77 +712,29 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
 }
 
-/* The counters /metrics shows, as Prometheus text; also the admin socket's
- * `metrics`, so both always agree. */
+/* The numbers of /metrics: this server's counters and the parts it was
+ * built with, gathered by metrics.c. */
 void
-http_server_metrics(http_server *s, struct evbuffer *b)
+http_server_metrics(http_server *s, metrics *m)
 {
-	struct cache_stats cs;
-	struct db_stats ds;
-	struct llm_stats ls;
-	struct analysis_stats as;
-	cache_stats(s->d.cache, &cs);
-	db_pool_stats(s->d.db, &ds);
-	llm_client_stats(s->d.llm, &ls);
-	analysis_stats(s->d.analysis, &as);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_http_requests_total counter\nrapport_http_requests_total %ld\n"
-		"# TYPE rapport_http_responses_total counter\n", s->requests);
-	for (int k = 1; k < 6; k++)
-		evbuffer_add_printf(b, "rapport_http_responses_total{class=\"%dxx\"} %ld\n", k,
-		                    s->responses_by_class[k]);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_cache_hits_total counter\nrapport_cache_hits_total %ld\n"
-		"# TYPE rapport_cache_misses_total counter\nrapport_cache_misses_total %ld\n"
-		"# TYPE rapport_cache_evictions_total counter\nrapport_cache_evictions_total %ld\n"
-		"# TYPE rapport_cache_expired_total counter\nrapport_cache_expired_total %ld\n"
-		"# TYPE rapport_cache_entries gauge\nrapport_cache_entries %ld\n"
-		"# TYPE rapport_cache_bytes gauge\nrapport_cache_bytes %zu\n"
-		"# TYPE rapport_cache_max_bytes gauge\nrapport_cache_max_bytes %zu\n",
-		cs.hits, cs.misses, cs.evictions, cs.expired, cs.entries, cs.bytes, cs.max_bytes);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_db_connections gauge\nrapport_db_connections{state=\"configured\"} %d\n"
-		"rapport_db_connections{state=\"connected\"} %d\nrapport_db_connections{state=\"busy\"} %d\n"
-		"# TYPE rapport_db_queued gauge\nrapport_db_queued %d\n",
-		ds.size, ds.connected, ds.busy, ds.queued);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_upstream_calls_total counter\nrapport_upstream_calls_total %ld\n"
-		"# TYPE rapport_upstream_attempts_total counter\nrapport_upstream_attempts_total %ld\n"
-		"# TYPE rapport_upstream_in_flight gauge\nrapport_upstream_in_flight %ld\n"
-		"# TYPE rapport_upstream_connections_total counter\nrapport_upstream_connections_total %ld\n"
-		"# TYPE rapport_upstream_http2_total counter\nrapport_upstream_http2_total %ld\n",
-		ls.calls, ls.attempts, ls.in_flight, ls.connections, ls.http2);
-	struct limiter_stats lst;
-	limiter_stats(s->d.limiter, &lst);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_upstream_queued gauge\nrapport_upstream_queued %ld\n"
-		"# TYPE rapport_upstream_rejected_total counter\nrapport_upstream_rejected_total %ld\n",
-		(long)lst.queued, lst.rejected_total);
-	double now = util_now_ms();
-	struct breaker_stats bs;
-	breaker_stats(s->d.breaker, now, &bs);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_upstream_breaker_open gauge\nrapport_upstream_breaker_open %d\n"
-		"# TYPE rapport_upstream_breaker_opens_total counter\nrapport_upstream_breaker_opens_total %ld\n",
-		bs.state == BREAKER_CLOSED ? 0 : 1, (long)bs.opens_total);
-	size_t alen = acct_format_prometheus(s->d.acct, NULL, 0);
-	char *atext = xmalloc(alen + 1);
-	acct_format_prometheus(s->d.acct, atext, alen + 1);
-	evbuffer_add(b, atext, alen);
-	free(atext);
-	evbuffer_add_printf(b,
-		"# TYPE rapport_analysis_flights gauge\nrapport_analysis_flights %ld\n"
-		"# TYPE rapport_analysis_generated_total counter\nrapport_analysis_generated_total %ld\n"
-		"# TYPE rapport_analysis_failed_total counter\nrapport_analysis_failed_total %ld\n"
-		"# TYPE rapport_analysis_coalesced_total counter\nrapport_analysis_coalesced_total %ld\n",
-		as.flights, as.generated, as.failed, as.coalesced);
+	struct metrics_http h = { .requests = s->requests };
+	memcpy(h.responses_by_class, s->responses_by_class, sizeof h.responses_by_class);
+	struct metrics_sources src = {
+		.http = &h, .cache = s->d.cache, .db = s->d.db, .llm = s->d.llm,
+		.limiter = s->d.limiter, .breaker = s->d.breaker, .acct = s->d.acct,
+		.analysis = s->d.analysis,
+	};
+	metrics_gather(m, &src);
 }
 
 static void
 handle_metrics(http_server *s, struct evhttp_request *req, const char *req_id)
 {
 	struct evbuffer *b = evbuffer_new();
-	http_server_metrics(s, b);
+	metrics *m = metrics_new();
+	http_server_metrics(s, m);
+	metrics_prometheus(m, b);
+	metrics_free(m);
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
 	evhttp_add_header(h, "X-Request-Id", req_id);

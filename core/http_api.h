@@ -15,6 +15,7 @@
 #include "config.h"
 #include "db.h"
 #include "llm.h"
+#include "metrics.h"
 #include "script.h"
 
 struct event_base;
@@ -42,8 +43,9 @@ http_server *http_server_create(const struct http_deps *deps, char **err);
 void http_server_drain(http_server *s);
 /* Stops accepting, answers 503 to requests still waiting, frees all. */
 void http_server_destroy(http_server *s);
-/* Appends the Prometheus text of /metrics to out (the admin socket's
- * `metrics` shows the same counters). */
-void http_server_metrics(http_server *s, struct evbuffer *out);
+/* Adds the numbers of /metrics to m (metrics.h): the server's request
+ * counters and those of the parts it was built with. GET /metrics prints
+ * them as Prometheus text, the admin socket's `metrics` as JSON. */
+void http_server_metrics(http_server *s, metrics *m);
 
 #endif

@@ -379,6 +379,9 @@ cmd_console(struct app *app, const struct console_opts *co, char **args, int nar
 		cd.llm = app->llm;
 		cd.cache = app->cache;
 		cd.analysis = app->analysis;
+		cd.limiter = app->limiter;
+		cd.breaker = app->breaker;
+		cd.acct = app->acct;
 	}
 	return console_main(&cd, co, args, nargs);
 }

@@ -12,6 +12,7 @@ Attached, it talks to a running server over its unix socket.
 import json
 import os
 import pty
+import re
 import select
 import signal
 import socket
@@ -586,6 +587,82 @@ def test_admin_protocol_raw(make_server, fake, contact):
     replies = admin_talk(path, "help\nstatus\n" * 1500, timeout=60)
     assert len(replies) == 3000 and all(r["ok"] for r in replies)
     assert "database" in replies[-1]["result"]
+
+
+def test_attached_help_lists_the_admin_sockets_commands(make_server, tmp_path):
+    """One command table: help() attached names, in order, exactly the
+    commands the socket's own `help` lists, each next to its function."""
+    srv = make_server()
+    listed = [c["command"] for c in admin_talk(admin_socket(srv), "help\n")[0]["result"]]
+    assert "cache drop <contact> [type]" in listed and "metrics" in listed
+    r = console(srv, args=("--attach", "-e", "help()"), env={"HOME": str(tmp_path)})
+    assert r.rc == 0, r
+    shown = re.findall(r"\(:([^)]*)\)$", r.out, re.M)
+    assert shown == listed, r
+    assert re.search(r"^  cache_drop\(id \[, type\]\) .*\(:cache drop <contact> \[type\]\)$",
+                     r.out, re.M), r
+    # the standalone console's functions come from the same rows
+    r = console(srv, args=("-e", "help()"), env={"HOME": str(tmp_path)})
+    assert r.rc == 0 and "(:" not in r.out, r
+    for fn in ("types()", "cache_drop(id [, type])", "status()", "ctx = context(id, type)"):
+        assert "\n  " + fn + " " in r.out, r
+    assert "admin(line)" not in r.out, r
+
+
+def test_standalone_commands_answer_as_the_socket_does(env_srv, fake):
+    """types/cache/status run the same code on the console's own parts:
+    the same result shapes and the same errors as over the socket."""
+    r = console(env_srv, lines(
+        'cache_drop("x")',
+        'cache_list(1, 2)',
+        '=type(status().database.connected), status().admin_uptime_s',
+        '=cache_clear().dropped',
+    ))
+    assert "invalid_contact_id: the contact id must be a positive integer, got 'x'" in r.err, r
+    assert "usage: cache_list([id])" in r.err, r
+    assert '"number"\nnil\n0\n' in r.out, r
+
+
+def prometheus_samples(text):
+    """{"name{labels}": number} from the text (the test's own reading)."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_admin_metrics_json_has_the_values_of_the_metrics_text(make_server, fake, contact):
+    """The admin socket's `metrics` and GET /metrics print one gathered list:
+    the same samples under the same names, the same values."""
+    cid, _ = contact
+    srv = make_server()
+    before = admin_talk(admin_socket(srv), "metrics\n")[0]["result"]
+    url = "/v1/contacts/%d/analyses/%s" % (cid, TYPE)
+    assert srv.get(url).status == 200
+    assert srv.get(url).headers["X-Cache"] == "HIT"
+    assert srv.get("/v1/nope").status == 404
+    text = srv.get("/metrics").text
+    assert "# HELP rapport_http_requests_total " in text
+    prom = prometheus_samples(text)
+    result = admin_talk(admin_socket(srv), "metrics\n")[0]["result"]
+    assert set(result) == set(prom)
+    # /metrics counted its own 200 after printing; nothing else changed
+    ok2xx = 'rapport_http_responses_total{class="2xx"}'
+    assert result[ok2xx] == prom[ok2xx] + 1
+    for name in ("rapport_http_requests_total", 'rapport_http_responses_total{class="4xx"}',
+                 "rapport_cache_hits_total", "rapport_cache_misses_total",
+                 "rapport_analysis_generated_total",
+                 'rapport_llm_calls_total{type="%s",model="gpt-4o-mini"}' % TYPE):
+        assert result[name] == prom[name], name
+    for name, n in (("rapport_http_requests_total", 4), ("rapport_cache_hits_total", 1),
+                    ('rapport_http_responses_total{class="4xx"}', 1)):
+        assert prom[name] - before[name] == n, name
+    # the standalone console gathers the same families from its own parts
+    r = console(srv, lines('m = metrics()', '=m.rapport_cache_hits_total, m.rapport_http_requests_total',
+                           '=m["rapport_db_connections{state=\\"configured\\"}"] > 0'))
+    assert r.rc == 0 and r.out == "0\nnil\ntrue\n", r
 
 
 def test_admin_client_leaving_mid_command(make_server, fake, contact):

@@ -1,0 +1,378 @@
+/*
+ * metrics — one list of numbers, two printers.
+ *
+ * Families and samples are two growing arrays; a sample points at its
+ * family by index, and families keep their samples contiguous because a
+ * sample always joins the family started last. The printers walk both
+ * arrays in order, so /metrics lists the families in the order
+ * metrics_gather() adds them (the order of the text before this file).
+ */
+#include "metrics.h"
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+
+#define MAX_LABELS 3
+
+struct family {
+	const char *name, *help;
+	enum metrics_type type;
+};
+
+struct sample {
+	size_t family;
+	int nlabels;
+	const char *label_names[MAX_LABELS];
+	char *label_values[MAX_LABELS];
+	bool integer;
+	long long i;
+	double d;
+};
+
+struct metrics {
+	struct family *families;
+	size_t nfamilies, cap_families;
+	struct sample *samples;
+	size_t nsamples, cap_samples;
+};
+
+metrics *
+metrics_new(void)
+{
+	return xcalloc(1, sizeof(metrics));
+}
+
+void
+metrics_free(metrics *m)
+{
+	if (!m)
+		return;
+	for (size_t i = 0; i < m->nsamples; i++)
+		for (int k = 0; k < m->samples[i].nlabels; k++)
+			free(m->samples[i].label_values[k]);
+	free(m->samples);
+	free(m->families);
+	free(m);
+}
+
+void
+metrics_family(metrics *m, const char *name, const char *help, enum metrics_type type)
+{
+	if (m->nfamilies == m->cap_families) {
+		m->cap_families = m->cap_families ? 2 * m->cap_families : 32;
+		m->families = xrealloc(m->families, m->cap_families * sizeof *m->families);
+	}
+	m->families[m->nfamilies++] = (struct family){ name, help, type };
+}
+
+static struct sample *
+add_sample(metrics *m, va_list ap)
+{
+	if (m->nsamples == m->cap_samples) {
+		m->cap_samples = m->cap_samples ? 2 * m->cap_samples : 64;
+		m->samples = xrealloc(m->samples, m->cap_samples * sizeof *m->samples);
+	}
+	struct sample *s = &m->samples[m->nsamples++];
+	*s = (struct sample){ .family = m->nfamilies - 1 };
+	const char *name;
+	while ((name = va_arg(ap, const char *)) && s->nlabels < MAX_LABELS) {
+		const char *value = va_arg(ap, const char *);
+		s->label_names[s->nlabels] = name;
+		s->label_values[s->nlabels++] = xstrdup(value ? value : "");
+	}
+	return s;
+}
+
+void
+metrics_int(metrics *m, long long value, ...)
+{
+	va_list ap;
+	va_start(ap, value);
+	struct sample *s = add_sample(m, ap);
+	va_end(ap);
+	s->integer = true;
+	s->i = value;
+}
+
+void
+metrics_real(metrics *m, double value, ...)
+{
+	va_list ap;
+	va_start(ap, value);
+	struct sample *s = add_sample(m, ap);
+	va_end(ap);
+	s->d = value;
+}
+
+/* ---- gathering -------------------------------------------------------------- */
+
+static void
+gather_http(metrics *m, const struct metrics_http *h)
+{
+	metrics_family(m, "rapport_http_requests_total", "Requests routed.", METRICS_COUNTER);
+	metrics_int(m, h->requests, NULL);
+	metrics_family(m, "rapport_http_responses_total",
+	               "Responses by status class (streams count as 2xx).", METRICS_COUNTER);
+	for (int k = 1; k < 6; k++) {
+		char class[8];
+		snprintf(class, sizeof class, "%dxx", k);
+		metrics_int(m, h->responses_by_class[k], "class", class, NULL);
+	}
+}
+
+static void
+gather_cache(metrics *m, const cache *c)
+{
+	struct cache_stats cs;
+	cache_stats(c, &cs);
+	static const struct {
+		const char *name, *help;
+		enum metrics_type type;
+	} f[] = {
+		{ "rapport_cache_hits_total", "Cache lookups that found an entry.", METRICS_COUNTER },
+		{ "rapport_cache_misses_total", "Cache lookups that found none.", METRICS_COUNTER },
+		{ "rapport_cache_evictions_total", "LRU evictions.", METRICS_COUNTER },
+		{ "rapport_cache_expired_total", "Entries found expired at lookup.", METRICS_COUNTER },
+		{ "rapport_cache_entries", "Entries now.", METRICS_GAUGE },
+		{ "rapport_cache_bytes", "Bytes the entries take now.", METRICS_GAUGE },
+		{ "rapport_cache_max_bytes", "The cache's bound in bytes.", METRICS_GAUGE },
+	};
+	long long v[] = { cs.hits, cs.misses, cs.evictions, cs.expired, cs.entries,
+	                  (long long)cs.bytes, (long long)cs.max_bytes };
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		metrics_family(m, f[i].name, f[i].help, f[i].type);
+		metrics_int(m, v[i], NULL);
+	}
+}
+
+static void
+gather_db(metrics *m, const db_pool *db)
+{
+	struct db_stats ds;
+	db_pool_stats(db, &ds);
+	metrics_family(m, "rapport_db_connections",
+	               "The pool's connections: configured, connected, busy.", METRICS_GAUGE);
+	metrics_int(m, ds.size, "state", "configured", NULL);
+	metrics_int(m, ds.connected, "state", "connected", NULL);
+	metrics_int(m, ds.busy, "state", "busy", NULL);
+	metrics_family(m, "rapport_db_queued", "Queries waiting for a connection.", METRICS_GAUGE);
+	metrics_int(m, ds.queued, NULL);
+}
+
+static void
+gather_llm(metrics *m, const llm_client *llm)
+{
+	struct llm_stats ls;
+	llm_client_stats(llm, &ls);
+	metrics_family(m, "rapport_upstream_calls_total",
+	               "Upstream calls (a retried call counts once).", METRICS_COUNTER);
+	metrics_int(m, ls.calls, NULL);
+	metrics_family(m, "rapport_upstream_attempts_total",
+	               "HTTP requests sent upstream, retries included.", METRICS_COUNTER);
+	metrics_int(m, ls.attempts, NULL);
+	metrics_family(m, "rapport_upstream_in_flight", "Upstream calls running.", METRICS_GAUGE);
+	metrics_int(m, ls.in_flight, NULL);
+	metrics_family(m, "rapport_upstream_connections_total",
+	               "New upstream connections (low means reuse works).", METRICS_COUNTER);
+	metrics_int(m, ls.connections, NULL);
+	metrics_family(m, "rapport_upstream_http2_total", "Upstream attempts over HTTP/2.",
+	               METRICS_COUNTER);
+	metrics_int(m, ls.http2, NULL);
+}
+
+static void
+gather_limiter(metrics *m, const limiter *l)
+{
+	struct limiter_stats st;
+	limiter_stats(l, &st);
+	metrics_family(m, "rapport_upstream_queued", "Generations waiting for an upstream slot.",
+	               METRICS_GAUGE);
+	metrics_int(m, st.queued, NULL);
+	metrics_family(m, "rapport_upstream_rejected_total", "429 overloaded verdicts.",
+	               METRICS_COUNTER);
+	metrics_int(m, st.rejected_total, NULL);
+}
+
+static void
+gather_breaker(metrics *m, const breaker *b)
+{
+	struct breaker_stats bs;
+	breaker_stats(b, util_now_ms(), &bs);
+	metrics_family(m, "rapport_upstream_breaker_open",
+	               "1 while the upstream breaker is open or half-open.", METRICS_GAUGE);
+	metrics_int(m, bs.state == BREAKER_CLOSED ? 0 : 1, NULL);
+	metrics_family(m, "rapport_upstream_breaker_opens_total", "Times the breaker opened.",
+	               METRICS_COUNTER);
+	metrics_int(m, bs.opens_total, NULL);
+}
+
+/* The accounting families, in the order and with the help texts
+ * acct_format_prometheus() has always printed. */
+enum acct_field { A_CALLS, A_TOKENS, A_COST, A_UNPRICED, A_NO_USAGE };
+
+struct acct_walk {
+	metrics *m;
+	enum acct_field field;
+};
+
+static void
+acct_one(const struct acct_row *r, void *arg)
+{
+	struct acct_walk *w = arg;
+	metrics *m = w->m;
+	switch (w->field) {
+	case A_CALLS:
+		metrics_int(m, r->calls, "type", r->type, "model", r->model, NULL);
+		break;
+	case A_TOKENS:
+		metrics_int(m, r->prompt_tokens, "type", r->type, "model", r->model, "kind", "prompt",
+		            NULL);
+		metrics_int(m, r->completion_tokens, "type", r->type, "model", r->model, "kind",
+		            "completion", NULL);
+		break;
+	case A_COST:
+		metrics_real(m, r->cost_usd, "type", r->type, "model", r->model, NULL);
+		break;
+	case A_UNPRICED:
+		metrics_int(m, r->unpriced_calls, "type", r->type, "model", r->model, NULL);
+		break;
+	case A_NO_USAGE:
+		metrics_int(m, r->no_usage_calls, "type", r->type, "model", r->model, NULL);
+		break;
+	}
+}
+
+static void
+gather_acct(metrics *m, const accounting *a)
+{
+	static const struct {
+		const char *name, *help;
+	} f[] = {
+		[A_CALLS] = { "rapport_llm_calls_total", "Upstream model calls accounted." },
+		[A_TOKENS] = { "rapport_llm_tokens_total", "Tokens the upstream reported, by kind." },
+		[A_COST] = { "rapport_llm_cost_usd_total", "Estimated cost in USD from the price table." },
+		[A_UNPRICED] = { "rapport_llm_unpriced_calls_total",
+		                 "Calls to a model with no price (cost counted as 0)." },
+		[A_NO_USAGE] = { "rapport_llm_calls_without_usage_total",
+		                 "Calls whose token usage was not reported (tokens not counted)." },
+	};
+	for (int i = A_CALLS; i <= A_NO_USAGE; i++) {
+		struct acct_walk w = { m, (enum acct_field)i };
+		metrics_family(m, f[i].name, f[i].help, METRICS_COUNTER);
+		acct_each(a, acct_one, &w);
+	}
+}
+
+static void
+gather_analysis(metrics *m, const analysis *a)
+{
+	struct analysis_stats as;
+	analysis_stats(a, &as);
+	metrics_family(m, "rapport_analysis_flights", "Generations in progress.", METRICS_GAUGE);
+	metrics_int(m, as.flights, NULL);
+	metrics_family(m, "rapport_analysis_generated_total",
+	               "Generations that succeeded, fallbacks included.", METRICS_COUNTER);
+	metrics_int(m, as.generated, NULL);
+	metrics_family(m, "rapport_analysis_failed_total",
+	               "Generations that failed or were cancelled.", METRICS_COUNTER);
+	metrics_int(m, as.failed, NULL);
+	metrics_family(m, "rapport_analysis_coalesced_total", "Requests that joined a generation.",
+	               METRICS_COUNTER);
+	metrics_int(m, as.coalesced, NULL);
+}
+
+void
+metrics_gather(metrics *m, const struct metrics_sources *src)
+{
+	if (src->http)
+		gather_http(m, src->http);
+	if (src->cache)
+		gather_cache(m, src->cache);
+	if (src->db)
+		gather_db(m, src->db);
+	if (src->llm)
+		gather_llm(m, src->llm);
+	if (src->limiter)
+		gather_limiter(m, src->limiter);
+	if (src->breaker)
+		gather_breaker(m, src->breaker);
+	if (src->acct)
+		gather_acct(m, src->acct);
+	if (src->analysis)
+		gather_analysis(m, src->analysis);
+}
+
+/* ---- printing ---------------------------------------------------------------- */
+
+/* name{k="v",…} with the values escaped as the text format wants. */
+static void
+sample_name(struct evbuffer *b, const struct family *f, const struct sample *s)
+{
+	evbuffer_add(b, f->name, strlen(f->name));
+	if (!s->nlabels)
+		return;
+	evbuffer_add(b, "{", 1);
+	for (int k = 0; k < s->nlabels; k++) {
+		evbuffer_add_printf(b, "%s%s=\"", k ? "," : "", s->label_names[k]);
+		for (const char *p = s->label_values[k]; *p; p++) {
+			if (*p == '\\')
+				evbuffer_add(b, "\\\\", 2);
+			else if (*p == '"')
+				evbuffer_add(b, "\\\"", 2);
+			else if (*p == '\n')
+				evbuffer_add(b, "\\n", 2);
+			else
+				evbuffer_add(b, p, 1);
+		}
+		evbuffer_add(b, "\"", 1);
+	}
+	evbuffer_add(b, "}", 1);
+}
+
+static void
+sample_value(struct evbuffer *b, const struct sample *s)
+{
+	if (s->integer)
+		evbuffer_add_printf(b, "%lld", s->i);
+	else
+		evbuffer_add_printf(b, "%.15g", s->d);
+}
+
+void
+metrics_prometheus(const metrics *m, struct evbuffer *out)
+{
+	size_t s = 0;
+	for (size_t fi = 0; fi < m->nfamilies; fi++) {
+		const struct family *f = &m->families[fi];
+		evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
+		                    f->type == METRICS_COUNTER ? "counter" : "gauge");
+		for (; s < m->nsamples && m->samples[s].family == fi; s++) {
+			sample_name(out, f, &m->samples[s]);
+			evbuffer_add(out, " ", 1);
+			sample_value(out, &m->samples[s]);
+			evbuffer_add(out, "\n", 1);
+		}
+	}
+}
+
+json_t *
+metrics_json(const metrics *m)
+{
+	json_t *o = json_object();
+	struct evbuffer *key = evbuffer_new();
+	for (size_t i = 0; i < m->nsamples; i++) {
+		const struct sample *s = &m->samples[i];
+		evbuffer_drain(key, evbuffer_get_length(key));
+		sample_name(key, &m->families[s->family], s);
+		evbuffer_add(key, "", 1);
+		json_object_set_new(o, (const char *)evbuffer_pullup(key, -1),
+		                    s->integer ? json_integer((json_int_t)s->i) : json_real(s->d));
+	}
+	evbuffer_free(key);
+	return o;
+}
