@@ -105,6 +105,8 @@ def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, 
     assert w.headers["X-Cache"] == "MISS"
     assert metric(srv, "rapport_upstream_breaker_open") == 0, "the trial's success closed it"
     c.join()
+    # The request queued before the breaker opened was not sent into it.
+    assert out["c"].status == 200 and out["c"].headers["X-Cache"] == "FALLBACK", out["c"].body
 
 
 def test_a_run_call_refused_by_the_open_breaker_takes_no_slot(make_server, fake, tmp_path):
