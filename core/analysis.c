@@ -1072,6 +1072,11 @@ analysis_destroy(analysis *a)
 {
 	if (!a)
 		return;
+	/* Queued calls leave first, so the slots the failing flights free are
+	 * not handed to calls that would only be cancelled a moment later. */
+	for (int i = 0; i < NBUCKETS; i++)
+		for (struct flight *f = a->buckets[i]; f; f = f->chain)
+			limiter_cancel(a->d.limiter, &f->lw);
 	for (int i = 0; i < NBUCKETS; i++)
 		while (a->buckets[i])
 			fail(a->buckets[i], 503, "shutting_down", "the server is shutting down");

@@ -540,16 +540,28 @@ static void
 test_destroy_answers_503(void)
 {
 	struct env e;
-	env_open(&e, &(struct opts){ 0 });
+	env_open(&e, &(struct opts){ .max_in_flight = 1, .max_queue = 4 });
 	fake_config("{\"latency_ms\": 2000}");
-	struct rep r;
+	/* Three queued behind one call. destroy meets flights in bucket order
+	 * (fixed by the keys); here it fails the call before a queued one, so
+	 * without the early cancel the freed slot would go to that one (checked
+	 * by taking the cancel out). */
+	struct rep r, rq[3];
 	ask(&e, 15, "plain", 0, &r);
-	WAIT_FOR(stats(&e).calling == 1, 5000);
+	for (int i = 0; i < 3; i++)
+		ask(&e, 16 + i, "plain", 0, &rq[i]);
+	WAIT_FOR(stats(&e).calling == 1 && stats(&e).queued == 3, 5000);
 	struct limiter_stats before = lstats(&e);
+	struct llm_stats calls_before, calls_after;
+	llm_client_stats(llm, &calls_before);
 	analysis_destroy(e.a);
-	ok(r.done == 1 && r.status == 503 && strcmp(r.code, "shutting_down") == 0,
-	   "destroy: the waiter gets 503 shutting_down");
-	ok(before.in_flight == 1 && gate_idle(&e), "and the slot is released");
+	llm_client_stats(llm, &calls_after);
+	ok(r.done == 1 && r.status == 503 && strcmp(r.code, "shutting_down") == 0 &&
+	   rq[0].done == 1 && rq[0].status == 503 && rq[2].done == 1 && rq[2].status == 503,
+	   "destroy: the calling and the queued waiters get 503 shutting_down");
+	ok(before.in_flight == 1 && before.queued == 3 && gate_idle(&e),
+	   "and the slot and the queue places are released");
+	ok(calls_after.calls == calls_before.calls, "the queued call was not started on the way out");
 	e.a = NULL;               /* destroyed already */
 	env_close(&e);
 }
