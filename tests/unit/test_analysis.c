@@ -488,6 +488,27 @@ test_cancelled_mid_call(void)
 }
 
 static void
+test_orphaned_before_the_model(void)
+{
+	struct env e;
+	env_open(&e, &(struct opts){ .cancel_orphans = true });
+	struct rep r;
+	analysis_wait *w = ask(&e, 20, "plain", 0, &r);
+	analysis_wait_cancel(w);
+	WAIT_FOR(stats(&e).flights == 0, 5000);
+	ok(stats(&e).flights == 0 && !r.done && stats(&e).failed == 1,
+	   "cancelled before it started: the flight ends, counted failed, no callback");
+	w = ask(&e, 21, "withq", 0, &r);
+	WAIT_FOR(stats(&e).fetching == 1, 5000);
+	analysis_wait_cancel(w);
+	WAIT_FOR(stats(&e).flights == 0, 5000);
+	ok(stats(&e).flights == 0 && !r.done, "cancelled while the context is fetched: it ends");
+	spin(400);                /* past the pg_sleep: a late answer would crash here */
+	ok(fake_calls() == 0 && gate_idle(&e), "no model call, nothing held");
+	env_close(&e);
+}
+
+static void
 test_finish_policy_caches_for_the_next(void)
 {
 	struct env e;
@@ -669,6 +690,7 @@ main(void)
 	test_refused_run_call_returns_the_trial();
 	test_queued_then_orphaned();
 	test_cancelled_mid_call();
+	test_orphaned_before_the_model();
 	test_finish_policy_caches_for_the_next();
 	test_first_token_timeout();
 	test_destroy_answers_503();
