@@ -1,24 +1,44 @@
 /*
  * analysis — flights and waiters: the pipeline from cache lookup to the
- * reply, with singleflight. See analysis.h for the stages.
+ * reply, with singleflight. See analysis.h for the stages. This file reads
+ * in the order a request lives: start → cache → flight → context fan-out →
+ * prompt(ctx) or run(ctx) → model gate → model call → validate/repair →
+ * post → result → reply; cancel, orphan and destroy at the end.
  *
- * Lifecycle of a flight (state = what it is waiting on):
- *   FL_START   created, first waiter attached; starts on the next loop tick
- *   FL_DB      the named queries are out, one per pool connection
- *   FL_QUEUED  waiting for an upstream slot (the limiter's queue)
- *   FL_LLM     the chat request is out (a second time when the reply broke
- *              the schema and gets one repair attempt)
- *   then finish(): reply to every waiter, unlink, free.
- * While the breaker is open no request goes upstream: the script's
- * fallback(ctx) answers (never cached), or 503.
+ * A flight's state is what it waits on, and flight_set_state() is the only
+ * place that changes it (the legal moves are asserted there, the time spent
+ * in each state and the per-state counts are kept there):
+ *
+ *   FL_START    created, first waiter attached; starts on the next loop tick
+ *   FL_CONTEXT  the named queries are out (context.c, all at once)
+ *   FL_QUERY    run(ctx): one of the script's own queries is out
+ *   FL_QUEUED   a model call waits for an upstream slot (the limiter's queue)
+ *   FL_LLM      a model call is out (prompt's, its one schema repair, or one
+ *               of run(ctx)'s)
+ *   FL_DONE     every waiter has its reply (or none is left); being freed
+ *
+ *   START → CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   CONTEXT → QUERY | QUEUED | LLM | DONE      (START/CONTEXT never again)
+ *   QUERY | QUEUED | LLM → QUERY | QUEUED | LLM | DONE
+ *   DONE → nothing
+ *
+ * Every model call, the pipeline's and run(ctx)'s, goes through one gate:
+ * model_call() takes the limiter slot, then the breaker's permission (and
+ * the half-open trial) at the moment the call goes out, then arms the
+ * first-token timer; gate_release() gives all of it back on every path
+ * (answered, refused, timed out, cancelled, orphaned, shut down). A call
+ * that waits in the queue holds no breaker trial.
+ *
  * A waiter is one caller. It is unlinked when it gets its reply or when
  * analysis_wait_cancel() says the caller has gone; neither frees the flight.
  */
 #include "analysis.h"
+#include "context.h"
 #include "jschema.h"
 #include "log.h"
 #include "util.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,10 +46,24 @@
 
 #include <event2/event.h>
 
-#define MAX_QUERIES 32
 #define NBUCKETS 1024
 
-enum flight_state { FL_START, FL_DB, FL_QUEUED, FL_LLM, FL_DONE };
+enum flight_state { FL_START, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE, FL_NSTATES };
+
+static const char *const state_names[FL_NSTATES] = {
+	"start", "context", "query", "queued", "llm", "done",
+};
+
+#define ST(s) (1u << (s))
+#define ST_WORK (ST(FL_QUERY) | ST(FL_QUEUED) | ST(FL_LLM) | ST(FL_DONE))
+static const unsigned legal_next[FL_NSTATES] = {
+	[FL_START] = ST(FL_CONTEXT) | ST_WORK,
+	[FL_CONTEXT] = ST_WORK,
+	[FL_QUERY] = ST_WORK,
+	[FL_QUEUED] = ST_WORK,
+	[FL_LLM] = ST_WORK,
+	[FL_DONE] = 0,
+};
 
 struct analysis_wait {
 	struct flight *f;
@@ -43,42 +77,42 @@ struct analysis_wait {
 
 struct flight {
 	analysis *a;
-	enum flight_state state;
+	enum flight_state state;      /* only flight_set_state() writes it */
+	double state_since;           /* when the current state began */
+	double state_ms[FL_NSTATES];  /* time spent in each state so far */
 	char *key;
 	uint64_t hash;
 	struct flight *chain;
 	int64_t contact_id;
 	bool stale;                   /* the data changed under us: don't cache */
 	bool repaired;                /* the one schema repair attempt is used */
-	bool probe;                   /* our call is the breaker's half-open trial */
-	json_t *request;              /* the chat request (kept for a repair) */
-	limiter_waiter lw;            /* our place in the upstream limiter */
-	struct event *orphan_ev;      /* deferred cancel when no one waits */
-	double cost_usd;
 	script *s;
 	script_run *run;
 	TAILQ_HEAD(, analysis_wait) waiters;
-	db_query *queries[MAX_QUERIES];
-	struct query_arg {            /* what each query's callback gets */
-		struct flight *f;
-		int index;
-	} qargs[MAX_QUERIES];
-	int pending;                  /* queries not answered yet */
-	llm_call *llm;
 	struct event *start_ev;
-	struct event *first_token_ev;     /* armed until the first text arrives */
+	struct event *orphan_ev;      /* deferred cancel when no one waits */
+	struct ctx_fetch *ctx;        /* FL_CONTEXT: the named queries */
+	db_query *query;              /* FL_QUERY: run(ctx)'s query */
+	/* The model call and what the gate holds for it. */
+	json_t *request;              /* the chat request (kept for a repair) */
+	limiter_waiter lw;            /* our place in the upstream limiter */
+	bool probe;                   /* our call is the breaker's half-open trial */
+	llm_call *llm;
+	struct event *first_token_ev; /* armed until the first text arrives */
+	double t_sent;
 	char *text;                   /* the model's text so far, for joiners */
 	size_t text_len, text_cap;
-	double t_db, db_ms, script_ms, llm_ms;
-	double t_step;                /* run(ctx): when the current step began */
+	double script_ms, llm_ms;
 	char model[96];               /* run(ctx): the model of its last call */
 	long prompt_tokens, completion_tokens;
+	double cost_usd;
 };
 
 struct analysis {
 	struct analysis_deps d;
 	struct flight *buckets[NBUCKETS];
 	struct analysis_stats st;
+	long in_state[FL_NSTATES];
 };
 
 /* The outcome of a flight, shared by all its waiters. */
@@ -95,6 +129,63 @@ struct outcome {
 	int retry_after_s;
 };
 
+/* Why the gate sent no call. */
+enum gate_refusal { GATE_BREAKER, GATE_FULL };
+/* What a finished call tells the breaker. */
+enum gate_verdict { GATE_NO_VERDICT, GATE_HEALTHY, GATE_FAILING };
+
+static void flight_start(evutil_socket_t fd, short what, void *arg);
+static void on_context(void *arg, const struct ctx_result *r);
+static void context_ready(struct flight *f);
+static void prompt_begin(struct flight *f);
+static void run_begin(struct flight *f);
+static void run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
+                        json_t *result, const char *err);
+static void model_call(struct flight *f);
+static void model_refused(struct flight *f, enum gate_refusal why);
+static void gate_release(struct flight *f, enum gate_verdict v);
+static void model_answered(struct flight *f, const struct llm_result *res);
+static void prompt_reply(struct flight *f, const struct llm_result *res);
+static void run_reply(struct flight *f, const struct llm_result *res);
+static void succeed(struct flight *f, json_t *result, const char *model, bool fallback);
+static void serve_fallback(struct flight *f, int retry_after_s, const char *why);
+static void finish(struct flight *f, const struct outcome *o);
+static void fail_retry(struct flight *f, int status, const char *code, const char *text,
+                       int retry_after_s);
+static void fail(struct flight *f, int status, const char *code, const char *message);
+static void deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r,
+                    const char *prefix, size_t prefix_len);
+static void reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *type,
+                        int status, const char *code, const char *message);
+static struct flight **flight_slot(analysis *a, const char *key, uint64_t h);
+static void flight_free(struct flight *f);
+
+/* ---- the flight's state ------------------------------------------------- */
+
+/* The one place a flight changes state (as PgBouncer's change_client_state):
+ * the move is checked, the time in the old state and the per-state counts
+ * are kept, and the move is logged at debug level. */
+static void
+flight_set_state(struct flight *f, enum flight_state to)
+{
+	analysis *a = f->a;
+	enum flight_state from = f->state;
+	assert(legal_next[from] & ST(to));
+	assert(to != FL_QUERY || script_info(f->s)->has_run);
+	double now = util_now_ms();
+	double ms = now - f->state_since;
+	f->state_ms[from] += ms;
+	f->state = to;
+	f->state_since = now;
+	a->in_state[from]--;
+	a->in_state[to]++;
+	log_event(LOG_DEBUG, "flight state", LOG_S("type", script_info(f->s)->name),
+	          LOG_I("contact", f->contact_id), LOG_S("from", state_names[from]),
+	          LOG_S("to", state_names[to]), LOG_N("ms", ms), LOG_END);
+}
+
+/* ---- start: type, cache, flight ----------------------------------------- */
+
 analysis *
 analysis_create(const struct analysis_deps *deps)
 {
@@ -103,58 +194,83 @@ analysis_create(const struct analysis_deps *deps)
 	return a;
 }
 
-/* ---- replies ------------------------------------------------------------ */
-
-/* Appends the per-reply fields to the stored prefix and calls cb. The body
- * is a JSON object whose closing brace the suffix supplies. */
-static void
-deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *prefix,
-        size_t prefix_len)
+static struct flight *
+flight_new(analysis *a, const char *key, uint64_t h, int64_t contact_id, script *s)
 {
-	if (r->status != 200 || !prefix) {
-		cb(arg, r);
-		return;
-	}
-	char suffix[384];
-	int n = snprintf(suffix, sizeof suffix,
-	                 ",\"cache\":{\"status\":\"%s\",\"age_ms\":%.0f,\"ttl_ms\":%.0f},"
-	                 "\"timings_ms\":{\"db\":%.3f,\"script\":%.3f,\"llm\":%.3f,\"total\":%.3f}}",
-	                 r->cache_status, r->age_ms, r->ttl_ms, r->db_ms, r->script_ms,
-	                 r->llm_ms, r->total_ms);
-	if (n < 0 || (size_t)n >= sizeof suffix) {
-		struct analysis_reply e = *r;
-		e.status = 500;
-		e.error_code = "internal_error";
-		e.error_message = "cannot format the reply";
-		cb(arg, &e);
-		return;
-	}
-	char stackbuf[4096];
-	size_t len = prefix_len + (size_t)n;
-	char *body = len < sizeof stackbuf ? stackbuf : xmalloc(len + 1);
-	memcpy(body, prefix, prefix_len);
-	memcpy(body + prefix_len, suffix, (size_t)n);
-	body[len] = '\0';
-	r->body = body;
-	r->body_len = len;
-	cb(arg, r);
-	if (body != stackbuf)
-		free(body);
+	struct flight *f = xcalloc(1, sizeof *f);
+	f->a = a;
+	f->state = FL_START;
+	f->state_since = util_now_ms();
+	f->key = xstrdup(key);
+	f->hash = h;
+	f->contact_id = contact_id;
+	f->s = s;
+	script_ref(s);
+	f->prompt_tokens = f->completion_tokens = -1;
+	TAILQ_INIT(&f->waiters);
+	a->st.flights++;
+	a->in_state[FL_START]++;
+	/* Start on the next tick, so cb never runs inside analysis_get for a
+	 * miss and the caller can keep the handle. */
+	f->start_ev = evtimer_new(a->d.base, flight_start, f);
+	struct timeval zero = { 0, 0 };
+	evtimer_add(f->start_ev, &zero);
+	return f;
 }
 
-static void
-reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *type,
-            int status, const char *code, const char *message)
+analysis_wait *
+analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
+             analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg)
 {
-	struct analysis_reply r = {
-		.status = status, .error_code = code, .error_message = message,
-		.contact_id = contact_id, .type = type, .prompt_tokens = -1,
-		.completion_tokens = -1, .cache_status = "miss",
-	};
-	cb(arg, &r);
-}
+	double t_start = util_now_ms();
+	script *s = script_registry_get(a->d.scripts, type);
+	if (!s) {
+		char msg[160];
+		snprintf(msg, sizeof msg, "unknown analysis type '%.64s' (see /v1/analysis-types)", type);
+		reply_error(cb, arg, contact_id, type, 404, "unknown_analysis_type", msg);
+		return NULL;
+	}
+	const struct script_info *si = script_info(s);
+	char key[160];
+	snprintf(key, sizeof key, "%lld:%s:%s", (long long)contact_id, si->name, si->version);
 
-/* ---- flight table ------------------------------------------------------- */
+	if (!(flags & ANALYSIS_REFRESH)) {
+		const struct cache_entry *e = cache_get(a->d.cache, key, t_start);
+		if (e) {
+			double age = (double)(util_wall_ms() - e->created_wall_ms);
+			struct analysis_reply r = {
+				.status = 200, .etag = e->etag, .cache_status = "hit",
+				.contact_id = contact_id, .type = si->name, .version = si->version,
+				.age_ms = age < 0 ? 0 : age, .ttl_ms = si->ttl_ms,
+				.remaining_ms = e->expires_ms - t_start,
+				.prompt_tokens = -1, .completion_tokens = -1,
+			};
+			r.total_ms = util_now_ms() - t_start;
+			deliver(cb, arg, &r, e->body, e->body_len);
+			return NULL;
+		}
+	}
+
+	uint64_t h = util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
+	struct flight **slot = flight_slot(a, key, h);
+	struct flight *f = *slot;
+	struct analysis_wait *w = xcalloc(1, sizeof *w);
+	w->cb = cb;
+	w->on_delta = on_delta;
+	w->arg = arg;
+	w->t_start = t_start;
+	if (f) {
+		w->cache_status = "coalesced";
+		a->st.coalesced++;
+	} else {
+		f = *slot = flight_new(a, key, h, contact_id, s);
+		w->cache_status = "miss";
+	}
+	w->f = f;
+	TAILQ_INSERT_TAIL(&f->waiters, w, link);
+	a->st.waiters++;
+	return w;
+}
 
 static struct flight **
 flight_slot(analysis *a, const char *key, uint64_t h)
@@ -165,93 +281,517 @@ flight_slot(analysis *a, const char *key, uint64_t h)
 	return pp;
 }
 
-static void
-flight_free(struct flight *f)
-{
-	analysis *a = f->a;
-	struct flight **pp = flight_slot(a, f->key, f->hash);
-	if (*pp == f)
-		*pp = f->chain;
-	for (int i = 0; i < MAX_QUERIES; i++)
-		if (f->queries[i])
-			db_query_cancel(f->queries[i]);
-	if (f->llm)
-		llm_cancel(f->llm);
-	if (f->start_ev)
-		event_free(f->start_ev);
-	if (f->first_token_ev)
-		event_free(f->first_token_ev);
-	if (f->orphan_ev)
-		event_free(f->orphan_ev);
-	if (f->probe)
-		breaker_forget(a->d.breaker, util_now_ms());
-	/* Both are no-ops unless we are queued / hold a slot. */
-	limiter_cancel(a->d.limiter, &f->lw);
-	limiter_release(a->d.limiter, &f->lw, util_now_ms());
-	json_decref(f->request);
-	script_run_free(f->run);
-	script_unref(f->s);
-	free(f->text);
-	free(f->key);
-	free(f);
-	a->st.flights--;
-}
+/* ---- context fan-out ---------------------------------------------------- */
 
-/* Replies to every waiter with the outcome and frees the flight. */
 static void
-finish(struct flight *f, const struct outcome *o)
+flight_start(evutil_socket_t fd, short what, void *arg)
 {
-	analysis *a = f->a;
-	const struct script_info *si = script_info(f->s);
-	double now = util_now_ms();
-	f->state = FL_DONE;
-	if (o->status == 200)
-		a->st.generated++;
-	else
-		a->st.failed++;
-	struct analysis_wait *w;
-	while ((w = TAILQ_FIRST(&f->waiters))) {
-		TAILQ_REMOVE(&f->waiters, w, link);
-		a->st.waiters--;
-		struct analysis_reply r = {
-			.status = o->status, .error_code = o->code, .error_message = o->message,
-			.etag = o->etag, .cache_status = o->cache_status ? o->cache_status : w->cache_status,
-			.contact_id = f->contact_id, .type = si->name, .version = si->version,
-			.age_ms = 0, .ttl_ms = si->ttl_ms, .remaining_ms = o->remaining_ms,
-			.db_ms = f->db_ms, .script_ms = f->script_ms, .llm_ms = f->llm_ms,
-			.total_ms = now - w->t_start,
-			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
-			.cost_usd = f->cost_usd, .retry_after_s = o->retry_after_s,
-		};
-		deliver(w->cb, w->arg, &r, o->prefix, o->prefix_len);
-		free(w);
+	struct flight *f = arg;
+	event_free(f->start_ev);
+	f->start_ev = NULL;
+	char now[40];
+	util_iso8601(util_wall_ms(), now, sizeof now);
+	double t0 = util_now_ms();
+	f->run = script_run_new(f->s, f->contact_id, now);
+	f->script_ms += util_now_ms() - t0;
+	f->ctx = ctx_fetch(f->a->d.db, f->s, f->run, f->contact_id, on_context, f);
+	if (!f->ctx) {
+		context_ready(f);       /* the script has no queries */
+		return;
 	}
-	flight_free(f);
+	flight_set_state(f, FL_CONTEXT);
 }
 
 static void
-fail_retry(struct flight *f, int status, const char *code, const char *text, int retry_after_s)
+on_context(void *arg, const struct ctx_result *r)
 {
-	/* Messages are assembled with snprintf from script, database and
-	 * upstream text: a cut may leave half a UTF-8 character. */
-	char message[1600];
-	snprintf(message, sizeof message, "%s", text ? text : "");
-	util_utf8_trim(message);
-	struct outcome o = { .status = status, .code = code, .message = message,
-	                     .retry_after_s = retry_after_s };
-	log_event(LOG_WARN, "analysis failed", LOG_S("type", script_info(f->s)->name),
-	          LOG_I("contact", f->contact_id), LOG_I("status", status), LOG_S("code", code),
-	          LOG_S("error", message), LOG_END);
-	finish(f, &o);
+	struct flight *f = arg;
+	const struct script_info *si = script_info(f->s);
+	f->ctx = NULL;            /* freed after this callback */
+	char msg[1400];
+	switch (r->status) {
+	case CTX_OK:
+		context_ready(f);
+		return;
+	case CTX_DB_UNAVAILABLE:
+		snprintf(msg, sizeof msg, "the database is unavailable (%s)", r->message);
+		fail_retry(f, 503, "database_unavailable", msg, 1);
+		return;
+	case CTX_QUERY_FAILED:
+		snprintf(msg, sizeof msg, "query '%s' of script %s failed: %s%s%s%s", r->query->name,
+		         si->name, r->message, r->sqlstate ? " (SQLSTATE " : "",
+		         r->sqlstate ? r->sqlstate : "", r->sqlstate ? ")" : "");
+		fail(f, 500, "query_failed", msg);
+		return;
+	case CTX_SCRIPT_ERROR:
+		fail(f, 500, "script_error", r->message);
+		return;
+	}
+}
+
+/* The context is complete: the script's prompt or its run takes over. */
+static void
+context_ready(struct flight *f)
+{
+	if (script_run_contact_missing(f->run)) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "contact %lld not found", (long long)f->contact_id);
+		fail(f, 404, "contact_not_found", msg);
+		return;
+	}
+	if (script_info(f->s)->has_run)
+		run_begin(f);
+	else
+		prompt_begin(f);
+}
+
+/* ---- prompt(ctx) -------------------------------------------------------- */
+
+static void
+prompt_begin(struct flight *f)
+{
+	char err[1024];
+	double t0 = util_now_ms();
+	json_t *req = script_run_request(f->run, err, sizeof err);
+	f->script_ms += util_now_ms() - t0;
+	if (!req) {
+		fail(f, 500, "script_error", err);
+		return;
+	}
+	f->request = req;
+	model_call(f);
+}
+
+/* ---- run(ctx): the script drives its own queries and model calls -------- */
+
+static void
+run_begin(struct flight *f)
+{
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	double t0 = util_now_ms();
+	enum script_step st = script_run_start(f->run, &w, &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
 }
 
 static void
-fail(struct flight *f, int status, const char *code, const char *message)
+on_run_query(void *arg, const PGresult *res, const struct db_error *err)
 {
-	fail_retry(f, status, code, message, 0);
+	struct flight *f = arg;
+	f->query = NULL;
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	double t0 = util_now_ms();
+	enum script_step st = script_run_resume_rows(f->run, res, err ? err->message : NULL, &w,
+	                                             &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
 }
 
-/* ---- stage 4: the result ------------------------------------------------ */
+/* Does what the script waits for, or finishes. Each step is one query or
+ * one model call, on the loop like everything else; the model calls pass
+ * the same gate as the pipeline's own. */
+static void
+run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
+            json_t *result, const char *err)
+{
+	switch (st) {
+	case SCRIPT_DONE:
+		succeed(f, result, f->model[0] ? f->model : NULL, false);
+		return;
+	case SCRIPT_ERROR:
+		fail(f, 500, "script_error", err);
+		return;
+	case SCRIPT_WAIT_QUERY:
+		flight_set_state(f, FL_QUERY);
+		f->query = db_query_send(f->a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
+		return;
+	case SCRIPT_WAIT_CHAT:
+		json_decref(f->request);
+		f->request = json_incref(w->request);
+		model_call(f);
+		return;
+	}
+}
+
+/* ---- model gate ----------------------------------------------------------
+ * In order, for every model call:
+ *   1. the breaker is only asked (breaker_retry_after_ms, nothing taken):
+ *      open, or half-open with its trial out, refuses at once rather than
+ *      queueing a call that could not go;
+ *   2. a limiter slot: at once, or a place in the queue, or refused (429);
+ *   3. with the slot in hand, breaker_allow() for real, which takes the
+ *      half-open trial (f->probe) the moment the call goes out, so a queued
+ *      call never holds the trial and a verdict that came in meanwhile is
+ *      heard;
+ *   4. the call, with its first-token timer (model_send).
+ * gate_release() undoes whichever of these were done, once per call. */
+
+static void model_send(struct flight *f);
+
+/* The slot is ours (at once, or from the queue inside limiter_release):
+ * the breaker decides now. */
+static void
+gate_go(struct flight *f)
+{
+	analysis *a = f->a;
+	double now = util_now_ms();
+	bool half_open = breaker_state(a->d.breaker, now) == BREAKER_HALF_OPEN;
+	if (!breaker_allow(a->d.breaker, now)) {
+		gate_release(f, GATE_NO_VERDICT);
+		model_refused(f, GATE_BREAKER);
+		return;
+	}
+	f->probe = half_open;
+	model_send(f);
+}
+
+static void
+on_gate_slot(void *arg)
+{
+	gate_go(arg);
+}
+
+/* f->request goes to the model, through the gate. */
+static void
+model_call(struct flight *f)
+{
+	analysis *a = f->a;
+	double now = util_now_ms();
+	if (breaker_retry_after_ms(a->d.breaker, now) > 0) {
+		model_refused(f, GATE_BREAKER);
+		return;
+	}
+	switch (limiter_acquire(a->d.limiter, &f->lw, on_gate_slot, f, now)) {
+	case LIMITER_GO:
+		gate_go(f);
+		return;
+	case LIMITER_QUEUED:
+		flight_set_state(f, FL_QUEUED);
+		return;
+	case LIMITER_FULL:
+		model_refused(f, GATE_FULL);
+		return;
+	}
+}
+
+/* Gives back what the gate holds for f's call, wherever it stands: the
+ * timer; the verdict to the breaker when the call was answered, or the
+ * half-open trial when it never will be; the queue place or the slot. The
+ * verdict goes first, so a queued call handed the slot below asks a
+ * breaker that knows. A no-op when nothing is held. */
+static void
+gate_release(struct flight *f, enum gate_verdict v)
+{
+	analysis *a = f->a;
+	double now = util_now_ms();
+	if (f->first_token_ev) {
+		event_free(f->first_token_ev);
+		f->first_token_ev = NULL;
+	}
+	if (v != GATE_NO_VERDICT)
+		breaker_record(a->d.breaker, v == GATE_HEALTHY, now);
+	else if (f->probe)
+		breaker_forget(a->d.breaker, now);
+	f->probe = false;
+	limiter_cancel(a->d.limiter, &f->lw);
+	limiter_release(a->d.limiter, &f->lw, now);
+}
+
+/* No call went out (nothing is held any more). The pipeline answers with
+ * the fallback or an error; run(ctx) hears it as llm.chat's error and may
+ * have a plan B. */
+static void
+model_refused(struct flight *f, enum gate_refusal why)
+{
+	analysis *a = f->a;
+	double now = util_now_ms();
+	if (script_info(f->s)->has_run) {
+		const char *refused = why == GATE_BREAKER
+		        ? "upstream_unavailable: calls are paused (circuit breaker open)"
+		        : "overloaded: too many model calls are waiting";
+		struct script_wait w;
+		json_t *result;
+		char e[1024];
+		double t0 = util_now_ms();
+		enum script_step st = script_run_resume_reply(f->run, NULL, NULL, NULL, -1, -1, refused,
+		                                              &w, &result, e, sizeof e);
+		f->script_ms += util_now_ms() - t0;
+		run_advance(f, st, &w, result, e);
+		return;
+	}
+	if (why == GATE_FULL) {
+		fail_retry(f, 429, "overloaded", "too many analyses are waiting for the model; retry later",
+		           limiter_retry_after_s(a->d.limiter));
+		return;
+	}
+	int ra = (int)((breaker_retry_after_ms(a->d.breaker, now) + 999) / 1000);
+	serve_fallback(f, ra > 0 ? ra : 1,
+	               "the model provider is failing; calls are paused (circuit breaker open)");
+}
+
+/* ---- model call --------------------------------------------------------- */
+
+static void on_llm_delta(void *arg, const char *text, size_t len);
+static void on_llm_done(void *arg, const struct llm_result *res);
+static void on_first_token_timeout(evutil_socket_t fd, short what, void *arg);
+
+/* Always streamed from upstream: a streaming caller may join at any moment
+ * and must get the text written so far, then the rest live. */
+static void
+model_send(struct flight *f)
+{
+	analysis *a = f->a;
+	flight_set_state(f, FL_LLM);
+	f->t_sent = util_now_ms();
+	f->llm = llm_chat(a->d.llm, f->request, a->d.llm_timeout_ms, on_llm_delta, on_llm_done, f);
+	if (a->d.llm_first_token_ms > 0) {
+		struct timeval tv = { a->d.llm_first_token_ms / 1000,
+		                      (a->d.llm_first_token_ms % 1000) * 1000 };
+		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
+		evtimer_add(f->first_token_ev, &tv);
+	}
+}
+
+/* Keeps the text for callers that join later and hands it to every
+ * streaming waiter. The next waiter is taken before the callback, which may
+ * cancel its own waiter. */
+static void
+on_llm_delta(void *arg, const char *text, size_t len)
+{
+	struct flight *f = arg;
+	if (f->first_token_ev) {
+		event_free(f->first_token_ev);
+		f->first_token_ev = NULL;
+	}
+	if (f->text_len + len + 1 > f->text_cap) {
+		f->text_cap = (f->text_len + len + 1) * 2;
+		f->text = xrealloc(f->text, f->text_cap);
+	}
+	memcpy(f->text + f->text_len, text, len);
+	f->text_len += len;
+	f->text[f->text_len] = '\0';
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (w->on_delta)
+			w->on_delta(w->arg, text, len);
+	}
+}
+
+/* Whether this outcome says something about the upstream's health: a 4xx
+ * other than 408/429 is our request's fault, not the provider's. */
+static bool
+upstream_healthy(const struct llm_result *res)
+{
+	if (res->status == LLM_OK)
+		return true;
+	if (res->status == LLM_ERR_HTTP && res->http_status >= 400 && res->http_status < 500)
+		return res->http_status != 408 && res->http_status != 429;
+	return false;
+}
+
+static void
+on_llm_done(void *arg, const struct llm_result *res)
+{
+	struct flight *f = arg;
+	f->llm = NULL;            /* the client frees the call after this */
+	gate_release(f, upstream_healthy(res) ? GATE_HEALTHY : GATE_FAILING);
+	model_answered(f, res);
+}
+
+/* The model has not written a word in time: a stalled stream is ended
+ * early instead of holding every waiter until the overall deadline. It
+ * counts as a timeout, for the breaker and for whoever asked. */
+static void
+on_first_token_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct flight *f = arg;
+	event_free(f->first_token_ev);
+	f->first_token_ev = NULL;
+	llm_cancel(f->llm);
+	f->llm = NULL;
+	char msg[128];
+	snprintf(msg, sizeof msg, "the model sent no text within %ld ms", f->a->d.llm_first_token_ms);
+	struct llm_result res = {
+		.status = LLM_ERR_TIMEOUT, .content = "", .prompt_tokens = -1,
+		.completion_tokens = -1, .error_message = msg, .attempts = 1,
+		.elapsed_ms = util_now_ms() - f->t_sent,
+	};
+	gate_release(f, GATE_FAILING);
+	model_answered(f, &res);
+}
+
+static void
+add_usage(struct flight *f, const struct llm_result *res)
+{
+	const struct script_info *si = script_info(f->s);
+	if (res->prompt_tokens >= 0)
+		f->prompt_tokens = (f->prompt_tokens > 0 ? f->prompt_tokens : 0) + res->prompt_tokens;
+	if (res->completion_tokens >= 0)
+		f->completion_tokens = (f->completion_tokens > 0 ? f->completion_tokens : 0) +
+		                       res->completion_tokens;
+	f->cost_usd += acct_record(f->a->d.acct, si->name, res->model ? res->model : si->model,
+	                           res->prompt_tokens, res->completion_tokens);
+}
+
+/* The gate is released; the answer goes to whoever asked. */
+static void
+model_answered(struct flight *f, const struct llm_result *res)
+{
+	f->llm_ms += res->elapsed_ms;
+	add_usage(f, res);
+	if (script_info(f->s)->has_run)
+		run_reply(f, res);
+	else
+		prompt_reply(f, res);
+}
+
+/* ---- validate / repair -------------------------------------------------- */
+
+/* Asks the model once to fix a reply that broke the schema: the bad reply
+ * and the validator's message go back as the next turns. */
+static void
+repair(struct flight *f, const char *content, const char *problem)
+{
+	json_t *req = json_deep_copy(f->request);
+	json_t *msgs = json_object_get(req, "messages");
+	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", content));
+	char text[1400];
+	snprintf(text, sizeof text,
+	         "That reply does not match the required JSON schema: %s. Reply again with only "
+	         "the complete, corrected JSON object.", problem);
+	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", text));
+	json_decref(f->request);
+	f->request = req;
+	f->repaired = true;
+	/* What was streamed so far is the rejected reply: streaming callers
+	 * are told to drop it (a NULL delta), joiners start from nothing. */
+	f->text_len = 0;
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (w->on_delta)
+			w->on_delta(w->arg, NULL, 0);
+	}
+	log_event(LOG_INFO, "schema repair attempt", LOG_S("type", script_info(f->s)->name),
+	          LOG_I("contact", f->contact_id), LOG_S("problem", problem), LOG_END);
+	model_call(f);
+}
+
+static void prompt_post(struct flight *f, const struct llm_result *res);
+
+/* The pipeline's model reply: an error status, a refusal or a reply that
+ * breaks the schema ends here (after one repair attempt); a good one goes
+ * to post(). */
+static void
+prompt_reply(struct flight *f, const struct llm_result *res)
+{
+	char msg[1400];
+	switch (res->status) {
+	case LLM_OK:
+		break;
+	case LLM_ERR_TIMEOUT:
+		snprintf(msg, sizeof msg, "the model did not answer in time: %s",
+		         res->error_message ? res->error_message : "deadline passed");
+		fail(f, 504, "upstream_timeout", msg);
+		return;
+	case LLM_ERR_HTTP:
+		snprintf(msg, sizeof msg, "the model provider returned HTTP %ld: %s", res->http_status,
+		         res->error_message ? res->error_message : "no message");
+		fail(f, 502, "upstream_error", msg);
+		return;
+	case LLM_ERR_CONNECT:
+		snprintf(msg, sizeof msg, "cannot reach the model provider: %s",
+		         res->error_message ? res->error_message : "connection failed");
+		fail(f, 502, "upstream_unreachable", msg);
+		return;
+	case LLM_ERR_PROTOCOL:
+		snprintf(msg, sizeof msg, "the model provider sent an unusable reply: %s",
+		         res->error_message ? res->error_message : "unparseable");
+		fail(f, 502, "upstream_bad_reply", msg);
+		return;
+	}
+	const struct script_info *si = script_info(f->s);
+	if (res->refusal && *res->refusal) {
+		snprintf(msg, sizeof msg, "the model refused: %s", res->refusal);
+		fail(f, 502, "upstream_refused", msg);
+		return;
+	}
+	if (si->schema) {
+		/* A schema-bound reply must be valid before it is ever served or
+		 * cached: one repair attempt, then an error. */
+		json_error_t je;
+		json_t *reply = json_loads(res->content, 0, &je);
+		char problem[900];
+		bool ok = false;
+		bool cut = res->finish_reason && strcmp(res->finish_reason, "length") == 0;
+		if (!json_is_object(reply))
+			snprintf(problem, sizeof problem, "it is not a JSON object (%s)%s",
+			         reply ? "another JSON value" : je.text,
+			         cut ? "; it was cut at max_tokens" : "");
+		else
+			ok = jschema_validate(si->schema, reply, problem, sizeof problem);
+		json_decref(reply);
+		if (!ok) {
+			if (!f->repaired && !cut) {
+				repair(f, res->content, problem);
+				return;
+			}
+			snprintf(msg, sizeof msg, "the model's reply does not match the schema%s: %s",
+			         f->repaired ? " (after one repair attempt)" : "", problem);
+			fail(f, 502, "upstream_invalid_reply", msg);
+			return;
+		}
+	}
+	prompt_post(f, res);
+}
+
+/* ---- post --------------------------------------------------------------- */
+
+static void
+prompt_post(struct flight *f, const struct llm_result *res)
+{
+	char err[1024];
+	double t0 = util_now_ms();
+	json_t *result = script_run_post(f->run, res->content, res->finish_reason, res->model,
+	                                 err, sizeof err);
+	f->script_ms += util_now_ms() - t0;
+	if (!result) {
+		fail(f, 500, "script_error", err);
+		return;
+	}
+	succeed(f, result, res->model, false);
+}
+
+/* run(ctx)'s model reply: whatever it is, the script gets it (nil, err on
+ * failure) and decides. */
+static void
+run_reply(struct flight *f, const struct llm_result *res)
+{
+	if (res->model)
+		snprintf(f->model, sizeof f->model, "%s", res->model);
+	char lerr[1024];
+	if (res->status != LLM_OK)
+		snprintf(lerr, sizeof lerr, "%s: %s", llm_status_name(res->status),
+		         res->error_message ? res->error_message : "failed");
+	struct script_wait w;
+	json_t *result;
+	char e[1024];
+	double t0 = util_now_ms();
+	enum script_step st = script_run_resume_reply(f->run, res->content, res->finish_reason,
+	                                              res->model, res->prompt_tokens,
+	                                              res->completion_tokens,
+	                                              res->status == LLM_OK ? NULL : lerr,
+	                                              &w, &result, e, sizeof e);
+	f->script_ms += util_now_ms() - t0;
+	run_advance(f, st, &w, result, e);
+}
+
+/* ---- result ------------------------------------------------------------- */
 
 /* Builds the stored body prefix from the result, caches it (unless it is a
  * fallback or the data changed meanwhile), replies. */
@@ -326,555 +866,118 @@ serve_fallback(struct flight *f, int retry_after_s, const char *why)
 	fail_retry(f, 503, "upstream_unavailable", why, retry_after_s);
 }
 
-/* ---- stage 3: the model ------------------------------------------------- */
+/* ---- reply -------------------------------------------------------------- */
 
-/* Keeps the text for callers that join later and hands it to every
- * streaming waiter. The next waiter is taken before the callback, which may
- * cancel its own waiter. */
+/* Replies to every waiter with the outcome and frees the flight. The flight
+ * leaves the table first, so a caller that asks again from inside its
+ * callback starts a new flight instead of joining this one. */
 static void
-on_llm_delta(void *arg, const char *text, size_t len)
+finish(struct flight *f, const struct outcome *o)
 {
-	struct flight *f = arg;
-	if (f->first_token_ev) {
-		event_free(f->first_token_ev);
-		f->first_token_ev = NULL;
-	}
-	if (f->text_len + len + 1 > f->text_cap) {
-		f->text_cap = (f->text_len + len + 1) * 2;
-		f->text = xrealloc(f->text, f->text_cap);
-	}
-	memcpy(f->text + f->text_len, text, len);
-	f->text_len += len;
-	f->text[f->text_len] = '\0';
-	struct analysis_wait *w, *next;
-	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
-		next = TAILQ_NEXT(w, link);
-		if (w->on_delta)
-			w->on_delta(w->arg, text, len);
-	}
-}
-
-/* The model has not written a word in time: a stalled stream is ended
- * early instead of holding every waiter until the overall deadline. */
-static void
-on_first_token_timeout(evutil_socket_t fd, short what, void *arg)
-{
-	struct flight *f = arg;
-	char msg[128];
-	event_free(f->first_token_ev);
-	f->first_token_ev = NULL;
-	llm_cancel(f->llm);
-	f->llm = NULL;
-	breaker_record(f->a->d.breaker, false, util_now_ms());
-	f->probe = false;
-	snprintf(msg, sizeof msg, "the model sent no text within %ld ms", f->a->d.llm_first_token_ms);
-	fail(f, 504, "upstream_timeout", msg);
-}
-
-static void upstream_begin(struct flight *f);
-
-/* Whether this outcome says something about the upstream's health: a 4xx
- * other than 408/429 is our request's fault, not the provider's. */
-static bool
-upstream_healthy(const struct llm_result *res)
-{
-	if (res->status == LLM_OK)
-		return true;
-	if (res->status == LLM_ERR_HTTP && res->http_status >= 400 && res->http_status < 500)
-		return res->http_status != 408 && res->http_status != 429;
-	return false;
-}
-
-static void
-add_usage(struct flight *f, const struct llm_result *res)
-{
-	const struct script_info *si = script_info(f->s);
-	if (res->prompt_tokens >= 0)
-		f->prompt_tokens = (f->prompt_tokens > 0 ? f->prompt_tokens : 0) + res->prompt_tokens;
-	if (res->completion_tokens >= 0)
-		f->completion_tokens = (f->completion_tokens > 0 ? f->completion_tokens : 0) +
-		                       res->completion_tokens;
-	f->cost_usd += acct_record(f->a->d.acct, si->name, res->model ? res->model : si->model,
-	                           res->prompt_tokens, res->completion_tokens);
-}
-
-/* Asks the model once to fix a reply that broke the schema: the bad reply
- * and the validator's message go back as the next turns. */
-static void
-repair(struct flight *f, const char *content, const char *problem)
-{
-	json_t *req = json_deep_copy(f->request);
-	json_t *msgs = json_object_get(req, "messages");
-	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "assistant", "content", content));
-	char text[1400];
-	snprintf(text, sizeof text,
-	         "That reply does not match the required JSON schema: %s. Reply again with only "
-	         "the complete, corrected JSON object.", problem);
-	json_array_append_new(msgs, json_pack("{s:s, s:s}", "role", "user", "content", text));
-	json_decref(f->request);
-	f->request = req;
-	f->repaired = true;
-	/* What was streamed so far is the rejected reply: streaming callers
-	 * are told to drop it (a NULL delta), joiners start from nothing. */
-	f->text_len = 0;
-	struct analysis_wait *w, *next;
-	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
-		next = TAILQ_NEXT(w, link);
-		if (w->on_delta)
-			w->on_delta(w->arg, NULL, 0);
-	}
-	log_event(LOG_INFO, "schema repair attempt", LOG_S("type", script_info(f->s)->name),
-	          LOG_I("contact", f->contact_id), LOG_S("problem", problem), LOG_END);
-	upstream_begin(f);
-}
-
-static void
-on_llm_done(void *arg, const struct llm_result *res)
-{
-	struct flight *f = arg;
 	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	struct flight **pp = flight_slot(a, f->key, f->hash);
+	if (*pp == f)
+		*pp = f->chain;
+	flight_set_state(f, FL_DONE);
+	if (o->status == 200)
+		a->st.generated++;
+	else
+		a->st.failed++;
 	double now = util_now_ms();
-	f->llm = NULL;            /* the client frees the call after this */
-	if (f->first_token_ev) {
-		event_free(f->first_token_ev);
-		f->first_token_ev = NULL;
+	double db_ms = f->state_ms[FL_CONTEXT] + f->state_ms[FL_QUERY];
+	struct analysis_wait *w;
+	while ((w = TAILQ_FIRST(&f->waiters))) {
+		TAILQ_REMOVE(&f->waiters, w, link);
+		a->st.waiters--;
+		struct analysis_reply r = {
+			.status = o->status, .error_code = o->code, .error_message = o->message,
+			.etag = o->etag, .cache_status = o->cache_status ? o->cache_status : w->cache_status,
+			.contact_id = f->contact_id, .type = si->name, .version = si->version,
+			.age_ms = 0, .ttl_ms = si->ttl_ms, .remaining_ms = o->remaining_ms,
+			.db_ms = db_ms, .script_ms = f->script_ms, .llm_ms = f->llm_ms,
+			.total_ms = now - w->t_start,
+			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
+			.cost_usd = f->cost_usd, .retry_after_s = o->retry_after_s,
+		};
+		deliver(w->cb, w->arg, &r, o->prefix, o->prefix_len);
+		free(w);
 	}
-	limiter_release(a->d.limiter, &f->lw, now);
-	breaker_record(a->d.breaker, upstream_healthy(res), now);
-	f->probe = false;
-	f->llm_ms += res->elapsed_ms;
-	add_usage(f, res);
-	char msg[1400];
-	switch (res->status) {
-	case LLM_OK:
-		break;
-	case LLM_ERR_TIMEOUT:
-		snprintf(msg, sizeof msg, "the model did not answer in time: %s",
-		         res->error_message ? res->error_message : "deadline passed");
-		fail(f, 504, "upstream_timeout", msg);
-		return;
-	case LLM_ERR_HTTP:
-		snprintf(msg, sizeof msg, "the model provider returned HTTP %ld: %s", res->http_status,
-		         res->error_message ? res->error_message : "no message");
-		fail(f, 502, "upstream_error", msg);
-		return;
-	case LLM_ERR_CONNECT:
-		snprintf(msg, sizeof msg, "cannot reach the model provider: %s",
-		         res->error_message ? res->error_message : "connection failed");
-		fail(f, 502, "upstream_unreachable", msg);
-		return;
-	case LLM_ERR_PROTOCOL:
-		snprintf(msg, sizeof msg, "the model provider sent an unusable reply: %s",
-		         res->error_message ? res->error_message : "unparseable");
-		fail(f, 502, "upstream_bad_reply", msg);
-		return;
-	}
-	const struct script_info *si = script_info(f->s);
-	if (res->refusal && *res->refusal) {
-		snprintf(msg, sizeof msg, "the model refused: %s", res->refusal);
-		fail(f, 502, "upstream_refused", msg);
-		return;
-	}
-	if (si->schema) {
-		/* A schema-bound reply must be valid before it is ever served or
-		 * cached: one repair attempt, then an error. */
-		json_error_t je;
-		json_t *reply = json_loads(res->content, 0, &je);
-		char problem[900];
-		bool ok = false;
-		if (!json_is_object(reply))
-			snprintf(problem, sizeof problem, "it is not a JSON object (%s)%s",
-			         reply ? "another JSON value" : je.text,
-			         res->finish_reason && strcmp(res->finish_reason, "length") == 0
-			                 ? "; it was cut at max_tokens" : "");
-		else
-			ok = jschema_validate(si->schema, reply, problem, sizeof problem);
-		json_decref(reply);
-		if (!ok) {
-			bool cut = res->finish_reason && strcmp(res->finish_reason, "length") == 0;
-			if (!f->repaired && !cut) {
-				repair(f, res->content, problem);
-				return;
-			}
-			snprintf(msg, sizeof msg, "the model's reply does not match the schema%s: %s",
-			         f->repaired ? " (after one repair attempt)" : "", problem);
-			fail(f, 502, "upstream_invalid_reply", msg);
-			return;
-		}
-	}
-	char err[1024];
-	double t0 = util_now_ms();
-	json_t *result = script_run_post(f->run, res->content, res->finish_reason, res->model,
-	                                 err, sizeof err);
-	f->script_ms += util_now_ms() - t0;
-	if (!result) {
-		fail(f, 500, "script_error", err);
-		return;
-	}
-	succeed(f, result, res->model, false);
-}
-
-/* A slot is ours: the request goes out (streamed, see on_llm_delta). */
-static void
-upstream_send(struct flight *f)
-{
-	analysis *a = f->a;
-	f->state = FL_LLM;
-	/* Always streamed from upstream: a streaming caller may join at any
-	 * moment and must get the text written so far, then the rest live. */
-	f->llm = llm_chat(a->d.llm, f->request, a->d.llm_timeout_ms, on_llm_delta, on_llm_done, f);
-	if (a->d.llm_first_token_ms > 0) {
-		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
-		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
-		evtimer_add(f->first_token_ev, &tv);
-	}
+	flight_free(f);
 }
 
 static void
-on_slot(void *arg)
+fail_retry(struct flight *f, int status, const char *code, const char *text, int retry_after_s)
 {
-	upstream_send(arg);
-}
-
-/* Breaker, then limiter, then the call. */
-static void
-upstream_begin(struct flight *f)
-{
-	analysis *a = f->a;
-	double now = util_now_ms();
-	bool half_open = breaker_state(a->d.breaker, now) == BREAKER_HALF_OPEN;
-	if (!breaker_allow(a->d.breaker, now)) {
-		int ra = (int)((breaker_retry_after_ms(a->d.breaker, now) + 999) / 1000);
-		serve_fallback(f, ra > 0 ? ra : 1,
-		               "the model provider is failing; calls are paused (circuit breaker open)");
-		return;
-	}
-	f->probe = half_open;
-	switch (limiter_acquire(a->d.limiter, &f->lw, on_slot, f, now)) {
-	case LIMITER_GO:
-		upstream_send(f);
-		break;
-	case LIMITER_QUEUED:
-		f->state = FL_QUEUED;
-		break;
-	case LIMITER_FULL: {
-		/* No call, so no verdict: a half-open trial slot goes back. */
-		if (f->probe)
-			breaker_forget(a->d.breaker, now);
-		f->probe = false;
-		fail_retry(f, 429, "overloaded", "too many analyses are waiting for the model; retry later",
-		           limiter_retry_after_s(a->d.limiter));
-		break;
-	}
-	}
-}
-
-/* ---- run(ctx): the script drives its own queries and model calls -------- */
-
-static void run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
-                        json_t *result, const char *err);
-static void run_send(struct flight *f);
-static void on_run_slot(void *arg);
-
-static void
-on_run_query(void *arg, const PGresult *res, const struct db_error *err)
-{
-	struct flight *f = arg;
-	f->queries[0] = NULL;
-	double t0 = util_now_ms();
-	f->db_ms += t0 - f->t_step;
-	struct script_wait w;
-	json_t *result;
-	char e[1024];
-	enum script_step st = script_run_resume_rows(f->run, res, err ? err->message : NULL, &w,
-	                                             &result, e, sizeof e);
-	f->script_ms += util_now_ms() - t0;
-	run_advance(f, st, &w, result, e);
+	/* Messages are assembled with snprintf from script, database and
+	 * upstream text: a cut may leave half a UTF-8 character. */
+	char message[1600];
+	snprintf(message, sizeof message, "%s", text ? text : "");
+	util_utf8_trim(message);
+	struct outcome o = { .status = status, .code = code, .message = message,
+	                     .retry_after_s = retry_after_s };
+	log_event(LOG_WARN, "analysis failed", LOG_S("type", script_info(f->s)->name),
+	          LOG_I("contact", f->contact_id), LOG_I("status", status), LOG_S("code", code),
+	          LOG_S("error", message), LOG_END);
+	finish(f, &o);
 }
 
 static void
-on_run_llm_done(void *arg, const struct llm_result *res)
+fail(struct flight *f, int status, const char *code, const char *message)
 {
-	struct flight *f = arg;
-	analysis *a = f->a;
-	double t0 = util_now_ms();
-	f->llm = NULL;
-	if (f->first_token_ev) {
-		event_free(f->first_token_ev);
-		f->first_token_ev = NULL;
-	}
-	limiter_release(a->d.limiter, &f->lw, t0);
-	breaker_record(a->d.breaker, upstream_healthy(res), t0);
-	f->llm_ms += res->elapsed_ms;
-	add_usage(f, res);
-	if (res->model)
-		snprintf(f->model, sizeof f->model, "%s", res->model);
-	char lerr[1024];
-	if (res->status != LLM_OK)
-		snprintf(lerr, sizeof lerr, "%s: %s", llm_status_name(res->status),
-		         res->error_message ? res->error_message : "failed");
-	struct script_wait w;
-	json_t *result;
-	char e[1024];
-	enum script_step st = script_run_resume_reply(f->run, res->content, res->finish_reason,
-	                                              res->model, res->prompt_tokens,
-	                                              res->completion_tokens,
-	                                              res->status == LLM_OK ? NULL : lerr,
-	                                              &w, &result, e, sizeof e);
-	f->script_ms += util_now_ms() - t0;
-	run_advance(f, st, &w, result, e);
+	fail_retry(f, status, code, message, 0);
 }
 
-/* Does what the script waits for, or finishes. Each step is one query or
- * one model call, on the loop like everything else. */
+/* Appends the per-reply fields to the stored prefix and calls cb. The body
+ * is a JSON object whose closing brace the suffix supplies. */
 static void
-run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
-            json_t *result, const char *err)
+deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *prefix,
+        size_t prefix_len)
 {
-	analysis *a = f->a;
-	switch (st) {
-	case SCRIPT_DONE:
-		succeed(f, result, f->model[0] ? f->model : NULL, false);
-		return;
-	case SCRIPT_ERROR:
-		fail(f, 500, "script_error", err);
-		return;
-	case SCRIPT_WAIT_QUERY:
-		f->state = FL_DB;
-		f->t_step = util_now_ms();
-		f->queries[0] = db_query_send(a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
-		return;
-	case SCRIPT_WAIT_CHAT: {
-		double now = util_now_ms();
-		const char *refused = NULL;
-		if (!breaker_allow(a->d.breaker, now)) {
-			refused = "upstream_unavailable: calls are paused (circuit breaker open)";
-		} else {
-			/* The script's calls obey the same cap as everyone's. */
-			json_decref(f->request);
-			f->request = json_incref(w->request);
-			switch (limiter_acquire(a->d.limiter, &f->lw, on_run_slot, f, now)) {
-			case LIMITER_GO:
-				run_send(f);
-				return;
-			case LIMITER_QUEUED:
-				f->state = FL_QUEUED;
-				return;
-			case LIMITER_FULL:
-				refused = "overloaded: too many model calls are waiting";
-				break;
-			}
-		}
-		/* Answer the script at once: it may have a plan B. */
-		struct script_wait w2;
-		json_t *r2;
-		char e[1024];
-		enum script_step st2 = script_run_resume_reply(f->run, NULL, NULL, NULL, -1, -1,
-		                                               refused, &w2, &r2, e, sizeof e);
-		run_advance(f, st2, &w2, r2, e);
+	if (r->status != 200 || !prefix) {
+		cb(arg, r);
 		return;
 	}
+	char suffix[384];
+	int n = snprintf(suffix, sizeof suffix,
+	                 ",\"cache\":{\"status\":\"%s\",\"age_ms\":%.0f,\"ttl_ms\":%.0f},"
+	                 "\"timings_ms\":{\"db\":%.3f,\"script\":%.3f,\"llm\":%.3f,\"total\":%.3f}}",
+	                 r->cache_status, r->age_ms, r->ttl_ms, r->db_ms, r->script_ms,
+	                 r->llm_ms, r->total_ms);
+	if (n < 0 || (size_t)n >= sizeof suffix) {
+		struct analysis_reply e = *r;
+		e.status = 500;
+		e.error_code = "internal_error";
+		e.error_message = "cannot format the reply";
+		cb(arg, &e);
+		return;
 	}
-}
-
-/* A slot is ours: the script's model call goes out, with the same
- * first-token deadline as the pipeline's own calls. */
-static void
-run_send(struct flight *f)
-{
-	analysis *a = f->a;
-	f->state = FL_LLM;
-	f->llm = llm_chat(a->d.llm, f->request, a->d.llm_timeout_ms, on_llm_delta,
-	                  on_run_llm_done, f);
-	if (a->d.llm_first_token_ms > 0) {
-		struct timeval tv = { a->d.llm_first_token_ms / 1000, (a->d.llm_first_token_ms % 1000) * 1000 };
-		f->first_token_ev = evtimer_new(a->d.base, on_first_token_timeout, f);
-		evtimer_add(f->first_token_ev, &tv);
-	}
+	char stackbuf[4096];
+	size_t len = prefix_len + (size_t)n;
+	char *body = len < sizeof stackbuf ? stackbuf : xmalloc(len + 1);
+	memcpy(body, prefix, prefix_len);
+	memcpy(body + prefix_len, suffix, (size_t)n);
+	body[len] = '\0';
+	r->body = body;
+	r->body_len = len;
+	cb(arg, r);
+	if (body != stackbuf)
+		free(body);
 }
 
 static void
-on_run_slot(void *arg)
+reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *type,
+            int status, const char *code, const char *message)
 {
-	run_send(arg);
+	struct analysis_reply r = {
+		.status = status, .error_code = code, .error_message = message,
+		.contact_id = contact_id, .type = type, .prompt_tokens = -1,
+		.completion_tokens = -1, .cache_status = "miss",
+	};
+	cb(arg, &r);
 }
 
-static void
-run_begin(struct flight *f)
-{
-	struct script_wait w;
-	json_t *result;
-	char e[1024];
-	double t0 = util_now_ms();
-	enum script_step st = script_run_start(f->run, &w, &result, e, sizeof e);
-	f->script_ms += util_now_ms() - t0;
-	run_advance(f, st, &w, result, e);
-}
-
-/* ---- stage 2: the context is complete ----------------------------------- */
-
-static void
-context_ready(struct flight *f)
-{
-	f->db_ms = f->t_db > 0 ? util_now_ms() - f->t_db : 0;
-	if (script_run_contact_missing(f->run)) {
-		char msg[96];
-		snprintf(msg, sizeof msg, "contact %lld not found", (long long)f->contact_id);
-		fail(f, 404, "contact_not_found", msg);
-		return;
-	}
-	if (script_info(f->s)->has_run) {
-		run_begin(f);
-		return;
-	}
-	char err[1024];
-	double t0 = util_now_ms();
-	json_t *req = script_run_request(f->run, err, sizeof err);
-	f->script_ms += util_now_ms() - t0;
-	if (!req) {
-		fail(f, 500, "script_error", err);
-		return;
-	}
-	f->request = req;
-	upstream_begin(f);
-}
-
-static void
-on_query(void *arg, const PGresult *res, const struct db_error *err)
-{
-	struct query_arg *qa = arg;
-	struct flight *f = qa->f;
-	int i = qa->index;
-	f->queries[i] = NULL;
-	f->pending--;
-	const struct script_info *si = script_info(f->s);
-	const struct script_query *q = &si->queries[i];
-	char msg[1024];
-	if (err) {
-		if (err->unavailable) {
-			snprintf(msg, sizeof msg, "the database is unavailable (%s)", err->message);
-			fail_retry(f, 503, "database_unavailable", msg, 1);
-		} else {
-			snprintf(msg, sizeof msg, "query '%s' of script %s failed: %s%s%s%s", q->name,
-			         si->name, err->message, err->sqlstate ? " (SQLSTATE " : "",
-			         err->sqlstate ? err->sqlstate : "", err->sqlstate ? ")" : "");
-			fail(f, 500, "query_failed", msg);
-		}
-		return;
-	}
-	double t0 = util_now_ms();
-	bool ok = script_run_add_rows(f->run, q, res, msg, sizeof msg);
-	f->script_ms += util_now_ms() - t0;
-	if (!ok) {
-		fail(f, 500, "script_error", msg);
-		return;
-	}
-	if (f->pending == 0)
-		context_ready(f);
-}
-
-/* ---- stage 1: start ----------------------------------------------------- */
-
-static void
-flight_start(evutil_socket_t fd, short what, void *arg)
-{
-	struct flight *f = arg;
-	analysis *a = f->a;
-	const struct script_info *si = script_info(f->s);
-	event_free(f->start_ev);
-	f->start_ev = NULL;
-
-	char now[40], id[24];
-	util_iso8601(util_wall_ms(), now, sizeof now);
-	double t0 = util_now_ms();
-	f->run = script_run_new(f->s, f->contact_id, now);
-	f->script_ms += util_now_ms() - t0;
-	if (si->nqueries == 0) {
-		context_ready(f);
-		return;
-	}
-	snprintf(id, sizeof id, "%lld", (long long)f->contact_id);
-	const char *params[1] = { id };
-	f->state = FL_DB;
-	f->t_db = util_now_ms();
-	f->pending = si->nqueries;
-	/* All at once: the pool gives each its own connection, so the context
-	 * is ready when the slowest query returns, not after the sum. */
-	for (int i = 0; i < si->nqueries; i++) {
-		f->qargs[i] = (struct query_arg){ f, i };
-		f->queries[i] = db_query_send(a->d.db, si->queries[i].sql, 1, params, on_query,
-		                              &f->qargs[i]);
-	}
-}
-
-analysis_wait *
-analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
-             analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg)
-{
-	double t_start = util_now_ms();
-	script *s = script_registry_get(a->d.scripts, type);
-	if (!s) {
-		char msg[160];
-		snprintf(msg, sizeof msg, "unknown analysis type '%.64s' (see /v1/analysis-types)", type);
-		reply_error(cb, arg, contact_id, type, 404, "unknown_analysis_type", msg);
-		return NULL;
-	}
-	const struct script_info *si = script_info(s);
-	char key[160];
-	snprintf(key, sizeof key, "%lld:%s:%s", (long long)contact_id, si->name, si->version);
-
-	if (!(flags & ANALYSIS_REFRESH)) {
-		const struct cache_entry *e = cache_get(a->d.cache, key, t_start);
-		if (e) {
-			double age = (double)(util_wall_ms() - e->created_wall_ms);
-			struct analysis_reply r = {
-				.status = 200, .etag = e->etag, .cache_status = "hit",
-				.contact_id = contact_id, .type = si->name, .version = si->version,
-				.age_ms = age < 0 ? 0 : age, .ttl_ms = si->ttl_ms,
-				.remaining_ms = e->expires_ms - t_start,
-				.prompt_tokens = -1, .completion_tokens = -1,
-			};
-			r.total_ms = util_now_ms() - t_start;
-			deliver(cb, arg, &r, e->body, e->body_len);
-			return NULL;
-		}
-	}
-
-	uint64_t h = util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
-	struct flight **slot = flight_slot(a, key, h);
-	struct flight *f = *slot;
-	struct analysis_wait *w = xcalloc(1, sizeof *w);
-	w->cb = cb;
-	w->on_delta = on_delta;
-	w->arg = arg;
-	w->t_start = t_start;
-	if (f) {
-		w->cache_status = "coalesced";
-		a->st.coalesced++;
-	} else {
-		f = xcalloc(1, sizeof *f);
-		f->a = a;
-		f->key = xstrdup(key);
-		f->hash = h;
-		f->contact_id = contact_id;
-		f->s = s;
-		script_ref(s);
-		f->prompt_tokens = f->completion_tokens = -1;
-		TAILQ_INIT(&f->waiters);
-		*slot = f;
-		a->st.flights++;
-		/* Start on the next tick, so cb never runs inside this call for
-		 * a miss and the caller can keep the handle. */
-		f->start_ev = evtimer_new(a->d.base, flight_start, f);
-		struct timeval zero = { 0, 0 };
-		evtimer_add(f->start_ev, &zero);
-		w->cache_status = "miss";
-	}
-	w->f = f;
-	TAILQ_INSERT_TAIL(&f->waiters, w, link);
-	a->st.waiters++;
-	return w;
-}
+/* ---- waiters: what a caller may ask, and cancel ------------------------- */
 
 const char *
 analysis_wait_status(const analysis_wait *w)
@@ -895,6 +998,8 @@ analysis_wait_version(const analysis_wait *w)
 	return script_info(w->f->s)->version;
 }
 
+/* No one waits any more and the policy is to cancel: the flight ends here,
+ * whatever it was doing (flight_free gives back what the gate holds). */
 static void
 on_orphaned(evutil_socket_t fd, short what, void *arg)
 {
@@ -904,9 +1009,10 @@ on_orphaned(evutil_socket_t fd, short what, void *arg)
 	if (!TAILQ_EMPTY(&f->waiters))
 		return;            /* someone joined meanwhile */
 	log_event(LOG_INFO, "generation cancelled: no one is waiting",
-	          LOG_S("type", script_info(f->s)->name), LOG_I("contact", f->contact_id), LOG_END);
-	f->a->st.failed++;
-	flight_free(f);
+	          LOG_S("type", script_info(f->s)->name), LOG_I("contact", f->contact_id),
+	          LOG_S("state", state_names[f->state]), LOG_END);
+	struct outcome o = { .status = 499, .code = "cancelled", .message = "no one is waiting" };
+	finish(f, &o);
 }
 
 void
@@ -920,11 +1026,45 @@ analysis_wait_cancel(analysis_wait *w)
 	/* By default the flight goes on: the tokens are paid for and the result
 	 * will be cached for the next caller. With the cancel policy it ends,
 	 * from the loop, since we may be inside its own delta callback. */
-	if (a->d.cancel_orphans && TAILQ_EMPTY(&f->waiters) && !f->orphan_ev) {
+	if (a->d.cancel_orphans && f->state != FL_DONE && TAILQ_EMPTY(&f->waiters) &&
+	    !f->orphan_ev) {
 		f->orphan_ev = evtimer_new(a->d.base, on_orphaned, f);
 		struct timeval zero = { 0, 0 };
 		evtimer_add(f->orphan_ev, &zero);
 	}
+}
+
+/* ---- destroy ------------------------------------------------------------ */
+
+/* Frees the flight and whatever it still has out, whatever it was doing
+ * when finish() ended it. */
+static void
+flight_free(struct flight *f)
+{
+	analysis *a = f->a;
+	assert(f->state == FL_DONE);
+	struct flight **pp = flight_slot(a, f->key, f->hash);
+	if (*pp == f)
+		*pp = f->chain;
+	ctx_cancel(f->ctx);
+	if (f->query)
+		db_query_cancel(f->query);
+	if (f->llm)
+		llm_cancel(f->llm);
+	f->llm = NULL;
+	gate_release(f, GATE_NO_VERDICT);
+	if (f->start_ev)
+		event_free(f->start_ev);
+	if (f->orphan_ev)
+		event_free(f->orphan_ev);
+	a->in_state[f->state]--;
+	json_decref(f->request);
+	script_run_free(f->run);
+	script_unref(f->s);
+	free(f->text);
+	free(f->key);
+	free(f);
+	a->st.flights--;
 }
 
 void
@@ -932,10 +1072,14 @@ analysis_destroy(analysis *a)
 {
 	if (!a)
 		return;
+	/* Queued calls leave first, so the slots the failing flights free are
+	 * not handed to calls that would only be cancelled a moment later. */
 	for (int i = 0; i < NBUCKETS; i++)
-		while (a->buckets[i]) {
+		for (struct flight *f = a->buckets[i]; f; f = f->chain)
+			limiter_cancel(a->d.limiter, &f->lw);
+	for (int i = 0; i < NBUCKETS; i++)
+		while (a->buckets[i])
 			fail(a->buckets[i], 503, "shutting_down", "the server is shutting down");
-		}
 	free(a);
 }
 
@@ -952,4 +1096,9 @@ void
 analysis_stats(const analysis *a, struct analysis_stats *out)
 {
 	*out = a->st;
+	out->starting = a->in_state[FL_START];
+	out->fetching = a->in_state[FL_CONTEXT];
+	out->querying = a->in_state[FL_QUERY];
+	out->queued = a->in_state[FL_QUEUED];
+	out->calling = a->in_state[FL_LLM];
 }

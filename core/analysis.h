@@ -5,7 +5,10 @@
  *   script registry (type → script, version) → cache key → L1 hit?
  *   → same key in flight? join it (singleflight)
  *   → context: the script's named queries, all sent at once on the pool
- *   → script prompt(ctx) → upstream chat completion → script post()
+ *     (context.h, shared with the console)
+ *   → script prompt(ctx) → model gate (breaker, limiter, first-token timer)
+ *     → upstream chat completion → schema check / one repair → script post()
+ *     (or run(ctx), whose own queries and model calls take the same gate)
  *   → store in cache → reply to every waiter.
  *
  * Owns the flights (one per key being generated) and their waiters. A
@@ -106,6 +109,12 @@ struct analysis_stats {
 	long flights;            /* in progress */
 	long waiters;
 	long generated, failed, coalesced;
+	/* flights by what they wait on (together they are `flights`) */
+	long starting;           /* created, not started yet */
+	long fetching;           /* the context's named queries are out */
+	long querying;           /* run(ctx): one of its own queries is out */
+	long queued;             /* a model call waits for an upstream slot */
+	long calling;            /* a model call is out */
 };
 void analysis_stats(const analysis *a, struct analysis_stats *out);
 

@@ -4,8 +4,8 @@
  * pool, upstream client, cache and pipeline as `serve`) in this process.
  *
  * Data flow:
- *   context(id, type)  script_run_new, every named query sent at once on
- *                      the pool, script_run_add_rows, then the ctx as JSON
+ *   context(id, type)  script_run_new, ctx_fetch (the pipeline's fan-out,
+ *                      context.h), then the ctx as JSON
  *   messages(ctx)      JSON → script_run_set_ctx_json → script_run_request
  *   chat(request)      llm_chat, streamed: the text is printed as it comes
  *   post(reply, ctx)   script_run_post;  analyze(id, type) analysis_get
@@ -19,6 +19,7 @@
  */
 #include "console_int.h"
 #include "commands.h"
+#include "context.h"
 #include "luajson.h"
 #include "util.h"
 
@@ -28,7 +29,6 @@
 
 #include <lauxlib.h>
 
-#define MAX_QUERIES   32
 
 /* The engine's note, under the short name the stages use. */
 static void note(struct console *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -72,87 +72,68 @@ type_arg(lua_State *L, int arg, int ctx_arg)
 
 struct fetch {
 	const struct script_info *si;
-	script_run *run;
-	db_query *q[MAX_QUERIES];
-	struct fetch_arg {
-		struct fetch *f;
-		int i;
-	} args[MAX_QUERIES];
-	int rows[MAX_QUERIES];
-	int pending;
-	bool failed;
+	bool done, failed;
 	char err[1024];
+	char list[512];            /* "name rows, ..." for the note */
+	double ms;
 };
 
 static void
-on_fetch_rows(void *arg, const PGresult *res, const struct db_error *err)
+on_fetched(void *arg, const struct ctx_result *r)
 {
-	struct fetch_arg *fa = arg;
-	struct fetch *f = fa->f;
-	const struct script_query *q = &f->si->queries[fa->i];
-	f->q[fa->i] = NULL;
-	f->pending--;
-	if (f->failed)
-		return;
-	if (err) {
+	struct fetch *f = arg;
+	f->done = true;
+	f->ms = r->ms;
+	if (r->status == CTX_SCRIPT_ERROR) {
 		f->failed = true;
-		snprintf(f->err, sizeof f->err, "query '%s' failed: %s%s%s%s", q->name, err->message,
-		         err->sqlstate ? " (SQLSTATE " : "", err->sqlstate ? err->sqlstate : "",
-		         err->sqlstate ? ")" : "");
+		snprintf(f->err, sizeof f->err, "%s", r->message);
 		return;
 	}
-	f->rows[fa->i] = PQntuples(res);
-	if (!script_run_add_rows(f->run, q, res, f->err, sizeof f->err))
+	if (r->status != CTX_OK) {
 		f->failed = true;
+		snprintf(f->err, sizeof f->err, "query '%s' failed: %s%s%s%s", r->query->name,
+		         r->message, r->sqlstate ? " (SQLSTATE " : "", r->sqlstate ? r->sqlstate : "",
+		         r->sqlstate ? ")" : "");
+		return;
+	}
+	size_t off = 0;
+	for (int i = 0; i < r->nqueries && off < sizeof f->list; i++)
+		off += (size_t)snprintf(f->list + off, sizeof f->list - off, "%s%s %d", i ? ", " : "",
+		                        f->si->queries[i].name, r->rows[i]);
 }
 
 static bool
 fetch_done(void *arg)
 {
-	return ((struct fetch *)arg)->pending == 0;
+	return ((struct fetch *)arg)->done;
 }
 
-/* Every named query of s for the contact, all at once as the pipeline
- * sends them, into a new run. NULL with err on failure or Ctrl-C. */
+/* Every named query of s for the contact, through the same fan-out as the
+ * pipeline (context.h), into a new run. NULL with err on failure or Ctrl-C. */
 static script_run *
 fetch_context(struct console *c, script *s, int64_t id, char *err, size_t errlen)
 {
 	struct fetch f = { .si = script_info(s) };
-	char now[40], idtext[24];
+	char now[40];
 	util_iso8601(util_wall_ms(), now, sizeof now);
-	snprintf(idtext, sizeof idtext, "%lld", (long long)id);
-	const char *params[1] = { idtext };
-	f.run = script_run_new(s, id, now);
-	double t0 = util_now_ms();
-	int n = f.si->nqueries < MAX_QUERIES ? f.si->nqueries : MAX_QUERIES;
-	for (int i = 0; i < n; i++) {
-		f.args[i] = (struct fetch_arg){ &f, i };
-		f.pending++;
-		f.q[i] = db_query_send(c->d.db, f.si->queries[i].sql, 1, params, on_fetch_rows,
-		                       &f.args[i]);
-	}
-	bool done = console_wait(c, fetch_done, &f);
-	double ms = util_now_ms() - t0;
-	if (!done) {
-		for (int i = 0; i < n; i++)
-			if (f.q[i])
-				db_query_cancel(f.q[i]);
+	script_run *run = script_run_new(s, id, now);
+	struct ctx_fetch *cf = ctx_fetch(c->d.db, s, run, id, on_fetched, &f);
+	if (!cf)
+		f.done = true;          /* no queries: the context is complete */
+	else if (!console_wait(c, fetch_done, &f)) {
+		ctx_cancel(cf);
 		snprintf(err, errlen, "interrupted: the queries were cancelled");
-	} else if (f.failed) {
-		snprintf(err, errlen, "%s", f.err);
-	}
-	if (!done || f.failed) {
-		script_run_free(f.run);
+		script_run_free(run);
 		return NULL;
 	}
-	char list[512];
-	size_t off = 0;
-	list[0] = '\0';
-	for (int i = 0; i < n && off < sizeof list; i++)
-		off += (size_t)snprintf(list + off, sizeof list - off, "%s%s %d", i ? ", " : "",
-		                        f.si->queries[i].name, f.rows[i]);
-	note(c, "db %.1f ms, %d queries at once (rows: %s)", ms, n, n ? list : "none");
-	return f.run;
+	if (f.failed) {
+		snprintf(err, errlen, "%s", f.err);
+		script_run_free(run);
+		return NULL;
+	}
+	note(c, "db %.1f ms, %d queries at once (rows: %s)", f.ms, f.si->nqueries,
+	     f.si->nqueries ? f.list : "none");
+	return run;
 }
 
 /* A run whose ctx is the given JSON (a ctx table the user may have edited). */

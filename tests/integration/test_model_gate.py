@@ -1,0 +1,128 @@
+"""One model-call gate (issue 7, item 7): the pipeline's calls and run(ctx)'s
+take the limiter slot, the breaker's permission and its half-open trial in
+one place and give all of it back on every path, so a run(ctx) call that
+never got an answer (queued, refused, its flight cancelled) cannot leave the
+breaker half-open with its one trial taken until the probe timeout."""
+
+import json
+import re
+import socket
+import threading
+import time
+
+TYPE = "relationship_health"
+
+# A run(ctx) script whose one model call is recognisable in the fake's
+# last_request.
+GATE_RUN = r'''
+return {
+  description = "one model call from run(ctx)",
+  run = function(ctx)
+    local r, err = llm.chat({ { role = "user", content = "gate probe from run" } })
+    return { text = r and r.text or nil, err = err }
+  end,
+}
+'''
+
+BARE = r'''
+return {
+  description = "no fallback",
+  queries = { "contact" },
+  prompt = function(ctx)
+    return { { role = "user", content = "hello " .. ctx.contact.first_name } }
+  end,
+}
+'''
+
+
+def get(srv, contact, type_, timeout=60):
+    return srv.get("/v1/contacts/%d/analyses/%s" % (contact, type_), timeout=timeout)
+
+
+def metric(srv, name):
+    m = re.search(r"^%s (\d+)$" % re.escape(name), srv.get("/metrics").text, re.M)
+    return int(m.group(1))
+
+
+def wait_until(cond, what, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, scripts_copy):
+    """The breaker is half-open and the one upstream slot is taken, so the
+    run(ctx) call waits (before the fix it had already taken the breaker's
+    trial while queued). Its client leaves and the cancel policy ends the
+    flight. The next request must be allowed as the trial, not get 503 until
+    the probe timeout."""
+    (scripts_copy.scripts / "gate_run.lua").write_text(GATE_RUN)
+    (scripts_copy.scripts / "bare.lua").write_text(BARE)
+    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=1,
+                      RAPPORT_BREAKER_FAILURES=1, RAPPORT_BREAKER_OPEN_MS=1000,
+                      RAPPORT_LLM_RETRIES=0, RAPPORT_ORPHAN_POLICY="cancel",
+                      RAPPORT_LLM_TIMEOUT_MS=60000, **scripts_copy.env)
+    # Call 1 fails after the latency and opens the breaker; call 2 is slow.
+    fake.config(latency_ms=800)
+    fake.fail({"status": 500, "message": "provider down"},
+              {"mode": "slow", "latency_ms": 8000})
+
+    out = {}
+    a = threading.Thread(target=lambda: out.setdefault("a", get(srv, 30, TYPE)))
+    a.start()
+    wait_until(lambda: fake.stats()["in_flight"] == 1, "the first call at the fake")
+    # Queued behind it while the breaker is still closed.
+    c = threading.Thread(target=lambda: out.setdefault("c", get(srv, 31, TYPE)))
+    c.start()
+    wait_until(lambda: metric(srv, "rapport_upstream_queued") == 1, "the second request queued")
+    a.join()
+    assert out["a"].status == 502, out["a"].body
+    assert metric(srv, "rapport_upstream_breaker_open") == 1
+
+    time.sleep(1.2)                  # the open period (1 s) is over: half-open
+
+    # The run(ctx) call: its client leaves once the call has reached the
+    # gate (queued behind the slow call, or sent as the trial).
+    s = socket.create_connection((srv.host, srv.port))
+    s.sendall(b"GET /v1/contacts/32/analyses/gate_run HTTP/1.1\r\nHost: x\r\n\r\n")
+
+    def reached_gate():
+        last = json.dumps(fake.stats().get("last_request"))
+        return "gate probe from run" in last or metric(srv, "rapport_upstream_queued") == 1
+
+    wait_until(reached_gate, "the run(ctx) call at the gate")
+    s.close()
+    srv.wait_for_log(lambda l: l.get("msg", "").startswith("generation cancelled"), timeout=5)
+
+    # The trial is free again: this call is allowed (it may wait for the
+    # slot), and its success closes the breaker.
+    fake.config(latency_ms=50)
+    w = get(srv, 33, "bare")
+    assert w.status == 200, "the breaker's trial was not given back: %d %s" % (w.status, w.body)
+    assert w.headers["X-Cache"] == "MISS"
+    assert metric(srv, "rapport_upstream_breaker_open") == 0, "the trial's success closed it"
+    c.join()
+    # The request queued before the breaker opened was not sent into it.
+    assert out["c"].status == 200 and out["c"].headers["X-Cache"] == "FALLBACK", out["c"].body
+
+
+def test_a_run_call_refused_by_the_open_breaker_takes_no_slot(make_server, fake, tmp_path):
+    """While the breaker is open, run(ctx)'s llm.chat returns nil and the
+    reason at once; nothing is queued and the upstream is not called."""
+    from test_analysis_api import make_scripts
+    env = make_scripts(tmp_path / "s", extra={"gate_run.lua": GATE_RUN})
+    srv = make_server(RAPPORT_BREAKER_FAILURES=1, RAPPORT_BREAKER_OPEN_MS=30000,
+                      RAPPORT_LLM_RETRIES=0, **env)
+    fake.fail({"status": 500, "message": "provider down"})
+    first = get(srv, 34, "gate_run")
+    assert first.status == 200, first.body
+    assert "provider down" in first.json()["result"]["err"]
+    before = fake.stats()["chat_calls"]
+    r = get(srv, 35, "gate_run")
+    assert r.status == 200, r.body
+    assert "circuit breaker open" in r.json()["result"]["err"]
+    assert fake.stats()["chat_calls"] == before, "no call while the breaker is open"
+    assert metric(srv, "rapport_upstream_queued") == 0
