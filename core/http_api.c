@@ -14,6 +14,7 @@
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
+#include "http_guard.h"
 #include "log.h"
 #include "sse.h"
 #include "util.h"
@@ -80,6 +81,8 @@ method_name(enum evhttp_cmd_type m)
 	case EVHTTP_REQ_DELETE: return "DELETE";
 	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
 	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_TRACE: return "TRACE";
+	case EVHTTP_REQ_CONNECT: return "CONNECT";
 	default: return "OTHER";
 	}
 }
@@ -96,6 +99,8 @@ reason(int status)
 	case 401: return "Unauthorized";
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
+	case 501: return "Not Implemented";
+	case 505: return "HTTP Version Not Supported";
 	case 413: return "Payload Too Large";
 	case 429: return "Too Many Requests";
 	case 499: return "Client Closed Request";
@@ -144,6 +149,13 @@ send_json(http_server *s, struct evhttp_request *req, const char *req_id, int st
 			evhttp_add_header(h, "Content-Length", n);
 		} else {
 			evbuffer_add(buf, body, len);
+			/* evhttp leaves the length out of any answer to CONNECT
+			 * (it expects a tunnel); ours is an error with a body. */
+			if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT) {
+				char n[24];
+				snprintf(n, sizeof n, "%zu", len);
+				evhttp_add_header(h, "Content-Length", n);
+			}
 		}
 	}
 	if (status >= 100 && status < 600)
@@ -808,19 +820,10 @@ method_not_allowed(http_server *s, struct evhttp_request *req, const char *req_i
 	send_error(s, req, req_id, 405, "method_not_allowed", msg, false);
 }
 
-/* Splits "/a/b/c" into at most max segments; returns the count, or -1 when
- * there are more. Segments point into buf. */
-static int
-split_path(char *buf, char **seg, int max)
+static bool
+seg_is(const struct http_path *p, int i, const char *name)
 {
-	int n = 0;
-	char *save = NULL;
-	for (char *t = strtok_r(buf, "/", &save); t; t = strtok_r(NULL, "/", &save)) {
-		if (n == max)
-			return -1;
-		seg[n++] = t;
-	}
-	return n;
+	return i < p->n && strcmp(p->seg[i], name) == 0;
 }
 
 static void
@@ -834,56 +837,80 @@ route(struct evhttp_request *req, void *arg)
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
 	bool head = m == EVHTTP_REQ_HEAD;
-
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
-	char *path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
-	if (!path) {
-		send_error(s, req, req_id, 400, "bad_request", "malformed request path", head);
+	/* Logged as sent (still encoded): one spelling per request, and no
+	 * decoded byte can change what the line says. */
+	const char *path = raw_path && *raw_path ? raw_path : "-";
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+
+	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it);
+	 * the body is already read, and the connection ends with this. */
+	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+	if (body_len > s->d.cfg->max_body_bytes) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "request body larger than %zu bytes", s->d.cfg->max_body_bytes);
+		evhttp_add_header(out, "Connection", "close");
+		send_error(s, req, req_id, 413, "payload_too_large", msg, head);
+		log_simple(s, req_id, method_name(m), path, 413, t_start);
+		return;
+	}
+	/* Then framing: nothing else may read a request whose headers or
+	 * body length are in doubt. */
+	struct http_guard_verdict v;
+	http_guard_check(req, &v);
+	if (v.status) {
+		if (v.close)
+			evhttp_add_header(out, "Connection", "close");
+		if (v.status == 405)
+			evhttp_add_header(out, "Allow", "GET, HEAD, DELETE, OPTIONS");
+		send_error(s, req, req_id, v.status, v.code, v.message, head);
+		log_simple(s, req_id, method_name(m), path, v.status, t_start);
+		return;
+	}
+
+	struct http_path segs;
+	int split = http_path_split(raw_path, &segs);
+	if (split == HTTP_PATH_BAD) {
+		send_error(s, req, req_id, 400, "bad_request",
+		           "malformed request path (a control character, a space or a bad "
+		           "escape in it)", head);
+		log_simple(s, req_id, method_name(m), path, 400, t_start);
 		return;
 	}
 	struct evkeyvalq query;
 	TAILQ_INIT(&query);
 	const char *qs = uri ? evhttp_uri_get_query(uri) : NULL;
+	int status_logged = 0;
 	if (qs && evhttp_parse_query_str(qs, &query) != 0) {
 		send_error(s, req, req_id, 400, "bad_request", "malformed query string", head);
-		goto done;
+		goto logged;
 	}
-	int status_logged = 0;
 
 	if (s->draining) {
 		/* Shutting down: no new work, and no keep-alive to come back on. */
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		evhttp_add_header(out, "Connection", "close");
 		send_error(s, req, req_id, 503, "shutting_down", "the server is shutting down", head);
 		goto done;
 	}
 
-	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it). */
-	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
-	if (body_len > s->d.cfg->max_body_bytes) {
-		char msg[96];
-		snprintf(msg, sizeof msg, "request body larger than %zu bytes", s->d.cfg->max_body_bytes);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-		send_error(s, req, req_id, 413, "payload_too_large", msg, head);
-		log_simple(s, req_id, method_name(m), path, 413, t_start);
-		goto done;
-	}
-
-	if (strcmp(path, "/healthz") == 0) {
+	int n = split == HTTP_PATH_TOO_DEEP ? -1 : segs.n;
+	char **seg = segs.seg;
+	if (n == 1 && seg_is(&segs, 0, "healthz")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
 		else
 			send_json(s, req, req_id, 200, "{\"status\":\"ok\"}", 15, head);
 		goto logged;
 	}
-	if (strcmp(path, "/readyz") == 0) {
+	if (n == 1 && seg_is(&segs, 0, "readyz")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
 		else
 			handle_ready(s, req, req_id, head);
 		goto logged;
 	}
-	if (strcmp(path, "/metrics") == 0) {
+	if (n == 1 && seg_is(&segs, 0, "metrics")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
 		else
@@ -891,13 +918,9 @@ route(struct evhttp_request *req, void *arg)
 		goto logged;
 	}
 
-	char *buf = xstrdup(path);
-	char *seg[8];
-	int n = split_path(buf, seg, 8);
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
 	if (v1 && !authorized(s, req)) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-		                  "Bearer realm=\"rapport\"");
+		evhttp_add_header(out, "WWW-Authenticate", "Bearer realm=\"rapport\"");
 		send_error(s, req, req_id, 401, "unauthorized",
 		           "missing or wrong API key (Authorization: Bearer <key>)", head);
 	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
@@ -922,14 +945,13 @@ route(struct evhttp_request *req, void *arg)
 	} else {
 		send_error(s, req, req_id, 404, "not_found", "no such endpoint", head);
 	}
-	free(buf);
 	if (status_logged)
 		goto done;
 logged:
 	log_simple(s, req_id, method_name(m), path, s->last_status, t_start);
 done:
 	evhttp_clear_headers(&query);
-	free(path);
+	http_path_clear(&segs);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -971,9 +993,12 @@ http_server_create(const struct http_deps *deps, char **err)
 	}
 	evconnlistener_set_error_cb(s->listener, on_accept_error);
 	s->http = evhttp_new(deps->base);
+	/* Every method evhttp knows reaches route(), so TRACE and CONNECT
+	 * get our JSON 405 rather than evhttp's HTML 501. */
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 	                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+	                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
 	evhttp_set_default_content_type(s->http, "application/json; charset=utf-8");
 	evhttp_set_max_headers_size(s->http, (ev_ssize_t)cfg->max_header_bytes);
 	/* evhttp's cap answers with an HTML 413; keep it well above ours so
