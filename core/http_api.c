@@ -43,6 +43,12 @@ struct http_call {
 	analysis_wait *wait;
 	bool sse;                     /* answering as Server-Sent Events */
 	bool streaming;               /* the 200 and headers are out */
+	/* The meta event of a stream not yet started: the 200 waits for the
+	 * first content, so a failure before it keeps its own status. */
+	char meta_cache[16];
+	char meta_version[17];
+	int64_t contact_id;
+	char type[72];
 	unsigned seq;                 /* SSE event id */
 	long deltas_skipped;          /* dropped for a slow reader */
 	struct event *heartbeat;
@@ -397,7 +403,10 @@ on_heartbeat(evutil_socket_t fd, short what, void *arg)
 	evbuffer_free(b);
 }
 
-/* Sends the 200 with SSE headers and the meta event. */
+/* Sends the 200 with SSE headers and the meta event: called with the first
+ * content (text, a reset, or the result), never before, so that a stream
+ * that fails first answers with the error's own status and an EventSource
+ * stops instead of reconnecting. */
 static void
 sse_start(struct http_call *c, const char *cache_status, const char *version,
           int64_t contact_id, const char *type)
@@ -446,8 +455,10 @@ static void
 on_analysis_delta(void *arg, const char *text, size_t len)
 {
 	struct http_call *c = arg;
-	if (!c->streaming || !c->req)
+	if (!c->req || !c->sse)
 		return;
+	if (!c->streaming)
+		sse_start(c, c->meta_cache, c->meta_version, c->contact_id, c->type);
 	if (!text) {
 		sse_send(c, "reset", "{\"reason\":\"the reply did not match the schema; it is "
 		                     "being regenerated: discard the text so far\"}");
@@ -650,13 +661,17 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 	if (!w)
 		return;            /* on_analysis_reply has already run and freed c */
 	c->wait = w;
-	if (!c->sse) {
-		call_watch(c);     /* still waiting: notice if the client leaves */
+	call_watch(c);     /* still waiting: notice if the client leaves */
+	if (!c->sse)
 		return;
-	}
-	/* Streaming: headers and meta now, then what the model has already
-	 * written (when joining a generation in progress), then live deltas. */
-	sse_start(c, analysis_wait_status(w), analysis_wait_version(w), id, type);
+	/* Streaming: the 200 and meta wait for the first content. A joiner
+	 * of a generation that has already written text starts at once,
+	 * with that text, then live deltas. */
+	snprintf(c->meta_cache, sizeof c->meta_cache, "%s", analysis_wait_status(w));
+	const char *version = analysis_wait_version(w);
+	snprintf(c->meta_version, sizeof c->meta_version, "%s", version ? version : "");
+	c->contact_id = id;
+	snprintf(c->type, sizeof c->type, "%s", type);
 	size_t len;
 	const char *text = analysis_wait_text(w, &len);
 	if (len)
