@@ -637,7 +637,9 @@ valid_type(const char *t)
 	return true;
 }
 
-static void
+/* True when the answer is (or will be) logged by the call it started;
+ * false when it was answered here and the caller logs it. */
+static bool
 handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
                 const char *path, const char *id_str, const char *type, struct evkeyvalq *q)
 {
@@ -646,12 +648,12 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 	if (!util_parse_i64(id_str, &id) || id <= 0) {
 		send_error(s, req, req_id, 400, "invalid_contact_id",
 		           "the contact id must be a positive integer", head);
-		return;
+		return false;
 	}
 	if (!valid_type(type)) {
 		send_error(s, req, req_id, 404, "unknown_analysis_type",
 		           "unknown analysis type (see /v1/analysis-types)", head);
-		return;
+		return false;
 	}
 	struct http_call *c = call_new(s, req, req_id, path);
 	c->sse = wants_sse(req, q);
@@ -659,11 +661,11 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
 	                                c->sse ? on_analysis_delta : NULL, c);
 	if (!w)
-		return;            /* on_analysis_reply has already run and freed c */
+		return true;       /* on_analysis_reply has already run and freed c */
 	c->wait = w;
 	call_watch(c);     /* still waiting: notice if the client leaves */
 	if (!c->sse)
-		return;
+		return true;
 	/* Streaming: the 200 and meta wait for the first content. A joiner
 	 * of a generation that has already written text starts at once,
 	 * with that text, then live deltas. */
@@ -676,6 +678,7 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 	const char *text = analysis_wait_text(w, &len);
 	if (len)
 		on_analysis_delta(c, text, len);
+	return true;
 }
 
 static void
@@ -945,8 +948,8 @@ route(struct evhttp_request *req, void *arg)
 			handle_types(s, req, req_id, head);
 	} else if (v1 && n == 5 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0) {
 		if (get) {
-			handle_analysis(s, req, req_id, path, seg[2], seg[4], &query);
-			status_logged = 1;     /* logged when the answer is sent */
+			/* A call logs its line when its answer is sent. */
+			status_logged = handle_analysis(s, req, req_id, path, seg[2], seg[4], &query);
 		} else if (m == EVHTTP_REQ_DELETE) {
 			handle_drop(s, req, req_id, seg[2], seg[4]);
 		} else {
