@@ -16,6 +16,7 @@
 #include "http_api.h"
 #include "http_guard.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "sse.h"
 #include "util.h"
 
@@ -72,6 +73,7 @@ struct http_server {
 	long responses_by_class[6];      /* 1xx..5xx */
 	int last_status;                 /* of the last reply sent, for its log line */
 	bool draining;                   /* shutting down: no new work */
+	ratelimit *refresh;              /* forced regenerations per client key */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -214,22 +216,48 @@ key_equal(const char *a, const char *b)
 	return diff == 0;
 }
 
-static bool
-authorized(http_server *s, struct evhttp_request *req)
+/* The position of the API key the request carries among RAPPORT_API_KEYS,
+ * or -1. Every key is compared, whichever matches. */
+static int
+matched_key(http_server *s, struct evhttp_request *req)
 {
 	const struct config *cfg = s->d.cfg;
-	if (cfg->n_api_keys == 0)
-		return true;
 	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
 	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
-		return false;
+		return -1;
 	const char *key = auth + 7;
 	while (*key == ' ')
 		key++;
-	bool ok = false;
+	int found = -1;
 	for (int i = 0; i < cfg->n_api_keys; i++)
-		ok |= key_equal(key, cfg->api_keys[i]);
-	return ok;
+		if (key_equal(key, cfg->api_keys[i]))
+			found = i;
+	return found;
+}
+
+static bool
+authorized(http_server *s, struct evhttp_request *req)
+{
+	return s->d.cfg->n_api_keys == 0 || matched_key(s, req) >= 0;
+}
+
+/* Who a forced regeneration is counted against: the API key that let the
+ * request in (by its position, so no key is copied), or, with auth off,
+ * the peer address. */
+static void
+client_key(http_server *s, struct evhttp_request *req, char *out, size_t len)
+{
+	int k = s->d.cfg->n_api_keys ? matched_key(s, req) : -1;
+	if (k >= 0) {
+		snprintf(out, len, "key:%d", k);
+		return;
+	}
+	char *addr = NULL;
+	ev_uint16_t port = 0;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	if (evcon)
+		evhttp_connection_get_peer(evcon, &addr, &port);
+	snprintf(out, len, "addr:%s", addr ? addr : "?");
 }
 
 /* ---- waiting requests ---------------------------------------------------- */
@@ -637,6 +665,32 @@ valid_type(const char *t)
 	return true;
 }
 
+/* A forced regeneration costs an upstream call: each client key gets
+ * RAPPORT_REFRESH_PER_MIN a minute (RAPPORT_REFRESH_BURST at once); past
+ * that a JSON 429 with Retry-After, and the cache is not bypassed. */
+static bool
+refresh_allowed(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
+{
+	const struct config *cfg = s->d.cfg;
+	if (cfg->refresh_per_min <= 0)
+		return true;
+	if (!s->refresh)     /* made on first use; freed with the server */
+		s->refresh = ratelimit_create(cfg->refresh_per_min, cfg->refresh_burst, 4096);
+	char key[80];
+	client_key(s, req, key, sizeof key);
+	int retry_after = 1;
+	if (ratelimit_take(s->refresh, key, util_now_ms(), &retry_after))
+		return true;
+	char ra[16], msg[160];
+	snprintf(ra, sizeof ra, "%d", retry_after);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+	snprintf(msg, sizeof msg, "too many forced regenerations (refresh / no-cache) from this "
+	         "client: %d a minute; try again in %d s, or ask without refresh", cfg->refresh_per_min,
+	         retry_after);
+	send_error(s, req, req_id, 429, "refresh_rate_limited", msg, head);
+	return false;
+}
+
 /* True when the answer is (or will be) logged by the call it started;
  * false when it was answered here and the caller logs it. */
 static bool
@@ -655,9 +709,12 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		           "unknown analysis type (see /v1/analysis-types)", head);
 		return false;
 	}
+	bool refresh = wants_refresh(req, q);
+	if (refresh && !refresh_allowed(s, req, req_id, head))
+		return false;
 	struct http_call *c = call_new(s, req, req_id, path);
 	c->sse = wants_sse(req, q);
-	int flags = wants_refresh(req, q) ? ANALYSIS_REFRESH : 0;
+	int flags = refresh ? ANALYSIS_REFRESH : 0;
 	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
 	                                c->sse ? on_analysis_delta : NULL, c);
 	if (!w)
@@ -838,6 +895,15 @@ method_not_allowed(http_server *s, struct evhttp_request *req, const char *req_i
 	send_error(s, req, req_id, 405, "method_not_allowed", msg, false);
 }
 
+static void
+unauthorized(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
+{
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+	                  "Bearer realm=\"rapport\"");
+	send_error(s, req, req_id, 401, "unauthorized",
+	           "missing or wrong API key (Authorization: Bearer <key>)", head);
+}
+
 static bool
 seg_is(const struct http_path *p, int i, const char *name)
 {
@@ -929,8 +995,12 @@ route(struct evhttp_request *req, void *arg)
 		goto logged;
 	}
 	if (n == 1 && seg_is(&segs, 0, "metrics")) {
+		/* The counters tell an outsider what traffic and spend look
+		 * like: behind the API keys unless the operator says public. */
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else if (!s->d.cfg->metrics_public && !authorized(s, req))
+			unauthorized(s, req, req_id, head);
 		else
 			handle_metrics(s, req, req_id);
 		goto logged;
@@ -938,9 +1008,7 @@ route(struct evhttp_request *req, void *arg)
 
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
 	if (v1 && !authorized(s, req)) {
-		evhttp_add_header(out, "WWW-Authenticate", "Bearer realm=\"rapport\"");
-		send_error(s, req, req_id, 401, "unauthorized",
-		           "missing or wrong API key (Authorization: Bearer <key>)", head);
+		unauthorized(s, req, req_id, head);
 	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
@@ -1080,5 +1148,6 @@ http_server_destroy(http_server *s)
 	while ((c = LIST_FIRST(&s->calls)))
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
 	evhttp_free(s->http);     /* also frees the bound listener */
+	ratelimit_destroy(s->refresh);
 	free(s);
 }
