@@ -182,12 +182,13 @@ http_guard_check_parts(const struct evkeyvalq *headers, enum evhttp_cmd_type met
 			return;
 		}
 	}
-	if (method == EVHTTP_REQ_TRACE || method == EVHTTP_REQ_CONNECT) {
-		/* Nothing to trace or tunnel. (evhttp 2.1.12 keeps a
-		 * connection open after any answer to CONNECT, whatever our
-		 * headers say, so no close is promised: tunnel bytes sent
-		 * after it fail its request-line parse and end it.) */
-		reject(v, 405, "method_not_allowed", "this server does not serve that method", false);
+	if (method == EVHTTP_REQ_CONNECT) {
+		/* Nothing to tunnel, and its target is no path to route (TRACE
+		 * is routed: each path answers it with a 405 and its Allow).
+		 * evhttp 2.1.12 keeps a connection open after any answer to
+		 * CONNECT, whatever our headers say, so no close is promised:
+		 * tunnel bytes sent after it fail its request-line parse. */
+		reject(v, 405, "method_not_allowed", "this server does not serve CONNECT", false);
 		return;
 	}
 }

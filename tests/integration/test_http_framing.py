@@ -225,6 +225,7 @@ def test_trace_is_answered_at_once_with_a_json_405(server):
     raw = b"TRACE /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     st, h, body, s = exchange(server, raw)
     assert st == 405 and json_error(body) == "method_not_allowed"
+    assert h["allow"] == "GET, HEAD"
     assert b"TRACE" not in body.replace(b"method", b"")   # nothing echoed
     s.close()
 

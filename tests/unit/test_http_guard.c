@@ -102,7 +102,9 @@ test_framing(void)
 	v = check(EVHTTP_REQ_DELETE, 1, "Host", "x", "Transfer-Encoding", "chunked", NULL);
 	ok(v.status == 400 && v.close, "chunked DELETE: 400 and close");
 	v = check(EVHTTP_REQ_TRACE, 1, "Host", "x", NULL);
-	ok(v.status == 405, "TRACE: 405");
+	ok(v.status == 0, "TRACE goes on to the route (a 405 with the path's Allow)");
+	v = check(EVHTTP_REQ_TRACE, 1, "Host", "x", "Content-Length", "3", NULL);
+	ok(v.status == 400 && v.close, "TRACE with a body: 400 and close");
 	v = check(EVHTTP_REQ_CONNECT, 1, "Host", "x:443", NULL);
 	ok(v.status == 405, "CONNECT: 405");
 }
