@@ -99,7 +99,7 @@ content_length_ok(const char *s, uint64_t *out)
  * the connection because of its potential as a request smuggling attack"),
  * and no endpoint reads one: refused, and the connection closed. */
 static bool
-body_read_by_evhttp(enum evhttp_cmd_type m)
+method_takes_body(enum evhttp_cmd_type m)
 {
 	return m == EVHTTP_REQ_POST || m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_PATCH;
 }
@@ -162,7 +162,7 @@ http_guard_check_parts(const struct evkeyvalq *headers, enum evhttp_cmd_type met
 			       "the only transfer coding accepted is a single \"chunked\"", true);
 			return;
 		}
-		if (!body_read_by_evhttp(method)) {
+		if (!method_takes_body(method)) {
 			reject(v, 400, "body_not_allowed", "this method takes no request body", true);
 			return;
 		}
@@ -177,7 +177,7 @@ http_guard_check_parts(const struct evkeyvalq *headers, enum evhttp_cmd_type met
 			reject(v, 400, "bad_request", "Content-Length is not a decimal number", true);
 			return;
 		}
-		if (len > 0 && !body_read_by_evhttp(method)) {
+		if (len > 0 && !method_takes_body(method)) {
 			reject(v, 400, "body_not_allowed", "this method takes no request body", true);
 			return;
 		}

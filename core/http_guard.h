@@ -9,7 +9,7 @@
  * whether the connection must be closed after the answer because the body's
  * framing is in doubt (request smuggling: two Content-Lengths, Content-Length
  * with Transfer-Encoding, a coding evhttp would not decode, a body on a
- * method whose body evhttp does not read).
+ * method that takes none).
  *
  * http_path_split() decodes a raw path exactly once, per segment, so a %2F
  * stays inside its segment, and refuses control bytes (%00 would otherwise
