@@ -164,6 +164,7 @@ def main():
                       chunk_delay_ms=0, extra_args=["--quiet"])
     fake.start()
     srv = Rapport(pg=pg, fake=fake, env={"RAPPORT_LOG_LEVEL": "warn",
+                                         "RAPPORT_REFRESH_PER_MIN": "0",   # ?refresh=1 is the load
                                          "RAPPORT_CACHE_BYTES": str(256 << 20)})
     srv.start()
     out = {"machine": "%s, %d cores, %s" % (platform.processor() or platform.machine(),

@@ -12,9 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* One setting: its environment/file name, its flag, and how to store it. */
-enum kind { K_STR, K_INT, K_SIZE, K_KEYS, K_LEVEL };
+enum kind { K_STR, K_INT, K_SIZE, K_KEYS, K_LEVEL, K_BOOL };
 struct setting {
 	const char *env;
 	const char *flag;
@@ -53,6 +54,9 @@ static const struct setting settings[] = {
 	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
 	{ "RAPPORT_LOG_LEVEL", "--log-level", K_LEVEL, OFF(log_level) },
 	{ "RAPPORT_ADMIN_SOCKET", "--admin-socket", K_STR, OFF(admin_socket) },
+	{ "RAPPORT_METRICS_PUBLIC", NULL, K_BOOL, OFF(metrics_public) },
+	{ "RAPPORT_REFRESH_PER_MIN", NULL, K_INT, OFF(refresh_per_min) },
+	{ "RAPPORT_REFRESH_BURST", NULL, K_INT, OFF(refresh_burst) },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -84,6 +88,8 @@ set_defaults(struct config *c)
 	c->max_body_bytes = 64u << 10;
 	c->max_header_bytes = 16u << 10;
 	c->log_level = LOG_INFO;
+	c->refresh_per_min = 10;
+	c->refresh_burst = 10;
 }
 
 static void
@@ -149,7 +155,27 @@ apply(struct config *c, const struct setting *s, const char *value, char **err)
 			c->api_keys[c->n_api_keys++] = xstrdup(tok);
 		}
 		free(copy);
+		if (c->n_api_keys == 0) {
+			/* Set means "use keys": a value that yields none is a
+			 * mistake (a template, a stray comma), not "no auth". */
+			*err = xasprintf("%s is set but holds no key (only commas or blanks): give at "
+			                 "least one key, or unset it to run without authentication",
+			                 s->env);
+			return false;
+		}
 		return true;
+	}
+	case K_BOOL: {
+		static const char *yes[] = { "1", "true", "yes", "on" }, *no[] = { "0", "false", "no", "off" };
+		for (int i = 0; i < 4; i++) {
+			if (strcasecmp(value, yes[i]) == 0 || strcasecmp(value, no[i]) == 0) {
+				*(int *)(base + s->offset) = strcasecmp(value, yes[i]) == 0;
+				return true;
+			}
+		}
+		*err = xasprintf("%s: expected 1 or 0 (true/false, yes/no, on/off), got \"%s\"", s->env,
+		                 value);
+		return false;
 	}
 	case K_LEVEL: {
 		static const char *names[] = { "debug", "info", "warn", "error" };

@@ -44,6 +44,10 @@ struct config {
 	                            * `console --attach`; "" = off. Default
 	                            * ./var/run/rapport-<listen port>.sock */
 	char *config_file;         /* RAPPORT_CONFIG or --config */
+	int metrics_public;        /* RAPPORT_METRICS_PUBLIC (0): /metrics without an API key */
+	int refresh_per_min;       /* RAPPORT_REFRESH_PER_MIN (10): forced regenerations per
+	                            * client key a minute; 0 = no limit */
+	int refresh_burst;         /* RAPPORT_REFRESH_BURST (10): how many at once */
 };
 
 /* Parses argv flags (--listen, --database-url, --scripts, --prompts,

@@ -14,7 +14,9 @@
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
+#include "http_guard.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "sse.h"
 #include "util.h"
 
@@ -42,6 +44,12 @@ struct http_call {
 	analysis_wait *wait;
 	bool sse;                     /* answering as Server-Sent Events */
 	bool streaming;               /* the 200 and headers are out */
+	/* The meta event of a stream not yet started: the 200 waits for the
+	 * first content, so a failure before it keeps its own status. */
+	char meta_cache[16];
+	char meta_version[17];
+	int64_t contact_id;
+	char type[72];
 	unsigned seq;                 /* SSE event id */
 	long deltas_skipped;          /* dropped for a slow reader */
 	struct event *heartbeat;
@@ -65,6 +73,7 @@ struct http_server {
 	long responses_by_class[6];      /* 1xx..5xx */
 	int last_status;                 /* of the last reply sent, for its log line */
 	bool draining;                   /* shutting down: no new work */
+	ratelimit *refresh;              /* forced regenerations per client key */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -80,6 +89,8 @@ method_name(enum evhttp_cmd_type m)
 	case EVHTTP_REQ_DELETE: return "DELETE";
 	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
 	case EVHTTP_REQ_PATCH: return "PATCH";
+	case EVHTTP_REQ_TRACE: return "TRACE";
+	case EVHTTP_REQ_CONNECT: return "CONNECT";
 	default: return "OTHER";
 	}
 }
@@ -96,6 +107,8 @@ reason(int status)
 	case 401: return "Unauthorized";
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
+	case 501: return "Not Implemented";
+	case 505: return "HTTP Version Not Supported";
 	case 413: return "Payload Too Large";
 	case 429: return "Too Many Requests";
 	case 499: return "Client Closed Request";
@@ -144,6 +157,13 @@ send_json(http_server *s, struct evhttp_request *req, const char *req_id, int st
 			evhttp_add_header(h, "Content-Length", n);
 		} else {
 			evbuffer_add(buf, body, len);
+			/* evhttp leaves the length out of any answer to CONNECT
+			 * (it expects a tunnel); ours is an error with a body. */
+			if (evhttp_request_get_command(req) == EVHTTP_REQ_CONNECT) {
+				char n[24];
+				snprintf(n, sizeof n, "%zu", len);
+				evhttp_add_header(h, "Content-Length", n);
+			}
 		}
 	}
 	if (status >= 100 && status < 600)
@@ -196,22 +216,48 @@ key_equal(const char *a, const char *b)
 	return diff == 0;
 }
 
-static bool
-authorized(http_server *s, struct evhttp_request *req)
+/* The position of the API key the request carries among RAPPORT_API_KEYS,
+ * or -1. Every key is compared, whichever matches. */
+static int
+matched_key(http_server *s, struct evhttp_request *req)
 {
 	const struct config *cfg = s->d.cfg;
-	if (cfg->n_api_keys == 0)
-		return true;
 	const char *auth = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
 	if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
-		return false;
+		return -1;
 	const char *key = auth + 7;
 	while (*key == ' ')
 		key++;
-	bool ok = false;
+	int found = -1;
 	for (int i = 0; i < cfg->n_api_keys; i++)
-		ok |= key_equal(key, cfg->api_keys[i]);
-	return ok;
+		if (key_equal(key, cfg->api_keys[i]))
+			found = i;
+	return found;
+}
+
+static bool
+authorized(http_server *s, struct evhttp_request *req)
+{
+	return s->d.cfg->n_api_keys == 0 || matched_key(s, req) >= 0;
+}
+
+/* Who a forced regeneration is counted against: the API key that let the
+ * request in (by its position, so no key is copied), or, with auth off,
+ * the peer address. */
+static void
+client_key(http_server *s, struct evhttp_request *req, char *out, size_t len)
+{
+	int k = s->d.cfg->n_api_keys ? matched_key(s, req) : -1;
+	if (k >= 0) {
+		snprintf(out, len, "key:%d", k);
+		return;
+	}
+	char *addr = NULL;
+	ev_uint16_t port = 0;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	if (evcon)
+		evhttp_connection_get_peer(evcon, &addr, &port);
+	snprintf(out, len, "addr:%s", addr ? addr : "?");
 }
 
 /* ---- waiting requests ---------------------------------------------------- */
@@ -385,7 +431,10 @@ on_heartbeat(evutil_socket_t fd, short what, void *arg)
 	evbuffer_free(b);
 }
 
-/* Sends the 200 with SSE headers and the meta event. */
+/* Sends the 200 with SSE headers and the meta event: called with the first
+ * content (text, a reset, or the result), never before, so that a stream
+ * that fails first answers with the error's own status and an EventSource
+ * stops instead of reconnecting. */
 static void
 sse_start(struct http_call *c, const char *cache_status, const char *version,
           int64_t contact_id, const char *type)
@@ -434,8 +483,10 @@ static void
 on_analysis_delta(void *arg, const char *text, size_t len)
 {
 	struct http_call *c = arg;
-	if (!c->streaming || !c->req)
+	if (!c->req || !c->sse)
 		return;
+	if (!c->streaming)
+		sse_start(c, c->meta_cache, c->meta_version, c->contact_id, c->type);
 	if (!text) {
 		sse_send(c, "reset", "{\"reason\":\"the reply did not match the schema; it is "
 		                     "being regenerated: discard the text so far\"}");
@@ -614,7 +665,35 @@ valid_type(const char *t)
 	return true;
 }
 
-static void
+/* A forced regeneration costs an upstream call: each client key gets
+ * RAPPORT_REFRESH_PER_MIN a minute (RAPPORT_REFRESH_BURST at once); past
+ * that a JSON 429 with Retry-After, and the cache is not bypassed. */
+static bool
+refresh_allowed(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
+{
+	const struct config *cfg = s->d.cfg;
+	if (cfg->refresh_per_min <= 0)
+		return true;
+	if (!s->refresh)     /* made on first use; freed with the server */
+		s->refresh = ratelimit_create(cfg->refresh_per_min, cfg->refresh_burst, 4096);
+	char key[80];
+	client_key(s, req, key, sizeof key);
+	int retry_after = 1;
+	if (ratelimit_take(s->refresh, key, util_now_ms(), &retry_after))
+		return true;
+	char ra[16], msg[160];
+	snprintf(ra, sizeof ra, "%d", retry_after);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", ra);
+	snprintf(msg, sizeof msg, "too many forced regenerations (refresh / no-cache) from this "
+	         "client: %d a minute; try again in %d s, or ask without refresh", cfg->refresh_per_min,
+	         retry_after);
+	send_error(s, req, req_id, 429, "refresh_rate_limited", msg, head);
+	return false;
+}
+
+/* True when the answer is (or will be) logged by the call it started;
+ * false when it was answered here and the caller logs it. */
+static bool
 handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
                 const char *path, const char *id_str, const char *type, struct evkeyvalq *q)
 {
@@ -623,32 +702,40 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 	if (!util_parse_i64(id_str, &id) || id <= 0) {
 		send_error(s, req, req_id, 400, "invalid_contact_id",
 		           "the contact id must be a positive integer", head);
-		return;
+		return false;
 	}
 	if (!valid_type(type)) {
 		send_error(s, req, req_id, 404, "unknown_analysis_type",
 		           "unknown analysis type (see /v1/analysis-types)", head);
-		return;
+		return false;
 	}
+	bool refresh = wants_refresh(req, q);
+	if (refresh && !refresh_allowed(s, req, req_id, head))
+		return false;
 	struct http_call *c = call_new(s, req, req_id, path);
 	c->sse = wants_sse(req, q);
-	int flags = wants_refresh(req, q) ? ANALYSIS_REFRESH : 0;
+	int flags = refresh ? ANALYSIS_REFRESH : 0;
 	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
 	                                c->sse ? on_analysis_delta : NULL, c);
 	if (!w)
-		return;            /* on_analysis_reply has already run and freed c */
+		return true;       /* on_analysis_reply has already run and freed c */
 	c->wait = w;
-	if (!c->sse) {
-		call_watch(c);     /* still waiting: notice if the client leaves */
-		return;
-	}
-	/* Streaming: headers and meta now, then what the model has already
-	 * written (when joining a generation in progress), then live deltas. */
-	sse_start(c, analysis_wait_status(w), analysis_wait_version(w), id, type);
+	call_watch(c);     /* still waiting: notice if the client leaves */
+	if (!c->sse)
+		return true;
+	/* Streaming: the 200 and meta wait for the first content. A joiner
+	 * of a generation that has already written text starts at once,
+	 * with that text, then live deltas. */
+	snprintf(c->meta_cache, sizeof c->meta_cache, "%s", analysis_wait_status(w));
+	const char *version = analysis_wait_version(w);
+	snprintf(c->meta_version, sizeof c->meta_version, "%s", version ? version : "");
+	c->contact_id = id;
+	snprintf(c->type, sizeof c->type, "%s", type);
 	size_t len;
 	const char *text = analysis_wait_text(w, &len);
 	if (len)
 		on_analysis_delta(c, text, len);
+	return true;
 }
 
 static void
@@ -760,19 +847,19 @@ method_not_allowed(http_server *s, struct evhttp_request *req, const char *req_i
 	send_error(s, req, req_id, 405, "method_not_allowed", msg, false);
 }
 
-/* Splits "/a/b/c" into at most max segments; returns the count, or -1 when
- * there are more. Segments point into buf. */
-static int
-split_path(char *buf, char **seg, int max)
+static void
+unauthorized(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
 {
-	int n = 0;
-	char *save = NULL;
-	for (char *t = strtok_r(buf, "/", &save); t; t = strtok_r(NULL, "/", &save)) {
-		if (n == max)
-			return -1;
-		seg[n++] = t;
-	}
-	return n;
+	evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+	                  "Bearer realm=\"rapport\"");
+	send_error(s, req, req_id, 401, "unauthorized",
+	           "missing or wrong API key (Authorization: Bearer <key>)", head);
+}
+
+static bool
+seg_is(const struct http_path *p, int i, const char *name)
+{
+	return i < p->n && strcmp(p->seg[i], name) == 0;
 }
 
 static void
@@ -786,72 +873,94 @@ route(struct evhttp_request *req, void *arg)
 	enum evhttp_cmd_type m = evhttp_request_get_command(req);
 	bool get = m == EVHTTP_REQ_GET || m == EVHTTP_REQ_HEAD;
 	bool head = m == EVHTTP_REQ_HEAD;
-
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *raw_path = uri ? evhttp_uri_get_path(uri) : NULL;
-	char *path = raw_path ? evhttp_uridecode(raw_path, 0, NULL) : NULL;
-	if (!path) {
-		send_error(s, req, req_id, 400, "bad_request", "malformed request path", head);
+	/* Logged as sent (still encoded): one spelling per request, and no
+	 * decoded byte can change what the line says. */
+	const char *path = raw_path && *raw_path ? raw_path : "-";
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+
+	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it);
+	 * the body is already read, and the connection ends with this. */
+	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
+	if (body_len > s->d.cfg->max_body_bytes) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "request body larger than %zu bytes", s->d.cfg->max_body_bytes);
+		evhttp_add_header(out, "Connection", "close");
+		send_error(s, req, req_id, 413, "payload_too_large", msg, head);
+		log_simple(s, req_id, method_name(m), path, 413, t_start);
+		return;
+	}
+	/* Then framing: nothing else may read a request whose headers or
+	 * body length are in doubt. */
+	struct http_guard_verdict v;
+	http_guard_check(req, &v);
+	if (v.status) {
+		if (v.close)
+			evhttp_add_header(out, "Connection", "close");
+		if (v.status == 405)
+			evhttp_add_header(out, "Allow", "GET, HEAD, DELETE, OPTIONS");
+		send_error(s, req, req_id, v.status, v.code, v.message, head);
+		log_simple(s, req_id, method_name(m), path, v.status, t_start);
+		return;
+	}
+
+	struct http_path segs;
+	int split = http_path_split(raw_path, &segs);
+	if (split == HTTP_PATH_BAD) {
+		send_error(s, req, req_id, 400, "bad_request",
+		           "malformed request path (a control character, a space or a bad "
+		           "escape in it)", head);
+		log_simple(s, req_id, method_name(m), path, 400, t_start);
 		return;
 	}
 	struct evkeyvalq query;
 	TAILQ_INIT(&query);
 	const char *qs = uri ? evhttp_uri_get_query(uri) : NULL;
+	int status_logged = 0;
 	if (qs && evhttp_parse_query_str(qs, &query) != 0) {
 		send_error(s, req, req_id, 400, "bad_request", "malformed query string", head);
-		goto done;
+		goto logged;
 	}
-	int status_logged = 0;
 
 	if (s->draining) {
 		/* Shutting down: no new work, and no keep-alive to come back on. */
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+		evhttp_add_header(out, "Connection", "close");
 		send_error(s, req, req_id, 503, "shutting_down", "the server is shutting down", head);
 		goto done;
 	}
 
-	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it). */
-	size_t body_len = evbuffer_get_length(evhttp_request_get_input_buffer(req));
-	if (body_len > s->d.cfg->max_body_bytes) {
-		char msg[96];
-		snprintf(msg, sizeof msg, "request body larger than %zu bytes", s->d.cfg->max_body_bytes);
-		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
-		send_error(s, req, req_id, 413, "payload_too_large", msg, head);
-		log_simple(s, req_id, method_name(m), path, 413, t_start);
-		goto done;
-	}
-
-	if (strcmp(path, "/healthz") == 0) {
+	int n = split == HTTP_PATH_TOO_DEEP ? -1 : segs.n;
+	char **seg = segs.seg;
+	if (n == 1 && seg_is(&segs, 0, "healthz")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
 		else
 			send_json(s, req, req_id, 200, "{\"status\":\"ok\"}", 15, head);
 		goto logged;
 	}
-	if (strcmp(path, "/readyz") == 0) {
+	if (n == 1 && seg_is(&segs, 0, "readyz")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
 		else
 			handle_ready(s, req, req_id, head);
 		goto logged;
 	}
-	if (strcmp(path, "/metrics") == 0) {
+	if (n == 1 && seg_is(&segs, 0, "metrics")) {
+		/* The counters tell an outsider what traffic and spend look
+		 * like: behind the API keys unless the operator says public. */
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else if (!s->d.cfg->metrics_public && !authorized(s, req))
+			unauthorized(s, req, req_id, head);
 		else
 			handle_metrics(s, req, req_id);
 		goto logged;
 	}
 
-	char *buf = xstrdup(path);
-	char *seg[8];
-	int n = split_path(buf, seg, 8);
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
 	if (v1 && !authorized(s, req)) {
-		evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-		                  "Bearer realm=\"rapport\"");
-		send_error(s, req, req_id, 401, "unauthorized",
-		           "missing or wrong API key (Authorization: Bearer <key>)", head);
+		unauthorized(s, req, req_id, head);
 	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
@@ -859,8 +968,8 @@ route(struct evhttp_request *req, void *arg)
 			handle_types(s, req, req_id, head);
 	} else if (v1 && n == 5 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0) {
 		if (get) {
-			handle_analysis(s, req, req_id, path, seg[2], seg[4], &query);
-			status_logged = 1;     /* logged when the answer is sent */
+			/* A call logs its line when its answer is sent. */
+			status_logged = handle_analysis(s, req, req_id, path, seg[2], seg[4], &query);
 		} else if (m == EVHTTP_REQ_DELETE) {
 			handle_drop(s, req, req_id, seg[2], seg[4]);
 		} else {
@@ -874,14 +983,13 @@ route(struct evhttp_request *req, void *arg)
 	} else {
 		send_error(s, req, req_id, 404, "not_found", "no such endpoint", head);
 	}
-	free(buf);
 	if (status_logged)
 		goto done;
 logged:
 	log_simple(s, req_id, method_name(m), path, s->last_status, t_start);
 done:
 	evhttp_clear_headers(&query);
-	free(path);
+	http_path_clear(&segs);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -923,9 +1031,12 @@ http_server_create(const struct http_deps *deps, char **err)
 	}
 	evconnlistener_set_error_cb(s->listener, on_accept_error);
 	s->http = evhttp_new(deps->base);
+	/* Every method evhttp knows reaches route(), so TRACE and CONNECT
+	 * get our JSON 405 rather than evhttp's HTML 501. */
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 	                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+	                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
 	evhttp_set_default_content_type(s->http, "application/json; charset=utf-8");
 	evhttp_set_max_headers_size(s->http, (ev_ssize_t)cfg->max_header_bytes);
 	/* evhttp's cap answers with an HTML 413; keep it well above ours so
@@ -989,5 +1100,6 @@ http_server_destroy(http_server *s)
 	while ((c = LIST_FIRST(&s->calls)))
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
 	evhttp_free(s->http);     /* also frees the bound listener */
+	ratelimit_destroy(s->refresh);
 	free(s);
 }

@@ -1,12 +1,16 @@
 /*
  * log — JSON lines on stderr. Each line: {"ts":…,"level":…,"msg":…, fields…}.
  * Strings are escaped here, once, so no caller can break the framing with a
- * quote or a newline coming from a script, the database or the upstream.
+ * quote or a newline coming from a script, the database or the upstream;
+ * bytes that are not UTF-8 become \ufffd, so the line is JSON whatever a
+ * client put in a path. A line has a fixed maximum: long values are cut
+ * and the line is still closed (see struct line).
  */
 #include "log.h"
 #include "util.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -20,84 +24,206 @@ log_set_level(enum log_level level)
 	min_level = level;
 }
 
-/* Appends s as a JSON string (with quotes) to the line buffer. */
-static void
-put_str(char *buf, size_t cap, size_t *n, const char *s)
+/* One line is at most LOG_LINE_MAX bytes and always closed: a string value
+ * longer than LOG_VALUE_MAX is cut (ending in "…"), fields that no longer
+ * fit are left out, and either way the line says "truncated":true. The
+ * tail reserve keeps room for that, the closing brace and the newline. */
+#define LOG_LINE_MAX 8192
+#define LOG_VALUE_MAX 2048
+#define LOG_TAIL_RESERVE 24          /* ,"truncated":true}\n */
+#define LOG_CONTENT_MAX (LOG_LINE_MAX - LOG_TAIL_RESERVE)
+
+struct line {
+	char buf[LOG_LINE_MAX];
+	size_t n;
+	bool full;                   /* no more fields fit */
+	bool cut;                    /* something was cut or left out */
+};
+
+/* Length of the well-formed UTF-8 sequence at p (1-4), or 0 when the bytes
+ * there are not one (stray continuation, overlong form, surrogate, past
+ * U+10FFFF, cut short). The NUL terminator is never a continuation byte,
+ * so this never reads past the string. */
+static size_t
+utf8_seq(const unsigned char *p)
 {
-#define PUT(c) do { if (*n + 1 < cap) buf[(*n)++] = (c); } while (0)
-	PUT('"');
-	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		switch (*p) {
-		case '"': PUT('\\'); PUT('"'); break;
-		case '\\': PUT('\\'); PUT('\\'); break;
-		case '\n': PUT('\\'); PUT('n'); break;
-		case '\r': PUT('\\'); PUT('r'); break;
-		case '\t': PUT('\\'); PUT('t'); break;
-		default:
-			if (*p < 0x20) {
-				if (*n + 7 < cap)
-					*n += (size_t)snprintf(buf + *n, cap - *n, "\\u%04x", *p);
-			} else {
-				PUT((char)*p);
-			}
-		}
+	unsigned c = p[0];
+	if (c < 0x80)
+		return 1;
+	size_t len;
+	unsigned min, cp;
+	if (c >= 0xc2 && c <= 0xdf)
+		len = 2, min = 0x80, cp = c & 0x1f;
+	else if (c >= 0xe0 && c <= 0xef)
+		len = 3, min = 0x800, cp = c & 0x0f;
+	else if (c >= 0xf0 && c <= 0xf4)
+		len = 4, min = 0x10000, cp = c & 0x07;
+	else
+		return 0;
+	for (size_t i = 1; i < len; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
 	}
-	PUT('"');
-#undef PUT
+	if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return len;
+}
+
+/* The JSON form of the character at *p: an escape, the character itself,
+ * or \ufffd for a byte that is not UTF-8. Advances *p. */
+static size_t
+json_piece(const unsigned char **p, char out[8])
+{
+	unsigned char c = **p;
+	switch (c) {
+	case '"': (*p)++; memcpy(out, "\\\"", 2); return 2;
+	case '\\': (*p)++; memcpy(out, "\\\\", 2); return 2;
+	case '\n': (*p)++; memcpy(out, "\\n", 2); return 2;
+	case '\r': (*p)++; memcpy(out, "\\r", 2); return 2;
+	case '\t': (*p)++; memcpy(out, "\\t", 2); return 2;
+	default: break;
+	}
+	if (c < 0x20 || c == 0x7f) {
+		(*p)++;
+		snprintf(out, 8, "\\u%04x", c);
+		return 6;
+	}
+	size_t len = utf8_seq(*p);
+	if (len == 0) {
+		(*p)++;
+		memcpy(out, "\\ufffd", 6);
+		return 6;
+	}
+	memcpy(out, *p, len);
+	*p += len;
+	return len;
+}
+
+/* Appends s as a JSON string of at most limit bytes between its quotes;
+ * false (and the line full) when not even a cut form fits. */
+static bool
+put_str(struct line *l, const char *s, size_t limit)
+{
+	static const char ellipsis[] = "\\u2026";
+	const size_t ell = sizeof ellipsis - 1;
+	if (l->n + 2 + ell > LOG_CONTENT_MAX) {
+		l->full = l->cut = true;
+		return false;
+	}
+	size_t room = LOG_CONTENT_MAX - l->n - 2;
+	if (room > limit)
+		room = limit;
+	l->buf[l->n++] = '"';
+	size_t used = 0;
+	const unsigned char *p = (const unsigned char *)(s ? s : "");
+	while (*p) {
+		char piece[8];
+		const unsigned char *next = p;
+		size_t k = json_piece(&next, piece);
+		/* Keep room for the ellipsis unless this is the last piece. */
+		size_t need = used + k + (*next ? ell : 0);
+		if (need > room) {
+			memcpy(l->buf + l->n, ellipsis, ell);
+			l->n += ell;
+			l->cut = true;
+			if (room < limit)
+				l->full = true;
+			break;
+		}
+		memcpy(l->buf + l->n, piece, k);
+		l->n += k;
+		used += k;
+		p = next;
+	}
+	l->buf[l->n++] = '"';
+	return true;
 }
 
 static void
-put_raw(char *buf, size_t cap, size_t *n, const char *fmt, ...)
+put_raw(struct line *l, const char *text)
 {
-	if (*n >= cap - 1)
+	size_t k = strlen(text);
+	if (l->n + k > LOG_CONTENT_MAX) {
+		l->full = l->cut = true;
 		return;
-	va_list ap;
-	va_start(ap, fmt);
-	int w = vsnprintf(buf + *n, cap - *n, fmt, ap);
-	va_end(ap);
-	if (w > 0)
-		*n = (*n + (size_t)w < cap) ? *n + (size_t)w : cap - 1;
+	}
+	memcpy(l->buf + l->n, text, k);
+	l->n += k;
+}
+
+/* ,"key":<value> — all of it or none of it. */
+static void
+put_field(struct line *l, const struct log_kv *kv)
+{
+	char num[64];
+	const char *raw = NULL;
+	switch (kv->kind) {
+	case LOGV_STR:
+		raw = kv->s ? NULL : "null";
+		break;
+	case LOGV_INT:
+		snprintf(num, sizeof num, "%lld", (long long)kv->i);
+		raw = num;
+		break;
+	case LOGV_NUM:
+		if (isfinite(kv->d))
+			snprintf(num, sizeof num, "%.6g", kv->d);
+		else
+			snprintf(num, sizeof num, "null");
+		raw = num;
+		break;
+	case LOGV_END:
+		return;
+	}
+	/* The key, its quotes, the comma and colon, and the shortest value
+	 * (a number, null, or a cut string) must fit, or the field is left out. */
+	size_t klen = strlen(kv->key ? kv->key : "");
+	size_t min_value = raw ? strlen(raw) : 8;
+	if (l->full || l->n + klen + 4 + min_value > LOG_CONTENT_MAX || klen > 64) {
+		l->full = l->cut = true;
+		return;
+	}
+	size_t mark = l->n;
+	put_raw(l, ",");
+	if (!put_str(l, kv->key, 64)) {
+		l->n = mark;
+		return;
+	}
+	put_raw(l, ":");
+	if (raw)
+		put_raw(l, raw);
+	else if (!put_str(l, kv->s, LOG_VALUE_MAX))
+		l->n = mark;
+	if (l->n > mark && l->buf[l->n - 1] == ':')
+		l->n = mark;          /* the value did not fit after all */
 }
 
 static void
 emit(enum log_level level, const char *msg, va_list ap)
 {
-	char buf[8192];
-	size_t n = 0, cap = sizeof buf - 2;
-	char ts[40];
+	struct line l;
+	l.n = 0;
+	l.full = l.cut = false;
+	char ts[40], head[96];
 	util_iso8601(util_wall_ms(), ts, sizeof ts);
-	put_raw(buf, cap, &n, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level_names[level]);
-	put_str(buf, cap, &n, msg);
+	snprintf(head, sizeof head, "{\"ts\":\"%s\",\"level\":\"%s\",\"msg\":", ts, level_names[level]);
+	put_raw(&l, head);
+	put_str(&l, msg, LOG_VALUE_MAX);
 	for (;;) {
 		struct log_kv kv = va_arg(ap, struct log_kv);
 		if (kv.kind == LOGV_END)
 			break;
-		put_raw(buf, cap, &n, ",");
-		put_str(buf, cap, &n, kv.key);
-		put_raw(buf, cap, &n, ":");
-		switch (kv.kind) {
-		case LOGV_STR:
-			if (kv.s)
-				put_str(buf, cap, &n, kv.s);
-			else
-				put_raw(buf, cap, &n, "null");
-			break;
-		case LOGV_INT:
-			put_raw(buf, cap, &n, "%lld", (long long)kv.i);
-			break;
-		case LOGV_NUM:
-			if (isfinite(kv.d))
-				put_raw(buf, cap, &n, "%.6g", kv.d);
-			else
-				put_raw(buf, cap, &n, "null");
-			break;
-		case LOGV_END:
-			break;
-		}
+		put_field(&l, &kv);
 	}
-	buf[n++] = '}';
-	buf[n++] = '\n';
-	fwrite(buf, 1, n, stderr);
+	/* The reserve always holds this tail. */
+	if (l.cut) {
+		memcpy(l.buf + l.n, ",\"truncated\":true", 17);
+		l.n += 17;
+	}
+	l.buf[l.n++] = '}';
+	l.buf[l.n++] = '\n';
+	fwrite(l.buf, 1, l.n, stderr);
 }
 
 void

@@ -33,5 +33,20 @@ def test_sigterm_answers_waiting_requests_then_exits_cleanly(make_server, fake):
     r = out["plain"]
     assert r.status == 503 and r.json()["error"]["code"] == "shutting_down"
     resp, events = out["sse"]
-    assert events[-1]["event"] == "error" and "shutting_down" in events[-1]["data"]
+    # The stream had not started (the model had written nothing): a plain
+    # 503, as for the plain request.
+    assert resp.status == 503 and b"shutting_down" in resp.body
     srv.stop()      # asserts exit status 0 and no sanitizer report
+
+
+def test_sigterm_ends_a_started_stream_with_an_error_event(make_server, fake):
+    from test_streaming import Reader
+    srv = make_server()
+    fake.config(chunk_delay_ms=2000, chunks=5)
+    r = Reader(srv, "/v1/contacts/32/analyses/%s" % TYPE)
+    assert r.read_until("delta") is not None          # the stream is out
+    srv.signal(signal.SIGTERM)
+    ev = r.read_until("error")
+    r.close()
+    assert ev is not None and "shutting_down" in ev["data"]
+    srv.stop()

@@ -160,16 +160,23 @@ def test_errors_known_before_streaming_keep_their_http_status(server, fake):
     assert r.status == 400
 
 
-def test_an_unknown_contact_streams_an_error_event_with_404(server, fake):
+def test_an_unknown_contact_streamed_is_an_http_404_with_a_json_body(server, fake):
+    # Nothing went out before the failure: the error keeps its status, so an
+    # EventSource stops instead of reconnecting.
     resp, events = server.sse(PATH % 987654)
-    assert names(events) == ["meta", "error"]
-    assert json.loads(events[-1]["data"])["error"]["status"] == 404
+    assert resp.status == 404, resp.body
+    assert resp.headers["Content-Type"].startswith("application/json")
+    body = json.loads(resp.body)
+    assert body["error"]["code"] == "contact_not_found" and body["request_id"]
+    assert events == []
     assert fake.stats()["chat_calls"] == 0
 
 
 def test_a_quiet_stream_carries_heartbeat_comments(make_server, fake):
+    # Heartbeats start with the stream (at the first text): quiet gaps
+    # between chunks carry them.
     srv = make_server(RAPPORT_SSE_HEARTBEAT_MS=100)
-    fake.config(latency_ms=700)
+    fake.config(chunk_delay_ms=250, chunks=6)
     resp, events = srv.sse(PATH % 27)
     assert resp.body.count(b": ping\n\n") >= 3, resp.body[:300]
     assert names(parse_sse(resp.body))[-1] == "result", "comments do not disturb the events"

@@ -144,7 +144,10 @@ def test_a_stalled_stream_is_ended_by_the_first_token_deadline(make_server, fake
     assert time.monotonic() - t0 < 3
 
 
-def test_sequential_upstream_calls_reuse_one_connection(server, fake):
+def test_sequential_upstream_calls_reuse_one_connection(make_server, fake):
+    # 20 forced regenerations from one client: past the default refresh limit.
+    server = make_server(RAPPORT_REFRESH_PER_MIN=0)
+
     def opened():
         m = re.search(r"^rapport_upstream_connections_total (\d+)$", server.get("/metrics").text, re.M)
         return int(m.group(1))

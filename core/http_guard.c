@@ -1,0 +1,253 @@
+/*
+ * http_guard — what evhttp 2.1.12 lets through and RFC 9112 does not, found
+ * in the header list evhttp built (it keeps duplicates, and it cuts a line
+ * at its first ':' without checking the name), plus the per-segment path
+ * decoding. The checks run in the order a careful server reads a request:
+ * version, each field line, Host, then the body's framing, then the method.
+ *
+ * What evhttp itself rejects never reaches us, and 2.1.12 has no hook to
+ * change its answer (no error callback): a line with no ':', an unknown
+ * method (its 501), Content-Length with Transfer-Encoding, a Content-Length
+ * strtoll refuses, a bad chunk (its 400), headers past the cap (its 413).
+ * Those answers are evhttp's short text/html page, always with close.
+ * evhttp joins an obs-fold line into the previous value with one space
+ * (RFC 9112 §5.2 allows a server that), so a fold is only seen where it
+ * breaks a value's syntax: Host, Content-Length, Transfer-Encoding.
+ */
+#include "http_guard.h"
+#include "util.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+
+#include <event2/http_struct.h>
+#include <event2/keyvalq_struct.h>
+
+static void
+reject(struct http_guard_verdict *v, int status, const char *code, const char *message,
+       bool close)
+{
+	v->status = status;
+	v->code = code;
+	v->message = message;
+	v->close = close;
+}
+
+/* RFC 9110 §5.6.2 tchar. */
+static bool
+is_tchar(unsigned char c)
+{
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+	       (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static bool
+is_token(const char *s)
+{
+	if (!s || !*s)
+		return false;
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		if (!is_tchar(*p))
+			return false;
+	return true;
+}
+
+/* A field value may hold HTAB, SP, visible ASCII and obs-text; no other
+ * control byte (a bare CR would be a line end to someone else). */
+static bool
+value_ok(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		if ((*p < 0x20 && *p != '\t') || *p == 0x7f)
+			return false;
+	return true;
+}
+
+/* uri-host [ ":" port ] (RFC 3986 reg-name, IP-literal, IPv4) — by its
+ * characters; the API serves every host name. Empty is allowed (§7.2). */
+static bool
+host_ok(const char *s)
+{
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+		if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'z') ||
+		      (*p >= 'A' && *p <= 'Z') || strchr("-._~!$&'()*+,;=:%[]", *p)))
+			return false;
+	return true;
+}
+
+/* 1*DIGIT, bounded; *out is the value. */
+static bool
+content_length_ok(const char *s, uint64_t *out)
+{
+	uint64_t n = 0;
+	size_t len = 0;
+	for (; *s; s++, len++) {
+		if (*s < '0' || *s > '9' || len >= 18)
+			return false;
+		n = n * 10 + (uint64_t)(*s - '0');
+	}
+	*out = n;
+	return len > 0;
+}
+
+/* Methods that may carry a body here. evhttp 2.1.12 as packaged reads a
+ * body on any method, but a proxy in front may not (RFC 9110 §9.3.1: a GET
+ * body "might lead some implementations to reject the request and close
+ * the connection because of its potential as a request smuggling attack"),
+ * and no endpoint reads one: refused, and the connection closed. */
+static bool
+method_takes_body(enum evhttp_cmd_type m)
+{
+	return m == EVHTTP_REQ_POST || m == EVHTTP_REQ_PUT || m == EVHTTP_REQ_PATCH;
+}
+
+void
+http_guard_check_parts(const struct evkeyvalq *headers, enum evhttp_cmd_type method,
+                       int major, int minor, struct http_guard_verdict *v)
+{
+	memset(v, 0, sizeof *v);
+	if (major != 1) {
+		reject(v, 505, "http_version_not_supported", "only HTTP/1.0 and HTTP/1.1 are served",
+		       true);
+		return;
+	}
+	int n_host = 0, n_cl = 0, n_te = 0;
+	const char *host = NULL, *cl = NULL, *te = NULL;
+	const struct evkeyval *kv;
+	TAILQ_FOREACH(kv, headers, next) {
+		if (!is_token(kv->key)) {
+			reject(v, 400, "bad_request",
+			       "a header name is not a token (empty, whitespace before the colon, "
+			       "or a separator in it)", true);
+			return;
+		}
+		if (!value_ok(kv->value)) {
+			reject(v, 400, "bad_request", "a header value holds a control character", true);
+			return;
+		}
+		if (strcasecmp(kv->key, "Host") == 0)
+			n_host++, host = kv->value;
+		else if (strcasecmp(kv->key, "Content-Length") == 0)
+			n_cl++, cl = kv->value;
+		else if (strcasecmp(kv->key, "Transfer-Encoding") == 0)
+			n_te++, te = kv->value;
+	}
+	bool http11 = minor >= 1;
+	if ((http11 && n_host != 1) || n_host > 1) {
+		reject(v, 400, "bad_request",
+		       n_host ? "more than one Host header" : "an HTTP/1.1 request needs a Host header",
+		       true);
+		return;
+	}
+	if (host && !host_ok(host)) {
+		reject(v, 400, "bad_request", "the Host header is not a host[:port]", true);
+		return;
+	}
+	if (n_te) {
+		if (!http11) {
+			reject(v, 400, "bad_request", "Transfer-Encoding in an HTTP/1.0 request", true);
+			return;
+		}
+		if (n_cl) {
+			reject(v, 400, "bad_request",
+			       "both Content-Length and Transfer-Encoding: the body's length is ambiguous",
+			       true);
+			return;
+		}
+		if (n_te > 1 || strcasecmp(te, "chunked") != 0) {
+			reject(v, 501, "not_implemented",
+			       "the only transfer coding accepted is a single \"chunked\"", true);
+			return;
+		}
+		if (!method_takes_body(method)) {
+			reject(v, 400, "body_not_allowed", "this method takes no request body", true);
+			return;
+		}
+	}
+	if (n_cl) {
+		uint64_t len;
+		if (n_cl > 1) {
+			reject(v, 400, "bad_request", "more than one Content-Length header", true);
+			return;
+		}
+		if (!content_length_ok(cl, &len)) {
+			reject(v, 400, "bad_request", "Content-Length is not a decimal number", true);
+			return;
+		}
+		if (len > 0 && !method_takes_body(method)) {
+			reject(v, 400, "body_not_allowed", "this method takes no request body", true);
+			return;
+		}
+	}
+	if (method == EVHTTP_REQ_CONNECT) {
+		/* Nothing to tunnel, and its target is no path to route (TRACE
+		 * is routed: each path answers it with a 405 and its Allow).
+		 * evhttp 2.1.12 keeps a connection open after any answer to
+		 * CONNECT, whatever our headers say, so no close is promised:
+		 * tunnel bytes sent after it fail its request-line parse. */
+		reject(v, 405, "method_not_allowed", "this server does not serve CONNECT", false);
+		return;
+	}
+}
+
+void
+http_guard_check(struct evhttp_request *req, struct http_guard_verdict *v)
+{
+	http_guard_check_parts(evhttp_request_get_input_headers(req),
+	                       evhttp_request_get_command(req), req->major, req->minor, v);
+}
+
+/* ---- paths ------------------------------------------------------------- */
+
+void
+http_path_clear(struct http_path *p)
+{
+	for (int i = 0; i < p->n; i++)
+		free(p->seg[i]);
+	p->n = 0;
+}
+
+int
+http_path_split(const char *raw, struct http_path *p)
+{
+	p->n = 0;
+	if (!raw)
+		return HTTP_PATH_BAD;
+	for (const unsigned char *c = (const unsigned char *)raw; *c; c++)
+		if (*c <= 0x20 || *c == 0x7f)
+			return HTTP_PATH_BAD;
+	const char *s = raw;
+	while (*s) {
+		while (*s == '/')
+			s++;
+		if (!*s)
+			break;
+		size_t len = strcspn(s, "/");
+		if (p->n == HTTP_PATH_MAX_SEGMENTS) {
+			http_path_clear(p);
+			return HTTP_PATH_TOO_DEEP;
+		}
+		char *rawseg = xstrndup(s, len);
+		size_t dlen = 0;
+		char *dec = evhttp_uridecode(rawseg, 0, &dlen);
+		free(rawseg);
+		if (!dec) {
+			http_path_clear(p);
+			return HTTP_PATH_BAD;
+		}
+		for (size_t i = 0; i < dlen; i++) {
+			unsigned char b = (unsigned char)dec[i];
+			if (b < 0x20 || b == 0x7f) {
+				free(dec);
+				http_path_clear(p);
+				return HTTP_PATH_BAD;
+			}
+		}
+		p->seg[p->n++] = dec;
+		s += len;
+	}
+	return HTTP_PATH_OK;
+}
