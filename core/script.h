@@ -144,4 +144,22 @@ enum script_step script_run_resume_reply(script_run *run, const char *content,
 /* fallback(ctx) → result, or NULL (err empty when the script has none). */
 json_t *script_run_fallback(script_run *run, char *err, size_t errlen);
 
+/* ---- the sandbox: the one definition of what a script sees ----
+ * The sandbox is built from this list (ending with a NULL name); `rapport
+ * check` lints against it; tests hold .luacheckrc, the Lua test harness and
+ * docs/scripts.md to it. fields lists a library table's fields (NULL for a
+ * function or _G). */
+struct script_global {
+	const char *name;
+	const char *const *fields;
+};
+extern const struct script_global script_sandbox_globals[];
+
+/* Reads a fixture file (scripts/tests/<type>.lua) in a state of its own
+ * with the guards of s: its memory cap, its instruction budget and wall
+ * bound, no __gc, bounded patterns, the sandbox's globals plus case{…}
+ * (which records the line it was written on in `_line`). Returns what the
+ * file returned as JSON (new reference), or NULL with err (file:line). */
+json_t *script_read_fixtures(const script *s, const char *path, char *err, size_t errlen);
+
 #endif
