@@ -170,6 +170,7 @@ script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen)
 	struct luajson_meter *prev = luajson_meter_use(&s->meter);
 	int rc = lua_resume(co, L, nargs, &nres);
 	luajson_meter_use(prev);
+	s->meter.used = 0;           /* what jansson still holds is no call's */
 	lua_sethook(co, NULL, 0, 0);
 	if (rc == LUA_OK && !s->stopped) {
 		if (nres > nresults)

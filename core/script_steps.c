@@ -232,6 +232,7 @@ step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
 	struct luajson_meter *prev = luajson_meter_use(&s->meter);
 	int rc = lua_resume(co, s->L, nargs, &nres);
 	luajson_meter_use(prev);
+	s->meter.used = 0;           /* what jansson still holds is no call's */
 	lua_sethook(co, NULL, 0, 0);
 	s->active_run = NULL;
 	if (s->stopped) {
