@@ -29,6 +29,12 @@ static const struct script_limits default_limits = {
 	.memory_bytes = 128u << 20, .instructions = 50000000, .wall_ms = 1000, .max_steps = 4,
 };
 
+/* Budget cases get a wall bound far away, so a loaded machine cannot turn
+ * "stopped by the budget" into "stopped by the clock". */
+static const struct script_limits budget_limits = {
+	.memory_bytes = 128u << 20, .instructions = 50000000, .wall_ms = 600000, .max_steps = 4,
+};
+
 static void
 write_file(const char *dir, const char *name, const char *text)
 {
@@ -199,12 +205,12 @@ static void
 test_budget(void)
 {
 	char err[1024] = "";
-	char *text = run_body("spin", "while true do end", NULL, err, sizeof err);
+	char *text = run_body("spin", "while true do end", &budget_limits, err, sizeof err);
 	ok(!text && contains(err, "instruction budget"), "an endless loop stops at the instruction budget: %s", err);
 	free(text);
 
-	text = run_body("spin_pcall", "while true do pcall(function() while true do end end) end", NULL,
-	                err, sizeof err);
+	text = run_body("spin_pcall", "while true do pcall(function() while true do end end) end",
+	                &budget_limits, err, sizeof err);
 	ok(!text && contains(err, "instruction budget"), "pcall cannot outlast the budget: %s", err);
 	free(text);
 
@@ -239,7 +245,7 @@ test_pattern_bound(void)
 	wall.instructions = 1000000000000L;   /* only the clock can stop these */
 	for (size_t i = 0; i < sizeof bombs / sizeof *bombs; i++) {
 		char err[1024] = "";
-		char *text = run_body("bomb", bombs[i].body, NULL, err, sizeof err);
+		char *text = run_body("bomb", bombs[i].body, &budget_limits, err, sizeof err);
 		ok(!text && contains(err, "pattern too expensive"), "%s stops at the budget: %s", bombs[i].what, err);
 		free(text);
 		if (strstr(bombs[i].body, "true)"))
@@ -261,7 +267,7 @@ test_pattern_bound(void)
 	free(text);
 	text = run_body("pcall_bomb",
 	                "for i = 1, 1000 do pcall(string.find, ('a'):rep(40), ('a?'):rep(40) .. ('a'):rep(40)) end "
-	                "return 'done'", NULL, err, sizeof err);
+	                "return 'done'", &budget_limits, err, sizeof err);
 	ok(!text && (contains(err, "instruction budget") || contains(err, "pattern too expensive")),
 	   "catching the pattern error does not buy more budget: %s", err);
 	free(text);
@@ -500,7 +506,7 @@ test_fixtures_guarded(void)
 {
 	script *s;
 	char err[1024];
-	script_registry *r = load("fx", "return { description = \"x\", prompt = function() return {} end }\n", NULL,
+	script_registry *r = load("fx", "return { description = \"x\", prompt = function() return {} end }\n", &budget_limits,
 	                          &s, err, sizeof err);
 	static const struct { const char *text, *want, *what; } cases[] = {
 		{ "local t = setmetatable({}, { __gc = function() while true do end end })\nreturn {}\n",
