@@ -12,8 +12,12 @@
  *
  * A `script_run` is one request's use of a script: its ctx table (rows from
  * the database), then prompt(ctx) → chat request, then post(reply, ctx) →
- * result. Every call into Lua is protected, runs under an instruction budget
- * and the state's memory cap, and never raises into C.
+ * result. Before its first call a run executes the file's top level afresh
+ * (compiled once, at load) in a fresh environment, so no module-level table
+ * carries one request's data into another's. Every call into Lua is
+ * protected, runs under an instruction budget (which pattern matching is
+ * charged to), a wall-clock bound and the state's memory cap (which counts
+ * what jansson holds for the call), and never raises into C.
  */
 #ifndef RAPPORT_SCRIPT_H
 #define RAPPORT_SCRIPT_H

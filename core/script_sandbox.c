@@ -2,7 +2,10 @@
  * script_sandbox — one script's Lua state and its guards: the capped
  * allocator, the count hook that enforces the instruction budget and the
  * wall-clock bound, the protected call every entry into Lua goes through
- * (script_pcall), and the allow-listed environment scripts run in.
+ * (script_pcall), and the allow-listed environment scripts run in: the
+ * one list of globals (script_sandbox_globals) from which every environment
+ * is made, the load-time one and each request's fresh one, out of the
+ * catalog of values the state opened once.
  *
  * Every entry into Lua goes through script_pcall, so a Lua error (including
  * the budget and memory cap) becomes an error string here and never a
