@@ -297,7 +297,8 @@ l_move(lua_State *L)
 	lua_Integer e = luaL_checkinteger(L, 3);
 	if (e >= f) {
 		lua_Unsigned n = (lua_Unsigned)e - (lua_Unsigned)f + 1;
-		if (n > (lua_Unsigned)(s->budget - s->spent))
+		lua_Unsigned left = s->spent < s->budget ? (lua_Unsigned)(s->budget - s->spent) : 0;
+		if (n > left)
 			return luaL_error(L, "table.move: %I elements are more than the call's "
 			                     "instruction budget allows", (lua_Integer)n);
 		s->spent += (long)n;

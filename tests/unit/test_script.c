@@ -265,6 +265,12 @@ test_pattern_bound(void)
 	text = run_body("move", "return #table.move({}, 1, 1 << 40, 2)", NULL, err, sizeof err);
 	ok(!text && contains(err, "table.move"), "a table.move of 2^40 nils is refused: %s", err);
 	free(text);
+	text = run_body("move_after_pcall",
+	                "pcall(string.find, ('a'):rep(40), ('a?'):rep(40) .. ('a'):rep(40)) "
+	                "return #table.move({}, 1, 1 << 40, 2)", &budget_limits, err, sizeof err);
+	ok(!text && contains(err, "table.move"),
+	   "and so is one after the budget is spent (by a caught pattern error): %s", err);
+	free(text);
 	text = run_body("pcall_bomb",
 	                "for i = 1, 1000 do pcall(string.find, ('a'):rep(40), ('a?'):rep(40) .. ('a'):rep(40)) end "
 	                "return 'done'", &budget_limits, err, sizeof err);
