@@ -1,10 +1,11 @@
 /*
  * check — compile, lint, test every script; see check.h.
  *
- * Fixture files are trusted test data, not scripts: each is run in its own
- * plain Lua state (with `json` and a `case{…}` constructor that remembers
- * the line it was written on), and its cases cross into the script's
- * sandbox as JSON, exactly as a real context would.
+ * Fixture files are test data, but Lua: each is read by the script host
+ * (script_read_fixtures) in a state of its own with the script's guards
+ * and a `case{…}` constructor that remembers the line it was written on;
+ * its cases cross into the script's sandbox as JSON, exactly as a real
+ * context would.
  */
 #include "check.h"
 #include "luajson.h"
@@ -18,126 +19,70 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-#include <lualib.h>
 
-/* The sandbox's globals, for luacheck: anything else a script touches is an
- * undefined global there, as it would be at run time. */
-static const char *const sandbox_globals[] = {
-	"assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "select", "tonumber",
-	"tostring", "type", "rawequal", "rawlen", "rawget", "rawset", "setmetatable",
-	"getmetatable", "print", "require", "string", "table", "math", "utf8", "os.time",
-	"os.clock", "os.date", "cjson", "json", "read_prompt", "db", "llm", "_G", NULL,
-};
-
+/* luacheck, against exactly the sandbox's globals (script_sandbox_globals):
+ * anything else a script touches is an undefined global there, as it would
+ * be at run time; a library's fields are named one by one, so a field the
+ * sandbox leaves out (string.dump, os.execute) is reported too. */
 static int
 lint(const char *dir)
 {
-	char *argv[64];
-	int n = 0;
-	argv[n++] = "luacheck";
-	argv[n++] = "--no-config";
-	argv[n++] = "--std";
-	argv[n++] = "none";
-	argv[n++] = "--formatter";
-	argv[n++] = "plain";
-	argv[n++] = "--codes";
-	argv[n++] = "--no-max-line-length";
-	argv[n++] = "--exclude-files";
-	argv[n++] = "*/tests/*";
-	argv[n++] = "--read-globals";
-	for (const char *const *g = sandbox_globals; *g; g++)
-		argv[n++] = (char *)*g;
-	argv[n++] = "--";
-	argv[n++] = (char *)dir;
-	argv[n] = NULL;
+	char **argv = NULL;
+	int n = 0, cap = 0;
+	char **owned = NULL;
+	int nowned = 0;
+#define ARG(x) do { if (n == cap) argv = xrealloc(argv, sizeof *argv * (size_t)(cap = cap ? cap * 2 : 64)); argv[n++] = (x); } while (0)
+	ARG("luacheck");
+	ARG("--no-config");
+	ARG("--std");
+	ARG("none");
+	ARG("--formatter");
+	ARG("plain");
+	ARG("--codes");
+	ARG("--no-max-line-length");
+	/* Fixture files are data read with case{}: not linted. luacheck
+	 * matches the glob against the path as given, so name it under dir. */
+	char *fixtures = xasprintf("%s/tests/*", dir);
+	ARG("--exclude-files");
+	ARG("*/tests/*");
+	ARG(fixtures);
+	ARG("--read-globals");
+	for (const struct script_global *g = script_sandbox_globals; g->name; g++) {
+		if (!g->fields) {
+			ARG((char *)g->name);
+			continue;
+		}
+		for (const char *const *f = g->fields; *f; f++) {
+			owned = xrealloc(owned, sizeof *owned * (size_t)(nowned + 1));
+			owned[nowned] = xasprintf("%s.%s", g->name, *f);
+			ARG(owned[nowned++]);
+		}
+	}
+	ARG("--");
+	ARG((char *)dir);
+	ARG(NULL);
+#undef ARG
 	fflush(stdout);
 	pid_t pid = fork();
-	if (pid < 0)
-		return -1;
+	int rc = -1;
 	if (pid == 0) {
 		dup2(STDOUT_FILENO, STDERR_FILENO);
 		execvp(argv[0], argv);
 		fprintf(stderr, "luacheck: %s (install Debian's lua-check)\n", strerror(errno));
 		_exit(127);
 	}
-	int status;
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* case{...}: returns its table with the line it was written on. */
-static int
-l_case(lua_State *L)
-{
-	luaL_checktype(L, 1, LUA_TTABLE);
-	lua_Debug ar;
-	if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
-		lua_pushinteger(L, ar.currentline);
-		lua_setfield(L, 1, "_line");
+	if (pid > 0) {
+		int status;
+		while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+			;
+		rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 	}
-	lua_settop(L, 1);
-	return 1;
-}
-
-/* Fixture files are data, but they are Lua and they are read by the
- * server at every reload: a state with only the pure libraries, a memory
- * cap and an instruction limit, so a bad fixture fails instead of hanging
- * or reaching the system. */
-struct fixture_cap {
-	size_t used, cap;
-};
-
-static void *
-fixture_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
-{
-	struct fixture_cap *c = ud;
-	if (!ptr)
-		osize = 0;
-	if (nsize == 0) {
-		free(ptr);
-		c->used -= osize;
-		return NULL;
-	}
-	if (nsize > osize && c->used + (nsize - osize) > c->cap)
-		return NULL;
-	void *p = realloc(ptr, nsize);
-	if (p)
-		c->used = c->used - osize + nsize;
-	return p;
-}
-
-static void
-fixture_hook(lua_State *L, lua_Debug *ar)
-{
-	lua_sethook(L, fixture_hook, LUA_MASKCOUNT, 1);
-	luaL_error(L, "fixture file ran too long");
-}
-
-static lua_State *
-fixture_state(struct fixture_cap *cap)
-{
-	lua_State *L = lua_newstate(fixture_alloc, cap);
-	if (!L)
-		return NULL;
-	luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
-	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
-	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
-	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
-	luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 1);
-	lua_pop(L, 5);
-	static const char *const unsafe[] = { "dofile", "loadfile", "load", "collectgarbage", NULL };
-	for (const char *const *u = unsafe; *u; u++) {
-		lua_pushnil(L);
-		lua_setglobal(L, *u);
-	}
-	luajson_open(L);
-	lua_setglobal(L, "json");
-	lua_pushcfunction(L, l_case);
-	lua_setglobal(L, "case");
-	lua_sethook(L, fixture_hook, LUA_MASKCOUNT, 10000000);
-	return L;
+	for (int i = 0; i < nowned; i++)
+		free(owned[i]);
+	free(owned);
+	free(fixtures);
+	free(argv);
+	return rc;
 }
 
 /* Whether every key of want is in got with an equal (or, for objects,
@@ -262,21 +207,13 @@ run_fixtures(const char *scripts_dir, const char *type, script *s, struct tally 
 		free(file);
 		return;
 	}
-	struct fixture_cap cap = { 0, 64u << 20 };
-	lua_State *L = fixture_state(&cap);
-	if (!L) {
-		printf("FAIL %s: cannot create a Lua state\n", file);
+	char err[1024];
+	json_t *cases = script_read_fixtures(s, file, err, sizeof err);
+	if (!cases) {
+		printf("FAIL %s\n", err);
 		t->failed++;
-		free(file);
-		return;
-	}
-	char err[512];
-	json_t *cases = NULL;
-	if (luaL_loadfilex(L, file, "t") != LUA_OK || lua_pcall(L, 0, 1, 0) != LUA_OK) {
-		printf("FAIL %s\n", lua_tostring(L, -1));
-		t->failed++;
-	} else if (!(cases = luajson_from_lua(L, -1, NULL, err, sizeof err)) || !json_is_array(cases)) {
-		printf("FAIL %s: must return a list of case{...} (%s)\n", file, err[0] ? err : "not a list");
+	} else if (!json_is_array(cases)) {
+		printf("FAIL %s: must return a list of case{...}\n", file);
 		t->failed++;
 	} else {
 		size_t i;
@@ -285,7 +222,6 @@ run_fixtures(const char *scripts_dir, const char *type, script *s, struct tally 
 			run_case(s, file, c, t);
 	}
 	json_decref(cases);
-	lua_close(L);
 	free(file);
 }
 
@@ -330,17 +266,16 @@ check_prompt_smoke(void *arg, script *s, char **error)
 		free(file);              /* nothing to render it with */
 		return true;
 	}
-	struct fixture_cap cap = { 0, 64u << 20 };
-	lua_State *L = fixture_state(&cap);
-	if (!L) {
+	char err[1024] = "";
+	/* A fixture that cannot be read is `rapport check`'s to report: the
+	 * version is refused only when the file fails (it cannot hang: it runs
+	 * under the script's own guards). */
+	json_t *cases = script_read_fixtures(s, file, err, sizeof err);
+	if (!cases) {
+		*error = xasprintf("scripts/%s.lua: its fixture file cannot be read: %s", si->name, err);
 		free(file);
-		return true;
+		return false;
 	}
-	char err[512] = "";
-	json_t *cases = NULL;
-	if (luaL_loadfilex(L, file, "t") == LUA_OK && lua_pcall(L, 0, 1, 0) == LUA_OK)
-		cases = luajson_from_lua(L, -1, NULL, err, sizeof err);
-	lua_close(L);
 	const json_t *first = json_array_get(cases, 0);
 	const json_t *ctx = json_object_get(first, "ctx");
 	if (ctx && !json_object_get(first, "error")) {

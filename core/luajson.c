@@ -4,6 +4,7 @@
 #include "luajson.h"
 #include "util.h"
 
+#include <malloc.h>
 #include <math.h>
 #include <stdlib.h>
 #include <stdbool.h>
@@ -14,6 +15,7 @@
 
 #define MAX_DEPTH 100
 static const char ARRAY_MT[] = "rapport.json.array";
+static const char BOX_MT[] = "rapport.json.box";
 
 void
 luajson_mark_array(lua_State *L, int idx)
@@ -347,8 +349,6 @@ luajson_from_lua(lua_State *L, int idx, const json_t *schema, char *err, size_t 
 /* A userdata owning one jansson reference, so a Lua error (out of memory
  * under the state's cap) while the value is being pushed cannot leak it:
  * the box becomes garbage and its __gc drops the reference. */
-static const char BOX_MT[] = "rapport.json.box";
-
 static int
 box_gc(lua_State *L)
 {
@@ -361,13 +361,97 @@ box_gc(lua_State *L)
 void
 luajson_push_owned(lua_State *L, json_t *v)
 {
-	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+	/* v leaks if making the box itself raises: callers that decode text
+	 * use luajson_push_text, which boxes before decoding. */
+	json_t **box = luajson_box(L);
 	*box = v;
-	luaL_setmetatable(L, BOX_MT);
 	push_value(L, v, 0);
 	json_decref(v);
 	*box = NULL;
 	lua_remove(L, -2);
+}
+
+json_t **
+luajson_box(lua_State *L)
+{
+	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
+	*box = NULL;
+	luaL_setmetatable(L, BOX_MT);
+	return box;
+}
+
+/* ---- the meter: jansson memory charged to the script call running ---- */
+
+static _Thread_local struct luajson_meter *meter;
+
+static void *
+metered_malloc(size_t size)
+{
+	struct luajson_meter *m = meter;
+	if (m) {
+		size_t also = m->also ? *m->also : 0;
+		if (m->used + also + size > m->cap) {
+			m->refused = true;
+			return NULL;
+		}
+	}
+	void *p = malloc(size);
+	if (p && m)
+		m->used += malloc_usable_size(p);
+	return p;
+}
+
+static void
+metered_free(void *p)
+{
+	struct luajson_meter *m = meter;
+	if (p && m) {
+		/* A block from before this meter was current may be freed
+		 * under it: never below zero. */
+		size_t n = malloc_usable_size(p);
+		m->used = n < m->used ? m->used - n : 0;
+	}
+	free(p);
+}
+
+struct luajson_meter *
+luajson_meter_use(struct luajson_meter *m)
+{
+	static bool installed;
+	if (!installed) {
+		json_set_alloc_funcs(metered_malloc, metered_free);
+		installed = true;
+	}
+	struct luajson_meter *prev = meter;
+	meter = m;
+	return prev;
+}
+
+static int
+raise_if_refused(lua_State *L, const char *what)
+{
+	if (meter && meter->refused)
+		return luaL_error(L, "%s: script exceeded its memory cap (%I bytes, counting "
+		                     "what the JSON library holds)", what, (lua_Integer)meter->cap);
+	return 0;
+}
+
+int
+luajson_push_text(lua_State *L, const char *text, size_t len, size_t flags)
+{
+	json_t **box = luajson_box(L);
+	*box = json_loadb(text, len, flags, NULL);
+	if (!*box) {
+		raise_if_refused(L, "json");
+		lua_pop(L, 1);
+		return -1;
+	}
+	int type = json_typeof(*box);
+	push_value(L, *box, 0);
+	json_decref(*box);
+	*box = NULL;
+	lua_remove(L, -2);
+	return type;
 }
 
 /* json.decode(s) → value; raises on invalid JSON (use pcall to handle). */
@@ -376,13 +460,13 @@ l_decode(lua_State *L)
 {
 	size_t len;
 	const char *s = luaL_checklstring(L, 1, &len);
-	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
-	*box = NULL;
-	luaL_setmetatable(L, BOX_MT);
+	json_t **box = luajson_box(L);
 	json_error_t e;
 	*box = json_loadb(s, len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
-	if (!*box)
+	if (!*box) {
+		raise_if_refused(L, "json.decode");
 		return luaL_error(L, "json.decode: %s at line %d column %d", e.text, e.line, e.column);
+	}
 	push_value(L, *box, 0);
 	json_decref(*box);
 	*box = NULL;
@@ -404,12 +488,12 @@ l_encode(lua_State *L)
 	char err[256];
 	luaL_checkany(L, 1);
 	lua_settop(L, 1);
-	json_t **box = lua_newuserdatauv(L, sizeof *box, 0);
-	*box = NULL;
-	luaL_setmetatable(L, BOX_MT);
+	json_t **box = luajson_box(L);
 	*box = luajson_from_lua(L, 1, NULL, err, sizeof err);
-	if (!*box)
+	if (!*box) {
+		raise_if_refused(L, "json.encode");
 		return luaL_error(L, "json.encode: %s", err);
+	}
 	luaL_Buffer b;
 	luaL_buffinit(L, &b);
 	json_dump_callback(*box, dump_to_buffer, &b, JSON_COMPACT | JSON_ENCODE_ANY);

@@ -13,6 +13,7 @@
 #ifndef RAPPORT_LUAJSON_H
 #define RAPPORT_LUAJSON_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <jansson.h>
 #include <lua.h>
@@ -31,6 +32,32 @@ void luajson_push_owned(lua_State *L, json_t *v);
 
 /* Sets the array marker on the table at idx. */
 void luajson_mark_array(lua_State *L, int idx);
+
+/* Pushes the value of the JSON text (decoded by jansson, flags as for
+ * json_loadb) and returns its json_type, or pushes nothing and returns -1
+ * when the text is not JSON. The decoded tree is boxed before anything can
+ * raise, so a memory error while it is pushed frees it. Raises when the
+ * current meter (below) refused jansson memory for it. */
+int luajson_push_text(lua_State *L, const char *text, size_t len, size_t flags);
+
+/* Userdata that owns one jansson reference (freed by its __gc): pushes a
+ * box holding NULL; store the value after the box exists. */
+json_t **luajson_box(lua_State *L);
+
+/* jansson's memory, charged to a script call. While a meter is current,
+ * every jansson allocation counts in `used`, and one that would take
+ * used + *also past cap is refused (jansson then fails as out of memory
+ * and `refused` is set). Frees subtract what they return. The first call
+ * installs the allocation functions (json_set_alloc_funcs); blocks are
+ * measured with malloc_usable_size, so they may be freed with free().
+ * Returns the previous meter; NULL makes none current. */
+struct luajson_meter {
+	size_t used;
+	size_t cap;
+	const size_t *also;     /* the Lua state's own bytes, or NULL */
+	bool refused;
+};
+struct luajson_meter *luajson_meter_use(struct luajson_meter *m);
 
 /* Converts the Lua value at idx; schema may be NULL. Returns a new
  * reference, or NULL with a message in err (functions, cycles, invalid

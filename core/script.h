@@ -12,8 +12,12 @@
  *
  * A `script_run` is one request's use of a script: its ctx table (rows from
  * the database), then prompt(ctx) → chat request, then post(reply, ctx) →
- * result. Every call into Lua is protected, runs under an instruction budget
- * and the state's memory cap, and never raises into C.
+ * result. Before its first call a run executes the file's top level afresh
+ * (compiled once, at load) in a fresh environment, so no module-level table
+ * carries one request's data into another's. Every call into Lua is
+ * protected, runs under an instruction budget (which pattern matching is
+ * charged to), a wall-clock bound and the state's memory cap (which counts
+ * what jansson holds for the call), and never raises into C.
  */
 #ifndef RAPPORT_SCRIPT_H
 #define RAPPORT_SCRIPT_H
@@ -143,5 +147,23 @@ enum script_step script_run_resume_reply(script_run *run, const char *content,
 
 /* fallback(ctx) → result, or NULL (err empty when the script has none). */
 json_t *script_run_fallback(script_run *run, char *err, size_t errlen);
+
+/* ---- the sandbox: the one definition of what a script sees ----
+ * The sandbox is built from this list (ending with a NULL name); `rapport
+ * check` lints against it; tests hold .luacheckrc, the Lua test harness and
+ * docs/scripts.md to it. fields lists a library table's fields (NULL for a
+ * function or _G). */
+struct script_global {
+	const char *name;
+	const char *const *fields;
+};
+extern const struct script_global script_sandbox_globals[];
+
+/* Reads a fixture file (scripts/tests/<type>.lua) in a state of its own
+ * with the guards of s: its memory cap, its instruction budget and wall
+ * bound, no __gc, bounded patterns, the sandbox's globals plus case{…}
+ * (which records the line it was written on in `_line`). Returns what the
+ * file returned as JSON (new reference), or NULL with err (file:line). */
+json_t *script_read_fixtures(const script *s, const char *path, char *err, size_t errlen);
 
 #endif

@@ -6,6 +6,7 @@
  *
  *   script_sandbox.c   the state, its allocator and guards, script_pcall,
  *                      the sandbox environment
+ *   script_pattern.c   string.find/match/gmatch/gsub with bounded work
  *   script_load.c      compiling one file: read_prompt, require, the
  *                      declaration table, the version hash
  *   script_registry.c  type names → serving scripts, reload
@@ -16,11 +17,18 @@
 #define RAPPORT_SCRIPT_INT_H
 
 #include "script.h"
+#include "luajson.h"
 
 #include <lua.h>
 
 #define HOOK_EVERY 1000          /* instructions between budget checks */
 #define MAX_QUERIES 32
+
+enum script_phase {
+	SCRIPT_SERVING,              /* prompt, post, …: no globals, no require */
+	SCRIPT_LOADING,              /* the file's first run: reads files */
+	SCRIPT_REPLAYING,            /* a request runs the top level afresh */
+};
 
 struct script {
 	int refs;
@@ -38,6 +46,7 @@ struct script {
 
 	/* Limits, enforced by the allocator and the count hook. */
 	size_t mem_used, mem_cap;
+	struct luajson_meter meter;  /* jansson's bytes for the running call */
 	long budget, spent;
 	long wall_ms;                /* per call into Lua */
 	int max_steps;               /* run(ctx) I/O calls */
@@ -48,7 +57,10 @@ struct script {
 
 	/* Load-time state: read_prompt() works only while loading, and every
 	 * input read feeds the version hash. */
-	bool loading;
+	enum script_phase phase;
+	int factory_ref;             /* function(_ENV): runs the file afresh */
+	int env_ref, modules_ref;    /* the load-time environment and modules */
+	int cur_env_ref, cur_modules_ref;   /* the ones require uses now */
 	uint64_t hash;
 	const char *scripts_dir, *prompts_dir;
 };
@@ -72,6 +84,8 @@ struct script_run {
 	script *s;
 	int64_t contact_id;
 	int ctx_ref;
+	int decl_ref;                /* this request's own run of the file */
+	char *prep_error;            /* why that run failed */
 	bool contact_missing;
 
 	/* run(ctx): the coroutine and the one operation it waits on. */
@@ -93,8 +107,13 @@ void *script_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
 script *script_owner(lua_State *L);
 int script_panic(lua_State *L);
 void script_warn(void *ud, const char *msg, int tocont);
-/* lua_CFunction: opens the libraries and builds registry["rapport.env"]. */
+/* lua_CFunction: opens the libraries, the catalog the environments are
+ * made from and the load-time environment (s->env_ref). */
 int script_sandbox_build(lua_State *L);
+/* Pushes a fresh environment (see script_sandbox_globals); raises. */
+void script_sandbox_new_env(lua_State *L);
+/* Pushes a box that frees what *box points to when collected; raises. */
+void **script_box_new(lua_State *L);
 /* Calls the function below nargs arguments on the main stack under the
  * limits. True with nresults on the main stack, or false with the first
  * line of the error (file:line: message) in err. */
@@ -103,6 +122,11 @@ void script_arm_limits(script *s, lua_State *co);
 void script_stopped_message(script *s, char *err, size_t errlen);
 const char *script_error_text(lua_State *co);
 void script_log_error(script *s, lua_State *co, const char *err);
+
+/* ---- script_pattern.c ---- */
+/* Sets find, match, gmatch and gsub of the string table at strtab to the
+ * bounded versions, which charge their steps to script_owner(L)'s budget. */
+void script_pattern_install(lua_State *L, int strtab);
 
 /* ---- script_load.c ---- */
 script *script_load(script_registry *r, const char *name, char **error);
@@ -121,6 +145,11 @@ int script_push_reply(lua_State *L);
 void script_push_row(lua_State *L, const PGresult *res, int row);
 bool script_valid_messages(const json_t *m, char *err, size_t errlen);
 void script_pending_clear(script_run *run);
+/* Runs the file's top level afresh for this request (once); false with
+ * err when that run fails. */
+bool script_run_prepare(script_run *run, char *err, size_t errlen);
+/* Pushes the function `name` of this request's run of the file. */
+void script_push_decl_fn(lua_State *L, script_run *run, const char *name);
 
 /* ---- script_steps.c ---- */
 int script_lua_db_query(lua_State *L);

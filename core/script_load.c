@@ -36,79 +36,135 @@ hash_input(script *s, const char *label, const char *data, size_t len)
 	s->hash = util_fnv1a(s->hash, data, len);
 }
 
-/* read_prompt(name) → text of prompts/<name>; load time only. */
+/* Compiles a file's text into its factory: first alone, so a syntax error
+ * reads as it would for the file, then as the body of
+ * `function(_ENV, ...)`, whose every call runs the file's top level afresh
+ * in the environment it is given (new locals, new tables, new closures).
+ * The prefix sits on the file's first line, so line numbers stay the
+ * file's; a text that compiles alone is a block without a stray `end`, so
+ * as a body it means the same. Pushes the factory (LUA_OK) or the error
+ * message. Does not raise. */
+static int
+load_factory(lua_State *L, const char *src, size_t len, const char *chunk)
+{
+	int rc = luaL_loadbufferx(L, src, len, chunk, "t");
+	if (rc != LUA_OK)
+		return rc;
+	lua_pop(L, 1);
+	static const char head[] = "return function(_ENV, ...) ", tail[] = "\nend";
+	size_t nh = sizeof head - 1, nt = sizeof tail - 1;
+	char *w = xmalloc(nh + len + nt);
+	memcpy(w, head, nh);
+	memcpy(w + nh, src, len);
+	memcpy(w + nh + len, tail, nt);
+	rc = luaL_loadbufferx(L, w, nh + len + nt, chunk, "t");
+	free(w);
+	if (rc != LUA_OK)
+		return rc;
+	return lua_pcall(L, 0, 1, 0);
+}
+
+/* read_prompt(name) → text of prompts/<name>; while the file's top level
+ * runs. A request's fresh run gets the text read at load, so the version
+ * hash covers everything a request can see. */
 int
 script_lua_read_prompt(lua_State *L)
 {
 	script *s = script_owner(L);
 	const char *name = luaL_checkstring(L, 1);
-	if (!s->loading)
+	if (s->phase == SCRIPT_SERVING)
 		return luaL_error(L, "read_prompt is only available while the script loads "
 		                     "(call it at the top level of the file)");
 	if (!safe_relpath(name))
 		return luaL_error(L, "read_prompt: bad prompt name '%s'", name);
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.prompts");
+	int cache = lua_gettop(L);
+	if (s->phase == SCRIPT_REPLAYING) {
+		if (lua_getfield(L, cache, name) != LUA_TSTRING)
+			return luaL_error(L, "read_prompt: prompt '%s' was not read when the script loaded",
+			                  name);
+		return 1;
+	}
+	void **box = script_box_new(L);          /* before the file is taken */
 	char *path = xasprintf("%s/%s", s->prompts_dir, name);
 	size_t len;
-	char *text = util_read_file(path, &len);
+	*box = util_read_file(path, &len);
 	int saved = errno;
 	free(path);
-	if (!text)
+	if (!*box)
 		return luaL_error(L, "read_prompt: cannot read prompt '%s': %s", name, strerror(saved));
-	hash_input(s, name, text, len);
-	lua_pushlstring(L, text, len);   /* may raise: copy first, then free */
-	free(text);
+	hash_input(s, name, *box, len);
+	lua_pushlstring(L, *box, len);
+	free(*box);
+	*box = NULL;
+	lua_pushvalue(L, -1);
+	lua_setfield(L, cache, name);
 	return 1;
 }
 
-/* require(name) → the module scripts/lib/<name>.lua, loaded once per state
- * into the same sandbox. Nothing outside scripts/lib is reachable. */
+/* require(name) → the module scripts/lib/<name>.lua, run once per run of
+ * the file, in the same environment. At load the file is read and compiled
+ * into a factory; a request's fresh run calls the factories again. Nothing
+ * outside scripts/lib is reachable. */
 int
 script_lua_require(lua_State *L)
 {
 	script *s = script_owner(L);
 	const char *name = luaL_checkstring(L, 1);
-	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.modules");
-	if (lua_getfield(L, -1, name) != LUA_TNIL)
-		return 1;
-	lua_pop(L, 1);
 	for (const char *p = name; *p; p++)
 		if (!islower((unsigned char)*p) && !isdigit((unsigned char)*p) && *p != '_' && *p != '.')
 			return luaL_error(L, "require: bad module name '%s' (modules live in scripts/lib)", name);
-	if (!s->loading)
+	if (s->phase == SCRIPT_SERVING)
 		return luaL_error(L, "require is only available while the script loads");
-	luaL_Buffer b;
-	luaL_buffinit(L, &b);
-	luaL_addstring(&b, s->scripts_dir);
-	luaL_addstring(&b, "/lib/");
-	for (const char *p = name; *p; p++)
-		luaL_addchar(&b, *p == '.' ? '/' : *p);
-	luaL_addstring(&b, ".lua");
-	luaL_pushresult(&b);
-	const char *path = lua_tostring(L, -1);
-	size_t len;
-	char *src = util_read_file(path, &len);
-	if (!src)
-		return luaL_error(L, "require: module '%s' not found in scripts/lib", name);
-	hash_input(s, path, src, len);
-	/* Short chunk names: Lua cuts long ones to "...tail" in messages. */
-	lua_pushfstring(L, "@scripts/lib/%s.lua", name);
-	int rc = luaL_loadbufferx(L, src, len, lua_tostring(L, -1), "t");
-	free(src);
-	if (rc != LUA_OK) {
-		const char *m = lua_tostring(L, -1);
-		if (m && strncmp(m, "scripts/", 8) != 0)
-			return luaL_error(L, "scripts/lib/%s.lua: %s", name, m);
-		return lua_error(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, s->cur_modules_ref);
+	int mods = lua_gettop(L);
+	if (lua_getfield(L, mods, name) != LUA_TNIL)
+		return 1;
+	lua_pop(L, 1);
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.factories");
+	int facs = lua_gettop(L);
+	if (lua_getfield(L, facs, name) == LUA_TNIL) {
+		if (s->phase == SCRIPT_REPLAYING)
+			return luaL_error(L, "require: module '%s' was not loaded when the script loaded",
+			                  name);
+		lua_pop(L, 1);
+		void **box = script_box_new(L);
+		luaL_Buffer b;
+		luaL_buffinit(L, &b);
+		luaL_addstring(&b, s->scripts_dir);
+		luaL_addstring(&b, "/lib/");
+		for (const char *p = name; *p; p++)
+			luaL_addchar(&b, *p == '.' ? '/' : *p);
+		luaL_addstring(&b, ".lua");
+		luaL_pushresult(&b);
+		const char *path = lua_tostring(L, -1);
+		size_t len;
+		*box = util_read_file(path, &len);
+		if (!*box)
+			return luaL_error(L, "require: module '%s' not found in scripts/lib", name);
+		hash_input(s, path, *box, len);
+		/* Short chunk names: Lua cuts long ones to "...tail" in messages. */
+		lua_pushfstring(L, "@scripts/lib/%s.lua", name);
+		int rc = load_factory(L, *box, len, lua_tostring(L, -1));
+		free(*box);
+		*box = NULL;
+		if (rc != LUA_OK) {
+			const char *m = lua_tostring(L, -1);
+			if (m && strncmp(m, "scripts/", 8) != 0)
+				return luaL_error(L, "scripts/lib/%s.lua: %s", name, m);
+			return lua_error(L);
+		}
+		lua_pushvalue(L, -1);
+		lua_setfield(L, facs, name);
 	}
-	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
-	lua_setupvalue(L, -2, 1);
-	lua_call(L, 0, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, s->cur_env_ref);
+	lua_call(L, 1, 1);
 	if (lua_isnil(L, -1)) {
 		lua_pop(L, 1);
 		lua_pushboolean(L, 1);
 	}
 	lua_pushvalue(L, -1);
-	lua_setfield(L, -5, name);     /* rapport.modules[name] */
+	lua_setfield(L, mods, name);
 	return 1;
 }
 
@@ -203,7 +259,8 @@ resolve_query(lua_State *L, script *s, int decl, const char *name)
 	lua_settop(L, top);
 }
 
-/* Checks the declaration table at index 1 and copies what C needs.
+/* Checks the declaration table at index 1 (the factory at 2) and copies
+ * what C needs.
  * Runs under lua_pcall: errors are raised with luaL_error. */
 static int
 validate_decl(lua_State *L)
@@ -315,9 +372,33 @@ validate_decl(lua_State *L)
 		return luaL_error(L, "%s: 'queries' must be a list of query names", s->path);
 	}
 	/* Anchored here, under protection, because luaL_ref may allocate. */
+	lua_pushvalue(L, 2);
+	s->factory_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_pushvalue(L, t);
 	s->table_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	return 0;
+}
+
+/* Makes s->L: the capped allocator, s in its extra space, the sandbox.
+ * False with err. */
+static bool
+state_open(script *s, char *err, size_t errlen)
+{
+	s->L = lua_newstate(script_alloc, s);
+	if (!s->L) {
+		snprintf(err, errlen, "%s: cannot create a Lua state", s->path);
+		return false;
+	}
+	*(script **)lua_getextraspace(s->L) = s;
+	lua_atpanic(s->L, script_panic);
+	lua_setwarnf(s->L, script_warn, NULL);
+	char lerr[512];
+	lua_pushcfunction(s->L, script_sandbox_build);
+	if (!script_pcall(s, 0, 0, lerr, sizeof lerr)) {
+		snprintf(err, errlen, "%s: %s", s->path, lerr);
+		return false;
+	}
+	return true;
 }
 
 script *
@@ -338,23 +419,13 @@ script_load(script_registry *r, const char *name, char **error)
 	s->prompts_dir = r->prompts_dir;
 	s->hash = UTIL_FNV_SEED;
 	s->table_ref = LUA_NOREF;
+	s->factory_ref = LUA_NOREF;
 	char err[1024];
-
-	s->L = lua_newstate(script_alloc, s);
-	if (!s->L) {
-		*error = xasprintf("%s: cannot create a Lua state", s->path);
+	if (!state_open(s, err, sizeof err)) {
+		*error = xstrdup(err);
 		goto fail;
 	}
-	*(script **)lua_getextraspace(s->L) = s;
-	lua_atpanic(s->L, script_panic);
-	lua_setwarnf(s->L, script_warn, NULL);
 	lua_State *L = s->L;
-
-	lua_pushcfunction(L, script_sandbox_build);
-	if (!script_pcall(s, 0, 0, err, sizeof err)) {
-		*error = xasprintf("%s: %s", s->path, err);
-		goto fail;
-	}
 
 	size_t len;
 	char *src = util_read_file(s->path, &len);
@@ -366,7 +437,7 @@ script_load(script_registry *r, const char *name, char **error)
 	/* Messages say "scripts/<type>.lua:LINE:", whatever the folder's real
 	 * path: Lua cuts long chunk names to "...tail". */
 	char *chunk = xasprintf("@scripts/%s.lua", name);
-	int rc = luaL_loadbufferx(L, src, len, chunk, "t");
+	int rc = load_factory(L, src, len, chunk);
 	free(chunk);
 	free(src);
 	if (rc != LUA_OK) {
@@ -376,16 +447,18 @@ script_load(script_registry *r, const char *name, char **error)
 		*error = strncmp(m, "scripts/", 8) == 0 ? xstrdup(m) : xasprintf("scripts/%s.lua: %s", name, m);
 		goto fail;
 	}
-	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
-	lua_setupvalue(L, -2, 1);
-	s->loading = true;
-	bool ok = script_pcall(s, 0, 1, err, sizeof err);
+	/* The factory is at 1: its first run, in the load-time environment. */
+	lua_pushvalue(L, 1);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, s->env_ref);
+	s->phase = SCRIPT_LOADING;
+	bool ok = script_pcall(s, 1, 1, err, sizeof err);
 	if (ok) {
 		lua_pushcfunction(L, validate_decl);
 		lua_pushvalue(L, -2);
-		ok = script_pcall(s, 1, 0, err, sizeof err);
+		lua_pushvalue(L, 1);
+		ok = script_pcall(s, 2, 0, err, sizeof err);
 	}
-	s->loading = false;
+	s->phase = SCRIPT_SERVING;
 	if (!ok) {
 		*error = xstrdup(err);
 		goto fail;
@@ -408,4 +481,75 @@ script_load(script_registry *r, const char *name, char **error)
 fail:
 	script_free(s);
 	return NULL;
+}
+
+/* ---- fixture files ----------------------------------------------------- */
+
+/* case{...}: returns its table with the line it was written on. */
+static int
+l_case(lua_State *L)
+{
+	luaL_checktype(L, 1, LUA_TTABLE);
+	lua_Debug ar;
+	if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "l", &ar)) {
+		lua_pushinteger(L, ar.currentline);
+		lua_setfield(L, 1, "_line");
+	}
+	lua_settop(L, 1);
+	return 1;
+}
+
+static int
+p_add_case(lua_State *L)
+{
+	script *f = script_owner(L);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, f->env_ref);
+	lua_pushliteral(L, "case");
+	lua_pushcfunction(L, l_case);
+	lua_rawset(L, -3);
+	return 0;
+}
+
+json_t *
+script_read_fixtures(const script *s, const char *path, char *err, size_t errlen)
+{
+	/* Fixture files are data, but they are Lua and the server reads them
+	 * at every reload: the same guards as a script's own state, so a bad
+	 * fixture fails instead of hanging or reaching the system. */
+	script *f = xcalloc(1, sizeof *f);
+	f->refs = 1;
+	f->name = xstrdup("fixtures");
+	f->path = xstrdup(path);
+	f->mem_cap = s->mem_cap;
+	f->budget = s->budget;
+	f->wall_ms = s->wall_ms;
+	f->scripts_dir = s->scripts_dir;
+	f->prompts_dir = s->prompts_dir;
+	f->table_ref = f->factory_ref = LUA_NOREF;
+	json_t *cases = NULL;
+	if (!state_open(f, err, errlen))
+		goto done;
+	lua_State *L = f->L;
+	lua_pushcfunction(L, p_add_case);
+	if (!script_pcall(f, 0, 0, err, errlen))
+		goto done;
+	if (luaL_loadfilex(L, path, "t") != LUA_OK) {
+		snprintf(err, errlen, "%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot load");
+		util_utf8_trim(err);
+		goto done;
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, f->env_ref);
+	lua_setupvalue(L, -2, 1);
+	f->phase = SCRIPT_LOADING;
+	bool ok = script_pcall(f, 0, 1, err, errlen);
+	f->phase = SCRIPT_SERVING;
+	if (ok) {
+		char cerr[256];
+		cases = luajson_from_lua(L, -1, NULL, cerr, sizeof cerr);
+		if (!cases)
+			snprintf(err, errlen, "%s: what the file returned is not data: %s", path, cerr);
+	}
+done:
+	script_free(f);
+	return cases;
 }

@@ -48,6 +48,7 @@ script_run_new(script *s, int64_t contact_id, const char *now_iso)
 	run->contact_id = contact_id;
 	run->ctx_ref = LUA_NOREF;
 	run->co_ref = LUA_NOREF;
+	run->decl_ref = LUA_NOREF;
 	struct new_ctx_args a = { contact_id, s->name, now_iso, LUA_NOREF };
 	char err[256];
 	lua_pushcfunction(s->L, p_new_ctx);
@@ -80,6 +81,8 @@ script_run_free(script_run *run)
 	/* A suspended coroutine is just garbage once unanchored. */
 	luaL_unref(run->s->L, LUA_REGISTRYINDEX, run->co_ref);
 	luaL_unref(run->s->L, LUA_REGISTRYINDEX, run->ctx_ref);
+	luaL_unref(run->s->L, LUA_REGISTRYINDEX, run->decl_ref);
+	free(run->prep_error);
 	script_unref(run->s);
 	free(run);
 }
@@ -131,14 +134,10 @@ push_cell(lua_State *L, const PGresult *res, int row, int col)
 	case OID_TIMESTAMPTZ:
 		push_timestamp(L, v, true);
 		break;
-	case OID_JSON: case OID_JSONB: {
-		json_t *j = json_loads(v, JSON_DECODE_ANY, NULL);
-		if (j)
-			luajson_push_owned(L, j);
-		else
+	case OID_JSON: case OID_JSONB:
+		if (luajson_push_text(L, v, (size_t)PQgetlength(res, row, col), JSON_DECODE_ANY) < 0)
 			lua_pushstring(L, v);
 		break;
-	}
 	default:
 		lua_pushlstring(L, v, (size_t)PQgetlength(res, row, col));
 	}
@@ -208,6 +207,104 @@ script_run_contact_missing(const script_run *run)
 	return run->contact_missing;
 }
 
+/* ---- this request's own run of the file --------------------------------- */
+
+/* Module-level state must not carry one contact's data into another's
+ * request. So a request does not call the functions of the load-time run:
+ * before its first call into the script it runs the file's top level
+ * afresh (the factory, see load_factory) in a fresh environment, with
+ * fresh modules; prompt, post, fallback and run come from what that run
+ * returned. Locals, tables and closures of the file are its own; only the
+ * prompt texts read at load and the compiled code are shared. */
+
+struct env_args {
+	int env_ref, modules_ref;
+};
+
+static int
+p_new_env(lua_State *L)
+{
+	struct env_args *a = lua_touserdata(L, 1);
+	script_sandbox_new_env(L);
+	a->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_newtable(L);
+	a->modules_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static int
+p_keep_decl(lua_State *L)
+{
+	script_run *run = lua_touserdata(L, 2);
+	if (!lua_istable(L, 1))
+		return luaL_error(L, "%s: the script must return a table (got %s)", run->s->path,
+		                  luaL_typename(L, 1));
+	lua_settop(L, 1);
+	run->decl_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 0;
+}
+
+static bool
+run_prepare(script_run *run, char *err, size_t errlen)
+{
+	script *s = run->s;
+	lua_State *L = s->L;
+	if (run->decl_ref != LUA_NOREF)
+		return true;
+	char lerr[512];
+	if (!run->prep_error) {
+		struct env_args a = { LUA_NOREF, LUA_NOREF };
+		lua_pushcfunction(L, p_new_env);
+		lua_pushlightuserdata(L, &a);
+		bool ok = script_pcall(s, 1, 0, lerr, sizeof lerr);
+		if (ok) {
+			lua_rawgeti(L, LUA_REGISTRYINDEX, s->factory_ref);
+			lua_rawgeti(L, LUA_REGISTRYINDEX, a.env_ref);
+			s->cur_env_ref = a.env_ref;
+			s->cur_modules_ref = a.modules_ref;
+			s->phase = SCRIPT_REPLAYING;
+			ok = script_pcall(s, 1, 1, lerr, sizeof lerr);
+			s->phase = SCRIPT_SERVING;
+			s->cur_env_ref = s->env_ref;
+			s->cur_modules_ref = s->modules_ref;
+		}
+		if (ok) {
+			lua_pushcfunction(L, p_keep_decl);
+			lua_insert(L, -2);
+			lua_pushlightuserdata(L, run);
+			ok = script_pcall(s, 2, 0, lerr, sizeof lerr);
+		}
+		/* The closures keep what they use; the anchors are not needed. */
+		luaL_unref(L, LUA_REGISTRYINDEX, a.env_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, a.modules_ref);
+		if (ok)
+			return true;
+		run->prep_error = xasprintf("script %s: the file's top level failed for this request: %s",
+		                            s->name, lerr);
+	}
+	snprintf(err, errlen, "%s", run->prep_error);
+	return false;
+}
+
+/* Pushes the function `name` of this request's run of the file (nil when
+ * it has none). */
+void
+script_push_decl_fn(lua_State *L, script_run *run, const char *name)
+{
+	lua_rawgeti(L, LUA_REGISTRYINDEX, run->decl_ref);
+	if (lua_istable(L, -1)) {
+		lua_pushstring(L, name);
+		lua_rawget(L, -2);
+		lua_remove(L, -2);
+	}
+}
+
+bool
+script_run_prepare(script_run *run, char *err, size_t errlen)
+{
+	return run_prepare(run, err, errlen);
+}
+
 /* Checks prompt()'s messages: a non-empty list of {role, content}. */
 bool
 script_valid_messages(const json_t *m, char *err, size_t errlen)
@@ -233,10 +330,9 @@ script_run_request(script_run *run, char *err, size_t errlen)
 {
 	script *s = run->s;
 	lua_State *L = s->L;
-	lua_rawgeti(L, LUA_REGISTRYINDEX, s->table_ref);
-	lua_pushstring(L, "prompt");
-	lua_rawget(L, -2);
-	lua_remove(L, -2);
+	if (!run_prepare(run, err, errlen))
+		return NULL;
+	script_push_decl_fn(L, run, "prompt");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
 	char lerr[512];
 	if (!script_pcall(s, 1, 1, lerr, sizeof lerr)) {
@@ -317,11 +413,10 @@ script_push_reply(lua_State *L)
 	lua_createtable(L, 0, 4);
 	lua_pushstring(L, a->content);
 	lua_setfield(L, -2, "text");
-	json_t *data = json_loads(a->content, 0, NULL);
-	if (json_is_object(data))
-		luajson_push_owned(L, data);
-	else {
-		json_decref(data);
+	int type = luajson_push_text(L, a->content, strlen(a->content), 0);
+	if (type != JSON_OBJECT) {
+		if (type >= 0)
+			lua_pop(L, 1);
 		lua_pushnil(L);
 	}
 	lua_setfield(L, -2, "data");
@@ -343,6 +438,8 @@ script_run_post(script_run *run, const char *content, const char *finish_reason,
 	script *s = run->s;
 	lua_State *L = s->L;
 	char lerr[512];
+	if (s->has_post && !run_prepare(run, err, errlen))
+		return NULL;
 	struct script_reply_args a = { content ? content : "", finish_reason, model };
 	lua_pushcfunction(L, script_push_reply);
 	lua_pushlightuserdata(L, &a);
@@ -360,10 +457,7 @@ script_run_post(script_run *run, const char *content, const char *finish_reason,
 		}
 		return take_result(s, "the default post", err, errlen);
 	}
-	lua_rawgeti(L, LUA_REGISTRYINDEX, s->table_ref);
-	lua_pushstring(L, "post");
-	lua_rawget(L, -2);
-	lua_remove(L, -2);
+	script_push_decl_fn(L, run, "post");
 	lua_insert(L, reply);                    /* post, reply */
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
 	if (!script_pcall(s, 2, 1, lerr, sizeof lerr)) {
@@ -427,10 +521,9 @@ script_run_fallback(script_run *run, char *err, size_t errlen)
 		return NULL;
 	lua_State *L = s->L;
 	char lerr[512];
-	lua_rawgeti(L, LUA_REGISTRYINDEX, s->table_ref);
-	lua_pushstring(L, "fallback");
-	lua_rawget(L, -2);
-	lua_remove(L, -2);
+	if (!run_prepare(run, err, errlen))
+		return NULL;
+	script_push_decl_fn(L, run, "fallback");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
 	if (!script_pcall(s, 1, 1, lerr, sizeof lerr)) {
 		snprintf(err, errlen, "script %s: fallback failed: %s", s->name, lerr);

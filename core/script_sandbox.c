@@ -2,7 +2,10 @@
  * script_sandbox — one script's Lua state and its guards: the capped
  * allocator, the count hook that enforces the instruction budget and the
  * wall-clock bound, the protected call every entry into Lua goes through
- * (script_pcall), and the allow-listed environment scripts run in.
+ * (script_pcall), and the allow-listed environment scripts run in: the
+ * one list of globals (script_sandbox_globals) from which every environment
+ * is made, the load-time one and each request's fresh one, out of the
+ * catalog of values the state opened once.
  *
  * Every entry into Lua goes through script_pcall, so a Lua error (including
  * the budget and memory cap) becomes an error string here and never a
@@ -18,7 +21,6 @@
 #include <string.h>
 
 #include <lauxlib.h>
-#include <lua-cjson.h>
 #include <lualib.h>
 
 /* ---- the state: allocator, budget, sandbox ---------------------------- */
@@ -34,7 +36,8 @@ script_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 		s->mem_used -= osize;
 		return NULL;
 	}
-	if (nsize > osize && s->mem_used + (nsize - osize) > s->mem_cap)
+	/* What jansson holds for the running call counts too (s->meter). */
+	if (nsize > osize && s->mem_used + s->meter.used + (nsize - osize) > s->mem_cap)
 		return NULL;   /* Lua raises "not enough memory" */
 	void *p = realloc(ptr, nsize);
 	if (p)
@@ -94,6 +97,7 @@ script_arm_limits(script *s, lua_State *co)
 	s->spent = 0;
 	s->stopped = false;
 	s->deadline_ms = s->wall_ms > 0 ? util_now_ms() + s->wall_ms : 0;
+	s->meter = (struct luajson_meter){ .cap = s->mem_cap, .also = &s->mem_used };
 	lua_sethook(co, budget_hook, LUA_MASKCOUNT, HOOK_EVERY);
 }
 
@@ -166,7 +170,10 @@ script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen)
 	lua_xmove(L, co, nargs + 1);
 	script_arm_limits(s, co);
 	int nres = 0;
+	struct luajson_meter *prev = luajson_meter_use(&s->meter);
 	int rc = lua_resume(co, L, nargs, &nres);
+	luajson_meter_use(prev);
+	s->meter.used = 0;           /* what jansson still holds is no call's */
 	lua_sethook(co, NULL, 0, 0);
 	if (rc == LUA_OK && !s->stopped) {
 		if (nres > nresults)
@@ -220,14 +227,17 @@ l_setmetatable(lua_State *L)
 	return 1;
 }
 
-/* rawset, except on the globals table, whose writes go through the
- * request-time freeze below. */
+/* rawset, except on a globals table (any env: they share one metatable),
+ * whose writes go through the request-time freeze below. */
 static int
 l_rawset(lua_State *L)
 {
-	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env");
-	bool env = lua_rawequal(L, 1, -1);
-	lua_pop(L, 1);
+	bool env = false;
+	if (lua_getmetatable(L, 1)) {
+		lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env_mt");
+		env = lua_rawequal(L, -1, -2);
+		lua_pop(L, 2);
+	}
 	if (env)
 		return luaL_error(L, "rawset on the globals table is not allowed");
 	lua_settop(L, 3);
@@ -237,52 +247,66 @@ l_rawset(lua_State *L)
 	return 1;
 }
 
-/* Globals may be set while the file loads (its own helpers); afterwards a
- * write would carry state from one request to the next. */
+/* Globals may be set while the file's top level runs (its own helpers, at
+ * load and when a request runs it afresh); from prompt, post and the rest
+ * a write is refused, so a request's data has nowhere to go but locals. */
 static int
 l_set_global(lua_State *L)
 {
-	if (!script_owner(L)->loading)
+	if (script_owner(L)->phase == SCRIPT_SERVING)
 		return luaL_error(L, "cannot set global '%s' while serving a request (use a local)",
 		                  luaL_optstring(L, 2, "?"));
 	lua_rawset(L, 1);
 	return 0;
 }
 
-/* The string functions that run a pattern do all their work inside C,
- * out of the count hook's reach; a pattern with many quantifiers over a
- * long subject can backtrack for hours. Refuse the combinations whose
- * worst case (length ^ quantifiers) is beyond reach. */
+/* Writes to the string library that every string's methods share. */
 static int
-l_pattern_guard(lua_State *L)
+l_read_only(lua_State *L)
 {
-	size_t len;
-	luaL_checklstring(L, 1, &len);
-	const char *pat = lua_tostring(L, 2);
-	if (pat && len > 64) {
-		int k = 0;
-		bool anchored = pat[0] == '^';
-		for (const char *p = pat; *p; p++) {
-			if (*p == '%' && p[1]) {
-				p++;
-				continue;
-			}
-			if (*p == '*' || *p == '-' || *p == '+')
-				k++;
-		}
-		/* An unanchored pattern is also tried at every start position. */
-		int exponent = k + (anchored ? 0 : 1);
-		double digits = 0;
-		for (size_t n = len; n >= 10; n /= 10)
-			digits++;
-		if (k > 0 && digits * exponent > 8)
-			return luaL_error(L, "pattern too costly for a %d-byte subject (%d quantifiers): "
-			                     "simplify it or shorten the text", (int)len, k);
+	return luaL_error(L, "the string library is read-only");
+}
+
+/* string.rep: Lua 5.4 loops n times even when every copy is empty, so
+ * ("").rep("", 2^62) would hold the loop with nothing to allocate. */
+static int
+l_rep(lua_State *L)
+{
+	size_t l, lsep;
+	luaL_checklstring(L, 1, &l);
+	lua_Integer n = luaL_checkinteger(L, 2);
+	luaL_optlstring(L, 3, "", &lsep);
+	if (n <= 0 || l + lsep == 0) {
+		lua_pushliteral(L, "");
+		return 1;
 	}
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_insert(L, 1);
-	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-	return lua_gettop(L);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+/* table.move copies element by element inside C, out of the count hook's
+ * reach, and needs no memory to move nils: each element is charged to the
+ * call's instruction budget first. */
+static int
+l_move(lua_State *L)
+{
+	script *s = script_owner(L);
+	lua_Integer f = luaL_checkinteger(L, 2);
+	lua_Integer e = luaL_checkinteger(L, 3);
+	if (e >= f) {
+		lua_Unsigned n = (lua_Unsigned)e - (lua_Unsigned)f + 1;
+		lua_Unsigned left = s->spent < s->budget ? (lua_Unsigned)(s->budget - s->spent) : 0;
+		if (n > left)
+			return luaL_error(L, "table.move: %I elements are more than the call's "
+			                     "instruction budget allows", (lua_Integer)n);
+		s->spent += (long)n;
+	}
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
 }
 
 static int
@@ -309,110 +333,234 @@ l_print(lua_State *L)
 	return 0;
 }
 
-/* Copies the named fields of a library table into a new table. */
-static void
-copy_fields(lua_State *L, int from, const char *const *names)
+/* A box for malloc'd memory: the userdata exists before the memory is
+ * taken, and its __gc (or __close) frees it, so a Lua error raised while C
+ * holds the memory (the cap, in a push) cannot leak it. */
+static const char CBOX_MT[] = "rapport.cbox";
+
+static int
+cbox_free(lua_State *L)
 {
-	lua_newtable(L);
-	for (; *names; names++) {
-		lua_getfield(L, from, *names);
-		lua_setfield(L, -2, *names);
+	void **box = lua_touserdata(L, 1);
+	if (box) {
+		free(*box);
+		*box = NULL;
 	}
+	return 0;
 }
 
-/* Opens the allowed libraries and builds the environment every chunk of
- * this state runs in, kept at registry["rapport.env"]. The state's real
- * globals are never reachable from scripts. */
+void **
+script_box_new(lua_State *L)
+{
+	void **box = lua_newuserdatauv(L, sizeof *box, 0);
+	*box = NULL;
+	luaL_setmetatable(L, CBOX_MT);
+	return box;
+}
+
+/* ---- the one definition of the sandbox ------------------------------------ */
+
+static const char *const string_fields[] = {
+	"byte", "char", "find", "format", "gmatch", "gsub", "len", "lower", "match", "pack",
+	"packsize", "rep", "reverse", "sub", "unpack", "upper", NULL,
+};
+static const char *const table_fields[] = {
+	"concat", "insert", "move", "pack", "remove", "sort", "unpack", NULL,
+};
+static const char *const math_fields[] = {
+	"abs", "acos", "asin", "atan", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge",
+	"log", "max", "maxinteger", "min", "mininteger", "modf", "pi", "rad", "random",
+	"randomseed", "sin", "sqrt", "tan", "tointeger", "type", "ult", NULL,
+};
+static const char *const utf8_fields[] = {
+	"char", "charpattern", "codepoint", "codes", "len", "offset", NULL,
+};
+static const char *const os_fields[] = { "clock", "date", "time", NULL };
+static const char *const json_fields[] = { "array", "decode", "encode", "is_array", "null", NULL };
+static const char *const db_fields[] = { "query", NULL };
+static const char *const llm_fields[] = { "chat", NULL };
+
+const struct script_global script_sandbox_globals[] = {
+	{ "_G", NULL },
+	{ "assert", NULL },
+	{ "error", NULL },
+	{ "getmetatable", NULL },
+	{ "ipairs", NULL },
+	{ "next", NULL },
+	{ "pairs", NULL },
+	{ "pcall", NULL },
+	{ "print", NULL },
+	{ "rawequal", NULL },
+	{ "rawget", NULL },
+	{ "rawlen", NULL },
+	{ "rawset", NULL },
+	{ "read_prompt", NULL },
+	{ "require", NULL },
+	{ "select", NULL },
+	{ "setmetatable", NULL },
+	{ "tonumber", NULL },
+	{ "tostring", NULL },
+	{ "type", NULL },
+	{ "xpcall", NULL },
+	{ "db", db_fields },
+	{ "json", json_fields },
+	{ "llm", llm_fields },
+	{ "math", math_fields },
+	{ "os", os_fields },
+	{ "string", string_fields },
+	{ "table", table_fields },
+	{ "utf8", utf8_fields },
+	{ NULL, NULL },
+};
+
+/* Pushes a new environment built from script_sandbox_globals, taking each
+ * value from registry["rapport.catalog"]: fresh copies of the library
+ * tables, the shared metatable that refuses undefined reads and run-time
+ * writes, and _G pointing at itself. Raises (memory, or a name the catalog
+ * lacks, which is a bug here). */
+void
+script_sandbox_new_env(lua_State *L)
+{
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.catalog");
+	int catalog = lua_gettop(L);
+	lua_createtable(L, 0, 32);
+	int env = lua_gettop(L);
+	for (const struct script_global *g = script_sandbox_globals; g->name; g++) {
+		if (strcmp(g->name, "_G") == 0) {
+			lua_pushvalue(L, env);
+		} else if (lua_getfield(L, catalog, g->name) == LUA_TNIL) {
+			luaL_error(L, "sandbox: no global '%s' to offer", g->name);
+		} else if (g->fields) {
+			int lib = lua_gettop(L);
+			lua_createtable(L, 0, 16);
+			for (const char *const *f = g->fields; *f; f++) {
+				if (lua_getfield(L, lib, *f) == LUA_TNIL)
+					luaL_error(L, "sandbox: no field '%s.%s' to offer", g->name, *f);
+				lua_setfield(L, -2, *f);
+			}
+			lua_remove(L, lib);
+		}
+		lua_setfield(L, env, g->name);
+	}
+	lua_getfield(L, LUA_REGISTRYINDEX, "rapport.env_mt");
+	lua_setmetatable(L, env);
+	lua_remove(L, catalog);
+}
+
+/* Opens the allowed libraries into registry["rapport.catalog"] (the
+ * values script_sandbox_globals names), builds the load-time environment
+ * and the tables loading fills: the modules' values and factories, the
+ * prompt texts. The state's real globals are never reachable from scripts. */
 int
 script_sandbox_build(lua_State *L)
 {
+	script *s = script_owner(L);
 	luaL_requiref(L, LUA_GNAME, luaopen_base, 0);
 	luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 0);
 	luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 0);
 	luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 0);
 	luaL_requiref(L, LUA_UTF8LIBNAME, luaopen_utf8, 0);
 	luaL_requiref(L, LUA_OSLIBNAME, luaopen_os, 0);
-	luaL_requiref(L, "cjson", luaopen_cjson, 0);
-	int base = 1, str = 2, tab = 3, math = 4, utf8 = 5, os = 6, cjson = 7;
+	int base = 1, str = 2, tab = 3;
 
 	/* string.dump would hand out bytecode; the shared string metatable
 	 * points at this table, so remove it here, not just from the env. */
 	lua_pushnil(L);
 	lua_setfield(L, str, "dump");
+	/* Patterns, repetition and moves whose work is bounded. */
+	script_pattern_install(L, str);
+	lua_getfield(L, str, "rep");
+	lua_pushcclosure(L, l_rep, 1);
+	lua_setfield(L, str, "rep");
+	lua_getfield(L, tab, "move");
+	lua_pushcclosure(L, l_move, 1);
+	lua_setfield(L, tab, "move");
+	/* Every string's methods come from one table shared by all requests:
+	 * its metatable's __index becomes a read-only view of it. */
+	lua_pushliteral(L, "");
+	lua_getmetatable(L, -1);
+	lua_newtable(L);                     /* the view */
+	lua_createtable(L, 0, 3);
+	lua_pushvalue(L, str);
+	lua_setfield(L, -2, "__index");
+	lua_pushcfunction(L, l_read_only);
+	lua_setfield(L, -2, "__newindex");
+	lua_pushliteral(L, "string library");
+	lua_setfield(L, -2, "__metatable");
+	lua_setmetatable(L, -2);
+	lua_setfield(L, -2, "__index");
+	lua_pop(L, 2);
 
-	lua_newtable(L);                     /* env */
-	int env = lua_gettop(L);
-	static const char *const base_fns[] = {
-		"assert", "error", "ipairs", "next", "pairs", "pcall", "xpcall", "select",
-		"tonumber", "tostring", "type", "rawequal", "rawlen", "rawget", "rawset",
-		"setmetatable", "getmetatable", NULL,
-	};
-	for (const char *const *f = base_fns; *f; f++) {
-		lua_getfield(L, base, *f);
-		lua_setfield(L, env, *f);
+	lua_newtable(L);                     /* the catalog */
+	int catalog = lua_gettop(L);
+	for (const struct script_global *g = script_sandbox_globals; g->name; g++) {
+		lua_getfield(L, base, g->name);  /* the base functions; nil for the rest */
+		lua_setfield(L, catalog, g->name);
 	}
 	/* Guarded versions (see above) over the real functions. */
 	lua_getfield(L, base, "setmetatable");
 	lua_pushcclosure(L, l_setmetatable, 1);
-	lua_setfield(L, env, "setmetatable");
+	lua_setfield(L, catalog, "setmetatable");
 	lua_getfield(L, base, "rawset");
 	lua_pushcclosure(L, l_rawset, 1);
-	lua_setfield(L, env, "rawset");
-	static const char *const pattern_fns[] = { "find", "match", "gmatch", "gsub", NULL };
-	for (const char *const *f = pattern_fns; *f; f++) {
-		lua_getfield(L, str, *f);
-		lua_pushcclosure(L, l_pattern_guard, 1);
-		lua_setfield(L, str, *f);
+	lua_setfield(L, catalog, "rawset");
+	lua_pushcfunction(L, l_print);
+	lua_setfield(L, catalog, "print");
+	lua_pushcfunction(L, script_lua_require);
+	lua_setfield(L, catalog, "require");
+	lua_pushcfunction(L, script_lua_read_prompt);
+	lua_setfield(L, catalog, "read_prompt");
+	static const char *const libs[] = { LUA_STRLIBNAME, LUA_TABLIBNAME, LUA_MATHLIBNAME,
+	                                    LUA_UTF8LIBNAME, LUA_OSLIBNAME, NULL };
+	for (int i = 0; libs[i]; i++) {
+		lua_pushvalue(L, str + i);
+		lua_setfield(L, catalog, libs[i]);
 	}
-	lua_pushvalue(L, str);
-	lua_setfield(L, env, "string");
-	lua_pushvalue(L, tab);
-	lua_setfield(L, env, "table");
-	lua_pushvalue(L, math);
-	lua_setfield(L, env, "math");
-	lua_pushvalue(L, utf8);
-	lua_setfield(L, env, "utf8");
-	static const char *const os_fns[] = { "time", "clock", "date", NULL };
-	copy_fields(L, os, os_fns);
-	lua_setfield(L, env, "os");
-	/* lua-cjson is not exposed: its settings are process-wide, its
+	/* lua-cjson is not offered: its settings are process-wide, its
 	 * buffers live outside the memory cap and its decoder recurses as
 	 * deep as told. The capped `json` module does the same job. */
-	(void)cjson;
 	luajson_open(L);
-	lua_setfield(L, env, "json");
-	lua_pushcfunction(L, l_print);
-	lua_setfield(L, env, "print");
-	lua_pushcfunction(L, script_lua_require);
-	lua_setfield(L, env, "require");
-	lua_pushcfunction(L, script_lua_read_prompt);
-	lua_setfield(L, env, "read_prompt");
+	lua_setfield(L, catalog, "json");
 	lua_createtable(L, 0, 1);
 	lua_pushcfunction(L, script_lua_db_query);
 	lua_setfield(L, -2, "query");
-	lua_setfield(L, env, "db");
+	lua_setfield(L, catalog, "db");
 	lua_createtable(L, 0, 1);
 	lua_pushcfunction(L, script_lua_llm_chat);
 	lua_setfield(L, -2, "chat");
-	lua_setfield(L, env, "llm");
-	lua_pushvalue(L, env);
-	lua_setfield(L, env, "_G");
+	lua_setfield(L, catalog, "llm");
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.catalog");
 
-	lua_newtable(L);                     /* env's metatable */
+	lua_newtable(L);                     /* every env's metatable */
 	lua_pushcfunction(L, l_undefined_global);
 	lua_setfield(L, -2, "__index");
 	lua_pushcfunction(L, l_set_global);
 	lua_setfield(L, -2, "__newindex");
 	lua_pushstring(L, "sandbox");
 	lua_setfield(L, -2, "__metatable");
-	lua_setmetatable(L, env);
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.env_mt");
 
-	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.env");
+	script_sandbox_new_env(L);
+	s->env_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_newtable(L);
-	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.modules");
+	s->modules_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	s->cur_env_ref = s->env_ref;
+	s->cur_modules_ref = s->modules_ref;
+	lua_newtable(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.factories");
+	lua_newtable(L);
+	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.prompts");
+	luaL_newmetatable(L, CBOX_MT);
+	lua_pushcfunction(L, cbox_free);
+	lua_setfield(L, -2, "__gc");
+	lua_pushcfunction(L, cbox_free);
+	lua_setfield(L, -2, "__close");
+	lua_pushliteral(L, "box");
+	lua_setfield(L, -2, "__metatable");
+	lua_pop(L, 1);
 	/* Every call into the script runs in this coroutine (see budget_hook),
 	 * anchored in the registry for the life of the state. */
-	script_owner(L)->call_thread = lua_newthread(L);
+	s->call_thread = lua_newthread(L);
 	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.call_thread");
 	return 0;
 }

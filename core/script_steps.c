@@ -46,7 +46,7 @@ named_sql(lua_State *L, script *s, const char *name, bool *one)
 	if (script_rawfield(L, lua_gettop(L), "sql") == LUA_TTABLE)
 		found = script_rawfield(L, lua_gettop(L), name);
 	if (found == LUA_TNIL) {
-		lua_getfield(L, LUA_REGISTRYINDEX, "rapport.modules");
+		lua_rawgeti(L, LUA_REGISTRYINDEX, s->modules_ref);
 		if (script_rawfield(L, lua_gettop(L), "queries") == LUA_TTABLE)
 			found = script_rawfield(L, lua_gettop(L), name);
 	}
@@ -162,15 +162,23 @@ script_lua_llm_chat(lua_State *L)
 	script *s = run->s;
 	char err[256];
 	luaL_checktype(L, 1, LUA_TTABLE);
+	/* The request is C memory until the yield hands it to the run: boxed
+	 * first, so an error below (the memory cap, a bad option) frees it. */
+	json_t **box = luajson_box(L);
 	json_t *msgs = luajson_from_lua(L, 1, NULL, err, sizeof err);
+	if (!msgs && s->meter.refused)
+		return luaL_error(L, "llm.chat: script exceeded its memory cap");
 	if (!msgs)
 		return luaL_error(L, "llm.chat: messages are not JSON: %s", err);
-	if (!script_valid_messages(msgs, err, sizeof err)) {
-		json_decref(msgs);
-		return luaL_error(L, "llm.chat: %s", err);
+	*box = json_object();
+	if (!*box || json_object_set_new(*box, "messages", msgs) != 0) {
+		if (!*box)
+			json_decref(msgs);
+		return luaL_error(L, "llm.chat: script exceeded its memory cap");
 	}
-	json_t *req = json_object();
-	json_object_set_new(req, "messages", msgs);
+	if (!script_valid_messages(msgs, err, sizeof err))
+		return luaL_error(L, "llm.chat: %s", err);
+	json_t *req = *box;
 	const char *model = s->model;
 	if (lua_istable(L, 2)) {
 		if (script_rawfield(L, 2, "model") == LUA_TSTRING)
@@ -193,9 +201,12 @@ script_lua_llm_chat(lua_State *L)
 		}
 	}
 	json_object_set_new(req, "model", json_string(model));
-	/* From here nothing may raise before the yield: req is C-owned. */
+	if (s->meter.refused)
+		return luaL_error(L, "llm.chat: script exceeded its memory cap");
+	/* From here nothing raises before the yield; the run owns req. */
 	script_pending_clear(run);
 	run->p_request = req;
+	*box = NULL;
 	run->pending = SCRIPT_WAIT_CHAT;
 	return lua_yield(L, 0);
 }
@@ -218,7 +229,10 @@ step(script_run *run, int nargs, struct script_wait *wait, json_t **result,
 	}
 	script_arm_limits(s, co);
 	int nres = 0;
+	struct luajson_meter *prev = luajson_meter_use(&s->meter);
 	int rc = lua_resume(co, s->L, nargs, &nres);
+	luajson_meter_use(prev);
+	s->meter.used = 0;           /* what jansson still holds is no call's */
 	lua_sethook(co, NULL, 0, 0);
 	s->active_run = NULL;
 	if (s->stopped) {
@@ -281,10 +295,7 @@ p_new_co(lua_State *L)
 	struct start_args *a = lua_touserdata(L, 1);
 	script_run *run = a->run;
 	lua_State *co = lua_newthread(L);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, run->s->table_ref);
-	lua_pushstring(L, "run");
-	lua_rawget(L, -2);
-	lua_remove(L, -2);
+	script_push_decl_fn(L, run, "run");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
 	lua_xmove(L, co, 2);
 	run->co = co;
@@ -302,6 +313,8 @@ script_run_start(script_run *run, struct script_wait *wait, json_t **result,
 		snprintf(err, errlen, "script %s has no run(ctx)", s->name);
 		return SCRIPT_ERROR;
 	}
+	if (!script_run_prepare(run, err, errlen))
+		return SCRIPT_ERROR;
 	struct start_args a = { run };
 	lua_pushcfunction(s->L, p_new_co);
 	lua_pushlightuserdata(s->L, &a);

@@ -39,7 +39,7 @@ class Check:
         return "rapport check exited %d:\n%s" % (self.rc, self.out)
 
 
-def run_check(scripts=None, prompts=None):
+def run_check(scripts=None, prompts=None, timeout=120):
     """`rapport check`: on the repo (cwd = repo root, default ./scripts and
     ./prompts) or, given dirs, through RAPPORT_SCRIPTS / RAPPORT_PROMPTS."""
     binary = rapport_binary()
@@ -55,7 +55,7 @@ def run_check(scripts=None, prompts=None):
         env["RAPPORT_PROMPTS"] = str(prompts)
     proc = subprocess.run([str(binary), "check"], cwd=str(REPO), env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True, timeout=120)
+                          stderr=subprocess.DEVNULL, text=True, timeout=timeout)
     return Check(proc)
 
 
@@ -186,3 +186,86 @@ def test_script_using_io_open_fails_lint_with_file_line_and_column(scripts_copy)
     assert want in c.lines, "want %r\n%s" % (want, c)
     assert "FAIL luacheck %s" % scripts_copy.scripts in c.lines, str(c)
     assert (c.compile_failures, c.failed, c.lint) == (0, 0, "failed"), str(c)
+
+
+def test_script_using_cjson_fails_lint_as_it_would_fail_at_run_time(scripts_copy):
+    """The lint globals are the sandbox's own list: cjson is not offered, so
+    a script that uses it is reported by luacheck instead of passing lint
+    and failing at its first request."""
+    bad = scripts_copy.scripts / "uses_cjson.lua"
+    source = ('return {\n'
+              '  description = "encodes with cjson",\n'
+              '  prompt = function(ctx)\n'
+              '    return { { role = "user", content = cjson.encode({ id = ctx.contact_id }) } }\n'
+              '  end,\n'
+              '}\n')
+    bad.write_text(source, encoding="utf-8")
+    c = run_check(scripts_copy.scripts, scripts_copy.prompts)
+    assert c.rc != 0, str(c)
+    col = source.splitlines()[3].index("cjson") + 1
+    want = "%s:4:%d: (W113) accessing undefined variable 'cjson'" % (bad, col)
+    assert want in c.lines, "want %r\n%s" % (want, c)
+    assert c.lint == "failed", str(c)
+
+
+def test_script_using_a_library_field_the_sandbox_leaves_out_fails_lint(scripts_copy):
+    bad = scripts_copy.scripts / "dumps.lua"
+    bad.write_text('return {\n'
+                   '  description = "dumps bytecode",\n'
+                   '  prompt = function(ctx)\n'
+                   '    return { { role = "user", content = string.dump(print) .. os.getenv("HOME") } }\n'
+                   '  end,\n'
+                   '}\n', encoding="utf-8")
+    c = run_check(scripts_copy.scripts, scripts_copy.prompts)
+    assert c.rc != 0, str(c)
+    assert any("dumps.lua:4:" in l and "field 'dump' of global 'string'" in l for l in c.lines), str(c)
+    assert any("dumps.lua:4:" in l and "field 'getenv' of global 'os'" in l for l in c.lines), str(c)
+
+
+# A fixture file runs under the script's guards: each of these fails the
+# check with the fixture's file:line, where before it hung `rapport check`
+# (and every reload of the server) for good.
+FIXTURE_TRAPS = {
+    "looping_gc": ('local _trap = setmetatable({}, { __gc = function() while true do end end })\n',
+                   "__gc metamethods are not allowed"),
+    "pattern_bomb": ('local _trap = (("a"):rep(40)):find(("a?"):rep(40) .. ("a"):rep(40))\n',
+                     "pattern too expensive"),
+    "endless_loop": ("while true do end\n", "script exceeded its"),   # budget or time limit
+}
+
+
+@pytest.mark.parametrize("trap", sorted(FIXTURE_TRAPS))
+def test_a_fixture_that_would_hang_fails_check_with_its_file_line(scripts_copy, trap):
+    text, why = FIXTURE_TRAPS[trap]
+    fixture = scripts_copy.scripts / "tests" / "smart_tips.lua"
+    fixture.write_text(text + fixture.read_text(encoding="utf-8"), encoding="utf-8")
+    c = run_check(scripts_copy.scripts, scripts_copy.prompts, timeout=60)
+    assert c.rc != 0, str(c)
+    fails = [l for l in c.lines if l.startswith("FAIL")]
+    assert len(fails) == 1 and "smart_tips.lua:1:" in fails[0] and why in fails[0], str(c)
+    # the other types' fixtures still ran
+    assert any(l.startswith("ok   ") and "relationship_health.lua:" in l for l in c.lines), str(c)
+
+
+def test_module_level_state_of_one_case_is_not_seen_by_the_next(scripts_copy):
+    """Each case is its own request: a table at the top of the script that
+    prompt() fills starts empty for the next case (and the next contact)."""
+    (scripts_copy.scripts / "remembers.lua").write_text(
+        'local seen = {}\n'
+        'return {\n'
+        '  description = "remembers contacts in a module-level table",\n'
+        '  prompt = function(ctx)\n'
+        '    seen[#seen + 1] = ctx.contact_id\n'
+        '    return { { role = "user", content = "seen " .. table.concat(seen, ",") } }\n'
+        '  end,\n'
+        '}\n', encoding="utf-8")
+    (scripts_copy.scripts / "tests" / "remembers.lua").write_text(
+        'return {\n'
+        '  case{ name = "first contact", ctx = { contact_id = 1 },\n'
+        '        messages = { { role = "user", content = "seen 1" } } },\n'
+        '  case{ name = "second contact sees only itself", ctx = { contact_id = 2 },\n'
+        '        messages = { { role = "user", content = "seen 2" } } },\n'
+        '}\n', encoding="utf-8")
+    c = run_check(scripts_copy.scripts, scripts_copy.prompts)
+    assert not [l for l in c.lines if l.startswith("FAIL")], str(c)
+    assert any(l.startswith("ok   ") and "second contact sees only itself" in l for l in c.lines), str(c)

@@ -2,13 +2,16 @@
 -- the C server (run with lua5.4 from the repo root).
 --
 -- It follows the host contract (docs: the scripts section of DESIGN.md):
---   * each script or lib module loads in its own sandbox environment: the base
---     functions, string (no dump), table, math, utf8, os.{time,clock,date},
---     print, cjson, json, require (scripts/lib only); reading an undefined
+--   * each script or lib module loads in its own sandbox environment with the
+--     globals of script_sandbox_globals (core/script_sandbox.c; the unit test
+--     test_script.c holds this file to it): the base functions, string (no
+--     dump), table, math, utf8, os.{time,clock,date}, print, json, require
+--     (scripts/lib only), db/llm (raise outside run); reading an undefined
 --     global is an error;
 --   * read_prompt(name) returns prompts/<name>, only while the script file loads;
 --   * query names resolve against the script's own `sql`, then scripts/lib/queries.lua;
---   * json is a shim over cjson: decode keeps integers and marks arrays,
+--   * json is a shim over lua-cjson (the harness's own; scripts cannot reach
+--     cjson): decode keeps integers and marks arrays,
 --     json.array marks a table as an array (a metatable marker), json.null.
 -- Plus what tests need: fixture contexts, replies, a strict-mode schema
 -- checker, a small JSON-schema validator and a schema-guided encoder.
@@ -60,6 +63,7 @@ local json = {
   null = cjson.null,
   array = function(t) return setmetatable(t or {}, ARRAY) end,
   decode = function(s) return normalise(cjson.decode(s)) end,
+  is_array = function(t) return type(t) == "table" and is_marked_array(t) end,
 }
 H.json = json
 
@@ -113,31 +117,51 @@ json.encode = H.encode
 -- Sandbox and loading
 ---------------------------------------------------------------------------
 
-local function copy(t, except)
+-- The sandbox's globals and the fields of its library tables: the same list
+-- as script_sandbox_globals in core/script_sandbox.c (tests/unit/test_script.c
+-- holds the two equal, and .luacheckrc and docs/scripts.md to it).
+local FIELDS = {
+  string = { "byte", "char", "find", "format", "gmatch", "gsub", "len", "lower", "match",
+             "pack", "packsize", "rep", "reverse", "sub", "unpack", "upper" },
+  table = { "concat", "insert", "move", "pack", "remove", "sort", "unpack" },
+  math = { "abs", "acos", "asin", "atan", "ceil", "cos", "deg", "exp", "floor", "fmod", "huge",
+           "log", "max", "maxinteger", "min", "mininteger", "modf", "pi", "rad", "random",
+           "randomseed", "sin", "sqrt", "tan", "tointeger", "type", "ult" },
+  utf8 = { "char", "charpattern", "codepoint", "codes", "len", "offset" },
+  os = { "clock", "date", "time" },
+  json = { "array", "decode", "encode", "is_array", "null" },
+  db = { "query" },
+  llm = { "chat" },
+}
+local LIBS = { string = string, table = table, math = math, utf8 = utf8, os = os, json = json }
+
+local function pick(lib, names)
   local c = {}
-  for k, v in pairs(t) do
-    if k ~= except then c[k] = v end
-  end
+  for _, k in ipairs(names) do c[k] = lib[k] end
   return c
 end
 
+local function only_in_run(what)
+  return function() error(what .. " is only available inside run(ctx)", 2) end
+end
+
 -- A fresh sandbox environment. `state` is shared by a script and its modules.
-local function sandbox(state, with_read_prompt)
+local function sandbox(state)
   local env = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    pcall = pcall, select = select, tonumber = tonumber, tostring = tostring,
+    pcall = pcall, xpcall = xpcall, select = select, tonumber = tonumber, tostring = tostring,
     type = type, rawequal = rawequal, rawlen = rawlen, rawget = rawget, rawset = rawset,
     setmetatable = setmetatable, getmetatable = getmetatable,
-    string = copy(string, "dump"), table = copy(table), math = copy(math), utf8 = copy(utf8),
-    os = { time = os.time, clock = os.clock, date = os.date },
     print = function(...)
       local parts = {}
       for i = 1, select("#", ...) do parts[i] = tostring((select(i, ...))) end
       state.log[#state.log + 1] = table.concat(parts, "\t")
     end,
-    cjson = cjson,
-    json = json,
+    db = { query = only_in_run("db.query") },
+    llm = { chat = only_in_run("llm.chat") },
   }
+  for name, lib in pairs(LIBS) do env[name] = pick(lib, FIELDS[name]) end
+  env._G = env
   env.require = function(name)
     if type(name) ~= "string" or not name:match("^[%w_]+[%w_%.]*$") then
       error("require: bad module name " .. tostring(name), 2)
@@ -152,8 +176,8 @@ local function sandbox(state, with_read_prompt)
     state.modules[name] = mod
     return mod
   end
-  if with_read_prompt then
-    env.read_prompt = function(name)
+  env.read_prompt = function(name)
+    do
       if not state.loading then
         error("read_prompt is only available while the script file loads", 2)
       end
@@ -169,6 +193,24 @@ local function sandbox(state, with_read_prompt)
   return setmetatable(env, {
     __index = function(_, k) error("undefined global '" .. tostring(k) .. "'", 2) end,
   })
+end
+
+-- What a script sees: { name = true } for a value, { name = {fields…} } for a
+-- library table (sorted). tests/unit/test_script.c compares it with the host.
+function H.sandbox_globals()
+  local env = sandbox({ modules = {}, log = {}, prompts = {} }, false)
+  local out = {}
+  for k, v in pairs(env) do
+    if type(v) == "table" and k ~= "_G" then
+      local f = {}
+      for name in pairs(v) do f[#f + 1] = name end
+      table.sort(f)
+      out[k] = f
+    else
+      out[k] = true
+    end
+  end
+  return out
 end
 
 -- The named queries module (scripts/lib/queries.lua), loaded like the host does.
