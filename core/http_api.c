@@ -14,6 +14,7 @@
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
+#include "http_conn.h"
 #include "log.h"
 #include "sse.h"
 #include "util.h"
@@ -58,6 +59,7 @@ struct http_server {
 	struct http_deps d;
 	struct evhttp *http;
 	struct evconnlistener *listener;
+	http_conns *conns;               /* count, cap, timers, accept pause */
 	LIST_HEAD(, http_call) calls;
 	unsigned long long next_id;
 	unsigned id_salt;
@@ -226,7 +228,7 @@ call_free(struct http_call *c)
 		event_free(c->heartbeat);
 	struct evhttp_connection *evcon = c->req ? evhttp_request_get_connection(c->req) : NULL;
 	if (evcon)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
+		http_conn_set_closecb(c->srv->conns, evcon, NULL, NULL);
 	free(c->path);
 	free(c->if_none_match);
 	free(c);
@@ -322,7 +324,7 @@ call_watch(struct http_call *c)
 	struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
 	if (!evcon)
 		return;
-	evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
+	http_conn_set_closecb(c->srv->conns, evcon, on_conn_close_cb, c);
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	if (fd >= 0) {
@@ -408,7 +410,7 @@ sse_start(struct http_call *c, const char *cache_status, const char *version,
 		 * when the client leaves. */
 		struct timeval wt = { s->d.cfg->http_timeout_s, 0 };
 		bufferevent_set_timeouts(evhttp_connection_get_bufferevent(evcon), NULL, &wt);
-		evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
+		http_conn_set_closecb(s->conns, evcon, on_conn_close_cb, c);
 	}
 	if (c->peek) {
 		event_free(c->peek);
@@ -934,16 +936,6 @@ done:
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
-static void
-on_accept_error(struct evconnlistener *l, void *arg)
-{
-	int err = EVUTIL_SOCKET_ERROR();
-	log_event(LOG_ERROR, "accept failed", LOG_S("error", evutil_socket_error_to_string(err)),
-	          LOG_END);
-	/* EMFILE and friends: the listener retries on the next readiness;
-	 * nothing to free here. */
-}
-
 http_server *
 http_server_create(const struct http_deps *deps, char **err)
 {
@@ -969,7 +961,6 @@ http_server_create(const struct http_deps *deps, char **err)
 		free(s);
 		return NULL;
 	}
-	evconnlistener_set_error_cb(s->listener, on_accept_error);
 	s->http = evhttp_new(deps->base);
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 	                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
@@ -984,6 +975,9 @@ http_server_create(const struct http_deps *deps, char **err)
 	evhttp_set_timeout(s->http, cfg->http_timeout_s);
 	evhttp_set_gencb(s->http, route, s);
 	evhttp_bind_listener(s->http, s->listener);
+	/* After the bind: it takes the listener's error callback (accept
+	 * failures pause accepting) and evhttp's bufferevent callback. */
+	s->conns = http_conn_create(deps->base, cfg, s->http, s->listener);
 	return s;
 }
 
@@ -1020,6 +1014,7 @@ http_server_drain(http_server *s)
 	if (s->draining)
 		return;
 	s->draining = true;
+	http_conn_drain(s->conns);
 	evconnlistener_disable(s->listener);
 	struct http_call *c;
 	while ((c = LIST_FIRST(&s->calls)))
@@ -1037,5 +1032,6 @@ http_server_destroy(http_server *s)
 	while ((c = LIST_FIRST(&s->calls)))
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
 	evhttp_free(s->http);     /* also frees the bound listener */
+	http_conn_destroy(s->conns);
 	free(s);
 }
