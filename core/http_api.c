@@ -733,6 +733,22 @@ http_server_metrics(http_server *s, struct evbuffer *b)
 	for (int k = 1; k < 6; k++)
 		evbuffer_add_printf(b, "rapport_http_responses_total{class=\"%dxx\"} %ld\n", k,
 		                    s->responses_by_class[k]);
+	struct http_conn_stats hc;
+	http_conn_stats(s->conns, &hc);
+	evbuffer_add_printf(b,
+		"# TYPE rapport_http_connections gauge\nrapport_http_connections %d\n"
+		"# TYPE rapport_http_connections_max gauge\nrapport_http_connections_max %d\n"
+		"# TYPE rapport_http_connections_accepted_total counter\n"
+		"rapport_http_connections_accepted_total %lld\n"
+		"# TYPE rapport_http_connections_refused_total counter\n"
+		"rapport_http_connections_refused_total %lld\n"
+		"# TYPE rapport_http_connections_closed_total counter\n"
+		"rapport_http_connections_closed_total{reason=\"idle_keepalive\"} %lld\n"
+		"rapport_http_connections_closed_total{reason=\"slow_request\"} %lld\n"
+		"# TYPE rapport_http_accept_paused gauge\nrapport_http_accept_paused %d\n"
+		"# TYPE rapport_http_accept_pauses_total counter\nrapport_http_accept_pauses_total %lld\n",
+		hc.open, hc.max, hc.accepted, hc.refused, hc.closed_idle, hc.closed_slow,
+		hc.paused ? 1 : 0, hc.accept_pauses);
 	evbuffer_add_printf(b,
 		"# TYPE rapport_cache_hits_total counter\nrapport_cache_hits_total %ld\n"
 		"# TYPE rapport_cache_misses_total counter\nrapport_cache_misses_total %ld\n"

@@ -152,6 +152,11 @@ def test_the_connection_beyond_the_cap_gets_a_503_json_and_is_closed_then_servin
             s.close()
     srv.wait_for_log(lambda o: o.get("msg") == "connections closed"
                      and o.get("refused_over_cap", 0) >= 1, timeout=5)
+    metrics = srv.get("/metrics").text
+    assert "rapport_http_connections_max 2\n" in metrics
+    refused = [l for l in metrics.splitlines()
+               if l.startswith("rapport_http_connections_refused_total ")]
+    assert refused and int(refused[0].split()[1]) >= 1, refused
 
 
 def test_an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(make_server):
