@@ -36,6 +36,10 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 
+/* http_conn holds every connection's close callback (it counts connections
+ * when they close); set ours with http_conn_set_closecb, never directly. */
+#pragma GCC poison evhttp_connection_set_closecb
+
 struct http_call {
 	http_server *srv;
 	struct evhttp_request *req;

@@ -404,6 +404,10 @@ sweep_one(http_conns *m, struct conn *c, double now)
 		m->closed_slow++;
 		m->sweep_slow++;
 	}
+	/* Safe here, unlike on a connection whose request the API holds
+	 * (libevent#997): the entry exists, so evhttp has not freed the
+	 * connection, and while evhttp reads, the only request on it is one
+	 * it has not handed out; its own read timeout frees it the same way. */
 	evhttp_connection_free(c->evcon);
 	return true;
 }

@@ -159,6 +159,37 @@ def test_the_connection_beyond_the_cap_gets_a_503_json_and_is_closed_then_servin
     assert refused and int(refused[0].split()[1]) >= 1, refused
 
 
+def test_over_the_cap_silent_connections_are_answered_without_a_request_and_closed(
+        make_server):
+    # The 503 goes out before any request is read, so an idle flood beyond
+    # the cap holds no descriptor for long.
+    srv = make_server(RAPPORT_MAX_CONNECTIONS=1, RAPPORT_KEEPALIVE_TIMEOUT=60,
+                      RAPPORT_HEADER_TIMEOUT=60)
+    deadline = time.monotonic() + 10
+    while True:
+        held = connect(srv)
+        held.sendall(HEALTH)
+        if read_response(held)[0] == 200:
+            break
+        held.close()
+        assert time.monotonic() < deadline, "could not take the one slot"
+        time.sleep(0.1)
+    extra = [connect(srv) for _ in range(20)]
+    try:
+        for s in extra:
+            status, headers, body = read_response(s)
+            assert status == 503
+            assert json.loads(body)["error"]["code"] == "too_many_connections"
+        for s in extra:
+            assert closed_within(s, 5), "a refused connection stayed open"
+        held.sendall(HEALTH)
+        assert read_response(held)[0] == 200
+    finally:
+        held.close()
+        for s in extra:
+            s.close()
+
+
 def test_an_idle_keepalive_connection_is_closed_after_the_keepalive_timeout(make_server):
     # evhttp's own timeout (RAPPORT_HTTP_TIMEOUT) would wait 60 s.
     srv = make_server(RAPPORT_KEEPALIVE_TIMEOUT=1, RAPPORT_HEADER_TIMEOUT=60,
