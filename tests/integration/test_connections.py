@@ -96,6 +96,20 @@ def test_out_of_descriptors_accept_pauses_with_a_quiet_loop_and_log_then_serves_
         assert len(lines) - before_lines <= 8, lines[-5:]
         assert len(lines) <= 12, lines[-5:]
         assert srv.is_running()
+        # The admin socket's listener meets the same full table when an
+        # operator attaches: it must pause too, not spin.
+        for _ in range(3):
+            u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            u.connect(srv.env["RAPPORT_ADMIN_SOCKET"])
+            flood.append(u)
+        srv.wait_for_log(lambda o: o.get("msg") == "admin accept failed", timeout=10)
+        before_cpu = cpu_seconds(srv.pid)
+        t0 = time.monotonic()
+        time.sleep(2)
+        cpu = (cpu_seconds(srv.pid) - before_cpu) / (time.monotonic() - t0)
+        assert cpu < 0.2, "admin listener used %.0f%% of a core" % (cpu * 100)
+        admin_lines = [o for o in srv.log_lines() if o.get("msg") == "admin accept failed"]
+        assert len(admin_lines) <= 3, admin_lines[-3:]
     finally:
         for s in flood:
             s.close()
