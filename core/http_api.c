@@ -10,7 +10,8 @@
  *     would go unnoticed until the reply is written (libevent #78),
  *   - the connection's close callback, cleared before the reply is sent
  *     because the callback belongs to the connection and would otherwise
- *     fire later, for another request on the same keep-alive connection.
+ *     fire later, for another request on the same keep-alive connection
+ *     (set through http_conn, which holds evhttp's to count connections).
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
