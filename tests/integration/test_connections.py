@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from helpers.server import rapport_binary
+
 HEALTH = b"GET /healthz HTTP/1.1\r\nHost: rapport\r\n\r\n"
 
 
@@ -282,3 +284,12 @@ def test_an_active_stream_and_a_waiting_request_are_not_cut_by_the_timers(make_s
         assert r.status == 200
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("name", ["RAPPORT_MAX_CONNECTIONS", "RAPPORT_KEEPALIVE_TIMEOUT",
+                                  "RAPPORT_HEADER_TIMEOUT"])
+def test_a_malformed_connection_setting_is_a_start_up_error_naming_it(name):
+    import subprocess
+    r = subprocess.run([str(rapport_binary()), "serve"], env={"PATH": "/usr/bin:/bin", name: "lots"},
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and name in r.stderr, (r.returncode, r.stderr[-500:])
