@@ -56,6 +56,8 @@ struct admin {
 	struct admin_deps d;
 	char *path;
 	struct evconnlistener *listener;
+	struct event *accept_resume;  /* re-enables the listener after an accept failure */
+	double accept_logged;     /* last "admin accept failed" line, ms */
 	dev_t dev;                /* the socket file we made: only that one is */
 	ino_t ino;                /* removed at stop */
 	double started_ms;
@@ -364,10 +366,29 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int
 }
 
 static void
+on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+	admin *a = arg;
+	evconnlistener_enable(a->listener);
+}
+
+/* Out of descriptors (EMFILE…): the peer stays in the backlog and the
+ * listener would be ready again at once, so pause it for 500 ms rather
+ * than spin, logging at most every 10 s (as http_conn does for the API). */
+static void
 on_accept_error(struct evconnlistener *l, void *arg)
 {
-	log_event(LOG_ERROR, "admin accept failed",
-	          LOG_S("error", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR())), LOG_END);
+	admin *a = arg;
+	int err = EVUTIL_SOCKET_ERROR();
+	evconnlistener_disable(l);
+	struct timeval tv = { 0, 500 * 1000 };
+	evtimer_add(a->accept_resume, &tv);
+	double now = util_now_ms();
+	if (a->accept_logged == 0 || now - a->accept_logged >= 10000) {
+		a->accept_logged = now;
+		log_event(LOG_ERROR, "admin accept failed", LOG_S("error", evutil_socket_error_to_string(err)),
+		          LOG_I("retry_ms", 500), LOG_END);
+	}
 }
 
 /* ---- the socket file ---------------------------------------------------------- */
@@ -498,6 +519,7 @@ admin_create(const struct admin_deps *deps, char **err)
 		return NULL;
 	}
 	evconnlistener_set_error_cb(a->listener, on_accept_error);
+	a->accept_resume = evtimer_new(deps->base, on_accept_resume, a);
 	log_event(LOG_INFO, "admin socket", LOG_S("path", a->path), LOG_END);
 	return a;
 }
@@ -509,6 +531,8 @@ admin_destroy(admin *a)
 		return;
 	while (!LIST_EMPTY(&a->clients))
 		client_free(LIST_FIRST(&a->clients));
+	if (a->accept_resume)
+		event_free(a->accept_resume);
 	evconnlistener_free(a->listener);
 	/* Only our own file: a server started after us with the same path
 	 * (after replacing ours as stale) keeps its socket. */

@@ -49,6 +49,9 @@ static const struct setting settings[] = {
 	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices) },
 	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy) },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s) },
+	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections) },
+	{ "RAPPORT_KEEPALIVE_TIMEOUT", NULL, K_INT, OFF(keepalive_timeout_s) },
+	{ "RAPPORT_HEADER_TIMEOUT", NULL, K_INT, OFF(header_timeout_s) },
 	{ "RAPPORT_SSE_HEARTBEAT_MS", NULL, K_INT, OFF(sse_heartbeat_ms) },
 	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes) },
 	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
@@ -84,6 +87,9 @@ set_defaults(struct config *c)
 	c->breaker_open_ms = 5000;
 	c->orphan_policy = xstrdup("finish");
 	c->http_timeout_s = 60;
+	c->max_connections = 0;
+	c->keepalive_timeout_s = 15;
+	c->header_timeout_s = 20;
 	c->sse_heartbeat_ms = 15000;
 	c->max_body_bytes = 64u << 10;
 	c->max_header_bytes = 16u << 10;

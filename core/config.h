@@ -35,7 +35,11 @@ struct config {
 	int breaker_open_ms;       /* RAPPORT_BREAKER_OPEN_MS (5000): first open period */
 	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */
 	char *orphan_policy;       /* RAPPORT_ORPHAN_POLICY finish|cancel (finish) */
-	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): idle/slow clients */
+	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): per read/write on a client connection */
+	int max_connections;       /* RAPPORT_MAX_CONNECTIONS (0 = from the descriptor limit) */
+	int keepalive_timeout_s;   /* RAPPORT_KEEPALIVE_TIMEOUT (15): idle between requests; 0 = off */
+	int header_timeout_s;      /* RAPPORT_HEADER_TIMEOUT (20): whole request, from its first
+	                            * byte (or from accept); 0 = off */
 	int sse_heartbeat_ms;      /* RAPPORT_SSE_HEARTBEAT_MS (15000): comment line in quiet streams */
 	size_t max_body_bytes;     /* RAPPORT_MAX_BODY (64 KiB) */
 	size_t max_header_bytes;   /* RAPPORT_MAX_HEADERS (16 KiB) */

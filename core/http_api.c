@@ -10,10 +10,12 @@
  *     would go unnoticed until the reply is written (libevent #78),
  *   - the connection's close callback, cleared before the reply is sent
  *     because the callback belongs to the connection and would otherwise
- *     fire later, for another request on the same keep-alive connection.
+ *     fire later, for another request on the same keep-alive connection
+ *     (set through http_conn, which holds evhttp's to count connections).
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
+#include "http_conn.h"
 #include "http_guard.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -36,6 +38,10 @@
 #include <event2/keyvalq_struct.h>
 #include <event2/listener.h>
 #include <event2/util.h>
+
+/* http_conn holds every connection's close callback (it counts connections
+ * when they close); set ours with http_conn_set_closecb, never directly. */
+#pragma GCC poison evhttp_connection_set_closecb
 
 struct http_call {
 	http_server *srv;
@@ -66,6 +72,7 @@ struct http_server {
 	struct http_deps d;
 	struct evhttp *http;
 	struct evconnlistener *listener;
+	http_conns *conns;               /* count, cap, timers, accept pause */
 	LIST_HEAD(, http_call) calls;
 	unsigned long long next_id;
 	unsigned id_salt;
@@ -272,7 +279,7 @@ call_free(struct http_call *c)
 		event_free(c->heartbeat);
 	struct evhttp_connection *evcon = c->req ? evhttp_request_get_connection(c->req) : NULL;
 	if (evcon)
-		evhttp_connection_set_closecb(evcon, NULL, NULL);
+		http_conn_set_closecb(c->srv->conns, evcon, NULL, NULL);
 	free(c->path);
 	free(c->if_none_match);
 	free(c);
@@ -368,7 +375,7 @@ call_watch(struct http_call *c)
 	struct evhttp_connection *evcon = evhttp_request_get_connection(c->req);
 	if (!evcon)
 		return;
-	evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
+	http_conn_set_closecb(c->srv->conns, evcon, on_conn_close_cb, c);
 	struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
 	evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
 	if (fd >= 0) {
@@ -457,7 +464,7 @@ sse_start(struct http_call *c, const char *cache_status, const char *version,
 		 * when the client leaves. */
 		struct timeval wt = { s->d.cfg->http_timeout_s, 0 };
 		bufferevent_set_timeouts(evhttp_connection_get_bufferevent(evcon), NULL, &wt);
-		evhttp_connection_set_closecb(evcon, on_conn_close_cb, c);
+		http_conn_set_closecb(s->conns, evcon, on_conn_close_cb, c);
 	}
 	if (c->peek) {
 		event_free(c->peek);
@@ -804,7 +811,9 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 void
 http_server_metrics(http_server *s, metrics *m)
 {
-	struct metrics_http h = { .requests = s->requests };
+	struct http_conn_stats hc;
+	http_conn_stats(s->conns, &hc);
+	struct metrics_http h = { .requests = s->requests, .conns = &hc };
 	memcpy(h.responses_by_class, s->responses_by_class, sizeof h.responses_by_class);
 	struct metrics_sources src = {
 		.http = &h, .cache = s->d.cache, .db = s->d.db, .llm = s->d.llm,
@@ -994,16 +1003,6 @@ done:
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
-static void
-on_accept_error(struct evconnlistener *l, void *arg)
-{
-	int err = EVUTIL_SOCKET_ERROR();
-	log_event(LOG_ERROR, "accept failed", LOG_S("error", evutil_socket_error_to_string(err)),
-	          LOG_END);
-	/* EMFILE and friends: the listener retries on the next readiness;
-	 * nothing to free here. */
-}
-
 http_server *
 http_server_create(const struct http_deps *deps, char **err)
 {
@@ -1029,7 +1028,6 @@ http_server_create(const struct http_deps *deps, char **err)
 		free(s);
 		return NULL;
 	}
-	evconnlistener_set_error_cb(s->listener, on_accept_error);
 	s->http = evhttp_new(deps->base);
 	/* Every method evhttp knows reaches route(), so TRACE and CONNECT
 	 * get our JSON 405 rather than evhttp's HTML 501. */
@@ -1047,6 +1045,9 @@ http_server_create(const struct http_deps *deps, char **err)
 	evhttp_set_timeout(s->http, cfg->http_timeout_s);
 	evhttp_set_gencb(s->http, route, s);
 	evhttp_bind_listener(s->http, s->listener);
+	/* After the bind: it takes the listener's error callback (accept
+	 * failures pause accepting) and evhttp's bufferevent callback. */
+	s->conns = http_conn_create(deps->base, cfg, s->http, s->listener);
 	return s;
 }
 
@@ -1083,6 +1084,7 @@ http_server_drain(http_server *s)
 	if (s->draining)
 		return;
 	s->draining = true;
+	http_conn_drain(s->conns);
 	evconnlistener_disable(s->listener);
 	struct http_call *c;
 	while ((c = LIST_FIRST(&s->calls)))
@@ -1101,5 +1103,6 @@ http_server_destroy(http_server *s)
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
 	evhttp_free(s->http);     /* also frees the bound listener */
 	ratelimit_destroy(s->refresh);
+	http_conn_destroy(s->conns);
 	free(s);
 }

@@ -3,7 +3,8 @@
  * cache headers, the per-request log line, and noticing clients that leave
  * while their answer is being prepared.
  *
- * Owns the evhttp instance, its listener and every in-progress request
+ * Owns the evhttp instance, its listener, the connection subsystem
+ * (http_conn: cap, timeouts, accept pause) and every in-progress request
  * (struct http_call). Analyses are handed to the analysis pipeline; the
  * reply comes back through a callback and is written here.
  */

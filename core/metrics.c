@@ -123,6 +123,30 @@ gather_http(metrics *m, const struct metrics_http *h)
 		snprintf(class, sizeof class, "%dxx", k);
 		metrics_int(m, h->responses_by_class[k], "class", class, NULL);
 	}
+	const struct http_conn_stats *c = h->conns;
+	if (!c)
+		return;
+	metrics_family(m, "rapport_http_connections", "Client connections open now.", METRICS_GAUGE);
+	metrics_int(m, c->open, NULL);
+	metrics_family(m, "rapport_http_connections_max", "The connection cap in force.",
+	               METRICS_GAUGE);
+	metrics_int(m, c->max, NULL);
+	metrics_family(m, "rapport_http_connections_accepted_total",
+	               "Connections admitted since start.", METRICS_COUNTER);
+	metrics_int(m, c->accepted, NULL);
+	metrics_family(m, "rapport_http_connections_refused_total",
+	               "Connections answered 503 because of the cap.", METRICS_COUNTER);
+	metrics_int(m, c->refused, NULL);
+	metrics_family(m, "rapport_http_connections_closed_total",
+	               "Connections cut by a timer, by reason.", METRICS_COUNTER);
+	metrics_int(m, c->closed_idle, "reason", "idle_keepalive", NULL);
+	metrics_int(m, c->closed_slow, "reason", "slow_request", NULL);
+	metrics_family(m, "rapport_http_accept_paused", "1 while accepting is paused (out of descriptors).",
+	               METRICS_GAUGE);
+	metrics_int(m, c->paused ? 1 : 0, NULL);
+	metrics_family(m, "rapport_http_accept_pauses_total",
+	               "accept(2) failures that paused accepting.", METRICS_COUNTER);
+	metrics_int(m, c->accept_pauses, NULL);
 }
 
 static void

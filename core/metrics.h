@@ -31,6 +31,7 @@
 #include "db.h"
 #include "limiter.h"
 #include "llm.h"
+#include "http_conn.h"
 
 struct evbuffer;
 typedef struct metrics metrics;
@@ -41,6 +42,7 @@ enum metrics_type { METRICS_COUNTER, METRICS_GAUGE };
 struct metrics_http {
 	long requests;
 	long responses_by_class[6];   /* [1] … [5]: 1xx … 5xx */
+	const struct http_conn_stats *conns;   /* the connection subsystem's; may be NULL */
 };
 
 /* What metrics_gather() reads; any member may be NULL. */

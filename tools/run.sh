@@ -6,6 +6,7 @@
 #   2. the fake upstream build/fake_openai on 127.0.0.1:RAPPORT_FAKE_PORT (default
 #      8089), unless OPENAI_API_KEY is set (then the real OPENAI_BASE_URL is used);
 #   3. `./rapport serve` in the foreground on RAPPORT_LISTEN (default 127.0.0.1:8080),
+#      with the descriptor limit raised to the hard limit (ulimit -n),
 #      with DATABASE_URL pointing at the private cluster (a DATABASE_URL in your
 #      environment is ignored here; run ./rapport serve yourself to use another).
 # Ctrl-C stops rapport and the fake; the cluster keeps running (tools/pg.sh stop var/pg).
@@ -146,6 +147,14 @@ else
 fi
 
 # ---- rapport -------------------------------------------------------------------
+# Every client connection is a descriptor: raise the soft limit as far as the hard
+# limit allows (rapport derives its connection cap from it; see docs/operations.md).
+NOFILE_HARD=$(ulimit -Hn)
+if ulimit -Sn "$NOFILE_HARD" 2>/dev/null; then
+    say "descriptor limit: $(ulimit -Sn) (ulimit -n, raised to the hard limit)"
+else
+    say "descriptor limit: $(ulimit -Sn) (could not raise it to $NOFILE_HARD)"
+fi
 export DATABASE_URL RAPPORT_LISTEN=$LISTEN
 say "starting rapport serve on $LISTEN"
 "$RAPPORT_BIN" serve </dev/null &

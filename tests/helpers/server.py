@@ -8,6 +8,8 @@
     srv.log_lines()          # stderr, one parsed JSON object per line
     srv.stop()               # SIGTERM; raises ServerError on a non-zero exit
                              # or a sanitizer report in stderr
+    srv.nofile = 64          # before start(): the child's RLIMIT_NOFILE
+                             # (soft and hard), as `ulimit -n 64` would
 
 Environment of the child: the caller's environment without any RAPPORT_*,
 OPENAI_*, DATABASE_URL or REDIS_URL variable, then the defaults (listen on a
@@ -169,6 +171,7 @@ class Rapport:
         self.returncode = None
         self._stopped = False
         self._start_failed = False   # already reported by start()
+        self.nofile = None           # RLIMIT_NOFILE for the child, if set
 
     # -- environment -------------------------------------------------------
     def _build_env(self, overrides):
@@ -221,12 +224,19 @@ class Rapport:
         self._stopped = False
         self._start_failed = False
         self.returncode = None
+        preexec = None
+        if self.nofile is not None:
+            import resource
+            n = int(self.nofile)
+
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
         with open(self.stderr_path, "ab") as err, \
                 open(self.stdout_path, "ab") as out:
             self.proc = subprocess.Popen(
                 [str(self.binary), *self.args], env=self.env, cwd=str(REPO),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=preexec)
         if wait_healthy:
             self.wait_healthy(timeout)
         return self
