@@ -642,7 +642,9 @@ run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
 	case SCRIPT_WAIT_QUERY:
 		f->state = FL_DB;
 		f->t_step = util_now_ms();
-		f->queries[0] = db_query_send(a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
+		/* The script's own SQL: its session is reset before reuse. */
+		f->queries[0] = db_query_send_adhoc(a->d.db, w->sql, w->nparams, w->params,
+		                                    on_run_query, f);
 		return;
 	case SCRIPT_WAIT_CHAT: {
 		double now = util_now_ms();
