@@ -9,6 +9,7 @@ file. RAPPORT_DB_POOL=1 makes "the same session" certain.
 """
 
 import subprocess
+import time
 
 import pytest
 
@@ -296,3 +297,25 @@ def test_a_named_query_over_the_cap_fails_naming_the_query_and_the_cap(make_serv
     assert e["code"] == "query_failed", e
     assert "query 'many'" in e["message"] and "RAPPORT_DB_MAX_ROWS" in e["message"], e
     assert fake.stats()["chat_calls"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_every_new_session_checks_the_role_again(make_server, tmp_path, pg, role, fake):
+    """A role granted more after start is refused on its next session (503,
+    logged once) and serves again once the grant is revoked."""
+    url = role("rapport_t_later")
+    srv = make_server(DATABASE_URL=url, RAPPORT_DB_POOL=1, **scripts(tmp_path))
+    assert analysis(srv, "echo").status == 200
+    pg.sql("grant insert on deals to rapport_t_later; "
+           "select pg_terminate_backend(pid) from pg_stat_activity "
+           "where usename = 'rapport_t_later' and application_name = 'rapport'")
+    line = srv.wait_for_log(lambda l: l.get("msg") == "db role refused", timeout=15)
+    assert line["level"] == "error" and "public.deals" in line["error"], line
+    r = analysis(srv, "echo")
+    assert r.status == 503 and r.json()["error"]["code"] == "database_unavailable", r.body
+    pg.sql("revoke insert on deals from rapport_t_later")
+    deadline = time.monotonic() + 20
+    while analysis(srv, "echo").status != 200:
+        assert time.monotonic() < deadline, "the pool did not heal after the revoke"
+        time.sleep(0.2)
+    assert len([l for l in srv.log_lines() if l.get("msg") == "db role refused"]) == 1
