@@ -1117,10 +1117,14 @@ static int role_verdict(const PGresult *res, char **msg)
 		"  GRANT USAGE ON SCHEMA %s TO rapport_reader;\n"
 		"  GRANT SELECT ON ALL TABLES IN SCHEMA %s TO rapport_reader;\n"
 		"  ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %s GRANT SELECT ON TABLES TO rapport_reader;\n"
+		"%s"
 		"then set DATABASE_URL to log in as rapport_reader. To run on this role anyway, set "
 		"RAPPORT_DB_ALLOW_WRITE=1 (every script query still runs in a READ ONLY transaction). "
 		"See docs/operations.md, \"The database role\".",
-		user, problems, dbname, schemas, schemas, owners, schemas);
+		user, problems, dbname, schemas, schemas, owners, schemas,
+		strstr(problems, "may create objects")
+			? "  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  -- before PostgreSQL 15 everyone may create there\n"
+			: "");
 	return 0;
 }
 
@@ -1158,7 +1162,8 @@ static void conn_check_done(struct db_conn *c)
 		conn_up(c);
 		return;
 	}
-	if (v == 0 && p->allow_write) {
+	if (p->allow_write) {
+		/* The operator said so; an unverifiable role is let in too. */
 		if (!p->write_warned)
 			log_event(LOG_WARN, "db role may write (RAPPORT_DB_ALLOW_WRITE=1)",
 			          LOG_S("error", msg), LOG_END);
@@ -1194,7 +1199,9 @@ enum db_role_status db_role_check(const char *conninfo, char **msg)
 	int v = role_verdict(res, msg);
 	PQclear(res);
 	PQfinish(pg);
-	return v == 1 ? DB_ROLE_READ_ONLY : v == 0 ? DB_ROLE_MAY_WRITE : DB_ROLE_UNKNOWN;
+	/* Reachable but not checkable: as good as may-write (the pool would
+	 * refuse every session anyway). */
+	return v == 1 ? DB_ROLE_READ_ONLY : DB_ROLE_MAY_WRITE;
 }
 
 /* The query's own timer: deadline, or the periodic "is anything up" check

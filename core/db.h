@@ -91,8 +91,9 @@ void db_pool_set_result_caps(db_pool *pool, long max_rows, size_t max_bytes);
 bool db_pool_is_up(const db_pool *pool);
 
 /* The role check, once and blocking (for start-up, before the loop runs):
- * READ_ONLY, MAY_WRITE (*msg says why and gives the SQL of the fix) or
- * UNKNOWN (not reachable now; *msg says why). *msg is malloc'd or NULL. */
+ * READ_ONLY, MAY_WRITE (*msg says why and gives the SQL of the fix; also
+ * when the check query itself fails) or UNKNOWN (not reachable now; *msg
+ * says why). *msg is malloc'd or NULL. */
 enum db_role_status { DB_ROLE_READ_ONLY, DB_ROLE_MAY_WRITE, DB_ROLE_UNKNOWN };
 enum db_role_status db_role_check(const char *conninfo, char **msg);
 
