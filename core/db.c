@@ -15,9 +15,12 @@
  *
  * Data flow of one query:
  *   db_query_send ─► queue (tail) ─► pool_dispatch: head → an IDLE connection
- *   ─► PQsendQueryParams + PQflush (EV_WRITE only while PQflush says 1)
- *   ─► EV_READ: PQconsumeInput, PQgetResult until NULL
- *   ─► callback with the final result ─► connection IDLE ─► next in queue.
+ *   ─► the walk in one pipeline (BEGIN READ ONLY … ROLLBACK, see enum
+ *      conn_step) + PQflush (EV_WRITE only while PQflush says 1)
+ *   ─► EV_READ: PQconsumeInput, each command's results in order, the
+ *      statement's rows one by one (capped) into one result
+ *   ─► the last Sync: callback with the statement's result ─► connection
+ *      IDLE ─► next in queue.
  * Failures that are not a server answer (database down, lost connection,
  * timeouts) go through pool->failing and a zero timer, so a callback never
  * runs inside db_query_send() and never in the middle of our own bookkeeping.
@@ -62,12 +65,13 @@
 
 enum conn_state { CONN_BACKOFF, CONN_CONNECTING, CONN_CHECKING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
 
-/* The message in flight on a connection. A query is a short walk, one
- * message at a time, so that the script's statement never runs outside
- * a READ ONLY transaction that ends in ROLLBACK:
- *   BEGIN READ ONLY ─► [Parse] ─► the query ─► ROLLBACK ─► [DISCARD ALL]
- * (ROLLBACK is skipped when the statement itself ended the transaction;
- * DISCARD ALL only follows ad-hoc SQL). */
+/* What a session is reading. A query is a short walk, queued in one
+ * pipeline (libpq pipeline mode, one round trip), so that the script's
+ * statement never runs outside a READ ONLY transaction that ends in
+ * ROLLBACK:
+ *   BEGIN READ ONLY, [Parse], the statement, Sync, ROLLBACK, Sync,
+ *   [DISCARD ALL, Sync]          (DISCARD ALL only after ad-hoc SQL)
+ * The role check before it is a plain query, before pipeline mode. */
 enum conn_step {
 	STEP_NONE,
 	STEP_CHECK,      /* the role check, once per session (CONN_CHECKING) */
@@ -76,6 +80,7 @@ enum conn_step {
 	STEP_QUERY,
 	STEP_END,
 	STEP_RESET,
+	STEP_SYNC,       /* a pipeline Sync: its own PGRES_PIPELINE_SYNC */
 };
 
 enum query_state {
@@ -102,7 +107,8 @@ struct db_conn {
 	long nrows;
 	size_t nbytes;
 	enum conn_step step;
-	char lib_error[512];         /* libpq refused the statement (not a server answer) */
+	enum conn_step cmds[10];     /* the walk queued in the pipeline, in order */
+	int ncmds, ci;               /* ... and the one being read */
 	bool end_failed;             /* ROLLBACK/DISCARD failed: replace the session */
 	/* Statements prepared on this session, by hash of their SQL: a named
 	 * query is parsed and planned once per connection instead of on
@@ -394,6 +400,7 @@ static void conn_close(struct db_conn *c)
 	c->flushing = false;
 	c->nprepared = 0;
 	c->step = STEP_NONE;
+	c->ncmds = c->ci = 0;
 }
 
 static void conn_backoff(struct db_conn *c)
@@ -454,6 +461,7 @@ static void on_write(evutil_socket_t fd, short what, void *arg);
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
 static void conn_check_start(struct db_conn *c);
 static void conn_check_done(struct db_conn *c);
+static void conn_over_cap(struct db_conn *c, const char *msg);
 static void conn_up(struct db_conn *c);
 
 static void conn_ready(struct db_conn *c)
@@ -488,6 +496,11 @@ static void conn_ready(struct db_conn *c)
 static void conn_up(struct db_conn *c)
 {
 	db_pool *p = c->pool;
+	/* Each query's walk goes out in one pipeline: one round trip. */
+	if (PQenterPipelineMode(c->pg) != 1) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
 	c->state = CONN_IDLE;
 	c->step = STEP_NONE;
 	c->backoff_ms = DB_BACKOFF_MIN_MS;
@@ -631,126 +644,95 @@ stmt_name(char *name, size_t len, const char *sql)
 	snprintf(name, len, "r%016llx", (unsigned long long)sql_hash(sql));
 }
 
-static bool conn_walk_send(struct db_conn *c, int sent);
-static void conn_walk_end(struct db_conn *c);
+static bool conn_walk_result(struct db_conn *c, PGresult *r);
 static void conn_walk_finish(struct db_conn *c);
 
-/* The statement itself: the prepared statement when this session has it, a
- * Parse first when it may get it, else unnamed (always for ad-hoc SQL: the
- * session is reset after it anyway). Rows come one at a time (single-row
- * mode) so that a result over the caps is cut off, not buffered whole. */
-static void
-conn_send_statement(struct db_conn *c)
+static bool caps_on(const db_pool *p)
+{
+	return p->max_rows > 0 || p->max_bytes > 0;
+}
+
+/* Queues one message of the walk (sent = what PQsend* returned). */
+static bool walk_push(struct db_conn *c, int sent, enum conn_step step)
+{
+	if (!sent || c->ncmds >= (int)(sizeof c->cmds / sizeof c->cmds[0]))
+		return false;
+	c->cmds[c->ncmds++] = step;
+	return true;
+}
+
+static bool walk_sql(struct db_conn *c, const char *sql, enum conn_step step)
+{
+	return walk_push(c, PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0), step);
+}
+
+/* Queues the whole walk of q in one pipeline, sent in one go:
+ *   BEGIN READ ONLY, [Parse], the statement, Sync, ROLLBACK, Sync,
+ *   [DISCARD ALL, Sync]
+ * The first Sync ends the statement's part: after an error the server
+ * skips to it, and ROLLBACK (which also undoes any SET the statement made,
+ * and is only a warning when the statement ended the transaction itself)
+ * still runs. DISCARD ALL follows ad-hoc SQL, outside any transaction. */
+static bool walk_queue(struct db_conn *c, db_query *q)
 {
 	db_pool *p = c->pool;
-	db_query *q = c->q;
 	const char *const *params = (const char *const *)q->params;
 	char name[24];
-	int sent;
+	bool ok;
 
 	stmt_name(name, sizeof name, q->sql);
-	if (p->prepare && !q->adhoc && conn_has_prepared(c, sql_hash(q->sql))) {
-		c->step = STEP_QUERY;
-		sent = PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0);
-	} else if (p->prepare && !q->adhoc && c->nprepared < MAX_PREPARED) {
-		c->step = STEP_PREPARE;
-		sent = PQsendPrepare(c->pg, name, q->sql, q->nparams, NULL);
-	} else {
-		c->step = STEP_QUERY;
-		sent = PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
+	c->ncmds = 0;
+	c->ci = 0;
+	ok = walk_sql(c, "BEGIN READ ONLY", STEP_BEGIN);
+	if (ok && p->prepare && !q->adhoc && conn_has_prepared(c, sql_hash(q->sql))) {
+		ok = walk_push(c, PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0),
+		               STEP_QUERY);
+	} else if (ok && p->prepare && !q->adhoc && c->nprepared < MAX_PREPARED) {
+		ok = walk_push(c, PQsendPrepare(c->pg, name, q->sql, q->nparams, NULL), STEP_PREPARE)
+		     && walk_push(c, PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0),
+		                  STEP_QUERY);
+	} else if (ok) {
+		ok = walk_push(c, PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0),
+		               STEP_QUERY);
 	}
-	if (sent && c->step == STEP_QUERY && (p->max_rows > 0 || p->max_bytes > 0))
-		PQsetSingleRowMode(c->pg);
-	conn_walk_send(c, sent);
+	ok = ok && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC)
+	     && walk_sql(c, "ROLLBACK", STEP_END) && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC);
+	if (ok && q->adhoc)
+		ok = walk_sql(c, "DISCARD ALL", STEP_RESET) && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC);
+	return ok;
 }
 
-/* The Parse of c->q succeeded: remember it and run the statement. */
-static void
-conn_send_prepared(struct db_conn *c)
-{
-	db_query *q = c->q;
-	char name[24];
-
-	c->prepared = xrealloc(c->prepared, sizeof *c->prepared * (size_t)(c->nprepared + 1));
-	c->prepared[c->nprepared++] = sql_hash(q->sql);
-	stmt_name(name, sizeof name, q->sql);
-	c->step = STEP_QUERY;
-	int sent = PQsendQueryPrepared(c->pg, name, q->nparams, (const char *const *)q->params,
-	                               NULL, NULL, 0);
-	if (sent && (c->pool->max_rows > 0 || c->pool->max_bytes > 0))
-		PQsetSingleRowMode(c->pg);
-	conn_walk_send(c, sent);
-}
-
-/* Flushes the message just queued (sent = what PQsend* returned). Returns
- * false when c is no longer running c->q. A dead session before the
- * statement ran puts the query back at the head of the queue (the server
- * cannot have run it without the whole message); libpq refusing the
- * statement itself (e.g. too many parameters) is the query's own error. */
-static bool
-conn_walk_send(struct db_conn *c, int sent)
-{
-	int r = sent ? PQflush(c->pg) : -1;
-	char msg[512];
-
-	if (r >= 0) {
-		conn_set_flushing(c, r == 1);
-		return true;
-	}
-	db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
-	bool before = c->step == STEP_BEGIN || c->step == STEP_PREPARE || c->step == STEP_QUERY;
-	if (PQstatus(c->pg) != CONNECTION_BAD && sent == 0 && c->step != STEP_BEGIN && before) {
-		snprintf(c->lib_error, sizeof c->lib_error, "%s", msg[0] ? msg : "query refused by libpq");
-		conn_walk_end(c);
-		return false;
-	}
-	if (before) {
-		db_query *q = c->q;
-		c->q = NULL;
-		pool_enqueue_head(c->pool, q);
-	}
-	conn_broken(c, msg);
-	return false;
-}
-
-/* The statement is over (or failed before it ran): end the transaction,
- * unless the statement itself did (COMMIT, ROLLBACK). ROLLBACK, not
- * COMMIT: it also undoes any SET the statement made. */
-static void
-conn_walk_end(struct db_conn *c)
-{
-	if (PQtransactionStatus(c->pg) == PQTRANS_IDLE) {
-		c->step = STEP_END;
-		if (c->q->adhoc) {
-			c->step = STEP_RESET;
-			c->nprepared = 0;
-			conn_walk_send(c, PQsendQuery(c->pg, "DISCARD ALL"));
-			return;
-		}
-		conn_walk_finish(c);
-		return;
-	}
-	c->step = STEP_END;
-	conn_walk_send(c, PQsendQuery(c->pg, "ROLLBACK"));
-}
-
-/* Sends q on the idle connection c: the walk starts with BEGIN READ ONLY.
- * False (q back in the queue) when the session turned out dead. */
+/* Sends q on the idle connection c. If the session turns out dead, q goes
+ * back to the head of the queue (a read, at worst run twice) and false is
+ * returned. */
 static bool conn_dispatch(struct db_conn *c, db_query *q)
 {
+	db_pool *p = c->pool;
+	char msg[512];
+	int r = -1;
+
 	q->state = Q_RUNNING;
 	q->conn = c;
 	c->q = q;
 	c->state = CONN_BUSY;
-	c->step = STEP_BEGIN;
 	c->nrows = 0;
 	c->nbytes = 0;
-	c->lib_error[0] = '\0';
 	c->end_failed = false;
-	if (!conn_walk_send(c, PQsendQuery(c->pg, "BEGIN READ ONLY")))
-		return false;
-	query_arm_deadline(q);
-	return true;
+	if (walk_queue(c, q))
+		r = PQflush(c->pg);
+	if (r >= 0) {
+		query_arm_deadline(q);
+		conn_set_flushing(c, r == 1);
+		/* Single-row mode applies to the command being read: BEGIN's
+		 * result comes first, so it is set when the statement's turn
+		 * comes (conn_walk_next). */
+		return true;
+	}
+	db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
+	c->q = NULL;
+	pool_enqueue_head(p, q);
+	conn_broken(c, msg);
+	return false;
 }
 
 /* Hands queued queries, oldest first, to idle connections. */
@@ -810,8 +792,6 @@ static void conn_walk_finish(struct db_conn *c)
 			snprintf(msg, sizeof msg, "%s", primary);
 		else if (res && *PQresultErrorMessage(res))
 			db_one_line(PQresultErrorMessage(res), msg, sizeof msg);
-		else if (c->lib_error[0])
-			snprintf(msg, sizeof msg, "%s", c->lib_error);
 		else
 			snprintf(msg, sizeof msg, "unexpected result: %s", PQresStatus(st));
 		err.message = msg;
@@ -884,16 +864,23 @@ static bool conn_take_row(struct db_conn *c, PGresult *r)
 	PQclear(r);
 	if (!msg[0])
 		return true;
+	conn_over_cap(c, msg);
+	return false;
+}
+
+/* The query is failed now and its session replaced: the rest of the walk
+ * (rows, ROLLBACK) is never read. */
+static void conn_over_cap(struct db_conn *c, const char *msg)
+{
 	db_query *q = c->q;
 	struct db_error err = { false, msg, NULL };
 	log_event(LOG_WARN, "db result over the cap", LOG_I("conn", c->idx), LOG_S("error", msg),
 	          LOG_END);
 	conn_restart(c);
 	query_finish(q, NULL, &err);
-	return false;
 }
 
-/* A result of the message in flight. Returns false when c no longer runs
+/* A result of the message being read. Returns false when c no longer runs
  * its query (it was replaced). */
 static bool conn_walk_result(struct db_conn *c, PGresult *r)
 {
@@ -913,11 +900,25 @@ static bool conn_walk_result(struct db_conn *c, PGresult *r)
 		query_finish(q, NULL, &err);
 		return false;
 	}
+	if (st == PGRES_PIPELINE_ABORTED) {
+		PQclear(r);              /* skipped after an earlier error, which is kept */
+		return true;
+	}
 	if (c->step == STEP_QUERY && st == PGRES_SINGLE_TUPLE)
 		return conn_take_row(c, r);
 	if (c->step == STEP_QUERY && st == PGRES_TUPLES_OK && c->rows) {
 		PQclear(r);              /* the empty end of a single-row result */
 		return true;
+	}
+	if (c->step == STEP_QUERY && st == PGRES_TUPLES_OK && caps_on(c->pool)
+	    && (PQntuples(r) > c->pool->max_rows && c->pool->max_rows > 0)) {
+		/* Single-row mode was refused by libpq: the cap still holds. */
+		char msg[256];
+		snprintf(msg, sizeof msg, "the result has more than %ld rows (RAPPORT_DB_MAX_ROWS)",
+		         c->pool->max_rows);
+		PQclear(r);
+		conn_over_cap(c, msg);
+		return false;
 	}
 	if (c->step == STEP_END || c->step == STEP_RESET) {
 		if (st != PGRES_COMMAND_OK) {
@@ -951,32 +952,26 @@ static bool result_failed(const PGresult *r)
 	return st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK;
 }
 
-/* PQgetResult returned NULL: the message in flight is answered; send the
- * next one of the walk. */
+/* PQgetResult returned NULL: the command being read is answered. BEGIN's
+ * and Parse's own success is dropped (their error is kept as the query's);
+ * the statement's rows become one result. Then the next command's turn. */
 static void conn_walk_next(struct db_conn *c)
 {
+	db_query *q = c->q;
+
 	switch (c->step) {
-	case STEP_CHECK:
-		conn_check_done(c);
-		return;
 	case STEP_BEGIN:
-		if (result_failed(c->res)) {
-			conn_walk_end(c);
-			return;
-		}
-		PQclear(c->res);
-		c->res = NULL;
-		conn_send_statement(c);
-		return;
 	case STEP_PREPARE:
-		if (result_failed(c->res)) {   /* bad SQL: the query's own error */
-			conn_walk_end(c);
-			return;
+		if (c->res && !result_failed(c->res)) {
+			if (c->step == STEP_PREPARE) {
+				c->prepared = xrealloc(c->prepared,
+				                       sizeof *c->prepared * (size_t)(c->nprepared + 1));
+				c->prepared[c->nprepared++] = sql_hash(q->sql);
+			}
+			PQclear(c->res);
+			c->res = NULL;
 		}
-		PQclear(c->res);
-		c->res = NULL;
-		conn_send_prepared(c);
-		return;
+		break;
 	case STEP_QUERY:
 		if (!c->res && c->rows) {
 			c->res = c->rows;
@@ -985,27 +980,68 @@ static void conn_walk_next(struct db_conn *c)
 			PQclear(c->rows);
 			c->rows = NULL;
 		}
-		conn_walk_end(c);
-		return;
-	case STEP_END:
-		if (c->q->adhoc && !c->end_failed) {
-			c->step = STEP_RESET;
-			c->nprepared = 0;      /* DISCARD ALL deallocates them */
-			conn_walk_send(c, PQsendQuery(c->pg, "DISCARD ALL"));
-			return;
-		}
-		conn_walk_finish(c);
-		return;
+		break;
 	case STEP_RESET:
-	case STEP_NONE:
-		conn_walk_finish(c);
-		return;
+		c->nprepared = 0;            /* DISCARD ALL deallocated them */
+		break;
+	default:
+		break;
 	}
+	c->ci++;
+	c->step = c->ci < c->ncmds ? c->cmds[c->ci] : STEP_NONE;
+	if (c->step == STEP_QUERY && caps_on(c->pool))
+		PQsetSingleRowMode(c->pg);
 }
 
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
 	conn_flush(arg);
+}
+
+/* Reads the role check's answer (before pipeline mode). */
+static void conn_read_check(struct db_conn *c)
+{
+	while (!PQisBusy(c->pg)) {
+		PGresult *r = PQgetResult(c->pg);
+		if (!r) {
+			conn_check_done(c);
+			return;
+		}
+		if (!conn_walk_result(c, r))
+			return;
+	}
+}
+
+/* Reads the walk's results in order: each command's results end with a
+ * NULL, each Sync is one PGRES_PIPELINE_SYNC; the last Sync ends the walk. */
+static void conn_read_walk(struct db_conn *c)
+{
+	while (!PQisBusy(c->pg)) {
+		c->step = c->cmds[c->ci];
+		PGresult *r = PQgetResult(c->pg);
+		if (c->step == STEP_SYNC) {
+			ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+			PQclear(r);
+			if (st != PGRES_PIPELINE_SYNC) {
+				conn_broken(c, "unexpected result in the pipeline");
+				return;
+			}
+			if (++c->ci == c->ncmds) {
+				conn_walk_finish(c);
+				return;   /* c may be reused or gone: do not touch it */
+			}
+			c->step = c->cmds[c->ci];
+			if (c->step == STEP_QUERY && caps_on(c->pool))
+				PQsetSingleRowMode(c->pg);
+			continue;
+		}
+		if (!r) {
+			conn_walk_next(c);
+			continue;
+		}
+		if (!conn_walk_result(c, r))
+			return;
+	}
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -1027,7 +1063,11 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	 * pending flush now that we have. */
 	if (c->flushing && !conn_flush(c))
 		return;
-	if (c->state != CONN_BUSY && c->state != CONN_CHECKING) {
+	if (c->state == CONN_CHECKING) {
+		conn_read_check(c);
+		return;
+	}
+	if (c->state != CONN_BUSY) {
 		/* An idle session only talks when it is about to die (57P01
 		 * arrives as a notice); the EOF that follows fails
 		 * PQconsumeInput above. */
@@ -1035,15 +1075,7 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 			conn_broken(c, PQerrorMessage(c->pg));
 		return;
 	}
-	while (!PQisBusy(c->pg)) {
-		PGresult *r = PQgetResult(c->pg);
-		if (!r) {
-			conn_walk_next(c);
-			return;   /* c may be reused or gone: do not touch it */
-		}
-		if (!conn_walk_result(c, r))
-			return;
-	}
+	conn_read_walk(c);
 }
 
 /* ---- the role check ------------------------------------------------------ */
@@ -1431,6 +1463,11 @@ static db_query *query_send(db_pool *pool, const char *sql, int nparams,
 	if (pool->query_timeout_ms > 0)
 		q->deadline_ms = util_now_ms() + pool->query_timeout_ms;
 
+	/* libpq would refuse it halfway through a pipeline. */
+	if (nparams > 65535) {
+		query_fail_later(q, "number of parameters must be between 0 and 65535", false);
+		return q;
+	}
 	if (pool->down || pool->destroying) {
 		query_fail_later(q, pool->destroying ? MSG_SHUTDOWN : MSG_UNAVAILABLE, true);
 		return q;
