@@ -128,6 +128,7 @@ struct db_query {
 	struct event *timer;         /* wait cap while queued, deadline while running */
 	bool timer_is_deadline;      /* the armed timer is the query timeout itself */
 	bool adhoc;                  /* a script's own SQL: unnamed, session reset after */
+	bool retried;                /* sent again once after its prepared statement vanished */
 	double deadline_ms;          /* util_now_ms() based; 0 = no timeout */
 	struct db_conn *conn;        /* Q_RUNNING */
 	char *fail_msg;              /* Q_FAILING */
@@ -797,6 +798,18 @@ static void conn_walk_finish(struct db_conn *c)
 		err.message = msg;
 		err.sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 		err.unavailable = sqlstate_unavailable(err.sqlstate);
+		/* Our prepared statement is gone (a statement ran DEALLOCATE):
+		 * forget them all and run the query once more, prepared anew. */
+		if (!replace && err.sqlstate && strcmp(err.sqlstate, "26000") == 0) {
+			c->nprepared = 0;
+			if (!q->retried) {
+				q->retried = true;
+				PQclear(res);
+				pool_enqueue_head(p, q);
+				pool_dispatch(p);
+				return;
+			}
+		}
 		/* A FATAL error ends the session (e.g. 57P01 on shutdown): the
 		 * server closes the socket next. */
 		if (!replace && (PQstatus(c->pg) == CONNECTION_BAD || (sev && strcmp(sev, "FATAL") == 0)

@@ -530,6 +530,10 @@ static void test_adhoc_reset(const char *url)
 	check(r.ok && strcmp(r.val, "0") == 0, "the lock went with the session reset");
 	r = run1(p, named, false);
 	check(r.ok && strcmp(r.val, "rapport") == 0, "the named query is prepared again after the reset");
+	r = run1(p, "DEALLOCATE ALL", false);
+	check(r.ok, "a statement may deallocate the session's prepared statements ...");
+	r = run1(p, named, false);
+	check(r.ok && strcmp(r.val, "rapport") == 0, "... and the named query is prepared again at once");
 	db_pool_destroy(p);
 }
 
