@@ -5,6 +5,8 @@
  *   - `size` libpq connections (struct db_conn), each in one explicit state:
  *       BACKOFF     no socket; a timer starts the next connect attempt
  *       CONNECTING  PQconnectPoll loop on one-shot events, 2 s timer
+ *       CHECKING    up, running the role check (conn_check_start); a role
+ *                   that may write never gets past it (unless allowed)
  *       IDLE        up, persistent EV_READ armed, no query
  *       BUSY        up, running exactly one query
  *   - every query handle (struct db_query) from db_query_send() until its
@@ -37,7 +39,8 @@
  * (PQcancel blocks in libpq 15). A server-side statement_timeout slightly
  * above it makes the orphaned backend stop too.
  *
- * Never blocks: no PQexec/PQconnectdb/PQcancel. One caveat from libpq: a host
+ * Never blocks: no PQexec/PQconnectdb/PQcancel (db_role_check() does, and
+ * is for start-up only, before the loop runs). One caveat from libpq: a host
  * name (not an address) in the conninfo is resolved with a blocking
  * getaddrinfo inside PQconnectPoll; use hostaddr= or a socket directory.
  */
