@@ -1133,7 +1133,9 @@ static const char role_check_sql[] =
 	"                   case when count(*) > 5 then ', ...' else '' end)\n"
 	"       from writable having count(*) > 0),\n"
 	"    (select 'it may create objects in schema ' || string_agg(name, ', ' order by name)\n"
-	"       from creatable having count(*) > 0)),\n"
+	"       from creatable having count(*) > 0),\n"
+	"    case when has_database_privilege(current_database(), 'CREATE')\n"
+	"      then 'it may create schemas in the database' end),\n"
 	"  coalesce((select string_agg(distinct quote_ident(nspname), ', ') from rels), 'public'),\n"
 	"  coalesce((select string_agg(distinct quote_ident(pg_get_userbyid(relowner)), ', ') from rels),\n"
 	"           quote_ident(current_user))\n";

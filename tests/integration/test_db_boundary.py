@@ -230,6 +230,12 @@ def test_a_role_that_may_become_a_writer_is_refused(make_server, tmp_path, pg, r
     assert "public.contacts" in err, err
 
 
+def test_a_role_that_may_create_schemas_is_refused(make_server, tmp_path, pg, role):
+    url = role("rapport_t_dbc", "grant create on database rapport to rapport_t_dbc")
+    err = refused(make_server, tmp_path, url)
+    assert "it may create schemas in the database" in err, err
+
+
 def test_analyze_and_console_refuse_the_owner_and_work_as_the_reader(make_server, tmp_path, pg):
     srv = make_server(start=False, **scripts(tmp_path))
     env = dict(srv.env, DATABASE_URL=pg.owner_url)
