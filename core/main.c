@@ -261,10 +261,29 @@ on_contact_changed(void *arg, const char *payload)
 	struct app *app = arg;
 	int64_t id;
 	if (!util_parse_i64(payload, &id) || id <= 0) {
+		/* At most BAD_NOTIFY_LINES lines per 10 s: a flood of garbage must
+		 * not flood the log either; the next line counts what was left
+		 * out. */
+		enum { BAD_NOTIFY_LINES = 20 };
+		static double window_ms;
+		static int lines;
+		static long suppressed;
+		double now = util_now_ms();
+		if (now - window_ms >= 10000) {
+			window_ms = now;
+			lines = 0;
+		}
+		if (lines >= BAD_NOTIFY_LINES) {
+			suppressed++;
+			return;
+		}
+		lines++;
 		char shown[128];
 		snprintf(shown, sizeof shown, "%s", payload);
 		log_event(LOG_WARN, "bad invalidation payload ignored", LOG_S("payload", shown),
-		          LOG_I("bytes", (long long)strlen(payload)), LOG_END);
+		          LOG_I("bytes", (long long)strlen(payload)), LOG_I("suppressed", suppressed),
+		          LOG_END);
+		suppressed = 0;
 		return;
 	}
 	int n = cache_drop_contact(app->cache, id, NULL);

@@ -125,6 +125,14 @@ def test_a_payload_that_is_not_a_contact_id_is_logged_and_ignored(server, fake, 
         line = server.wait_for_log(lambda l, g=g: l.get("msg") == "bad invalidation payload ignored"
                                    and l.get("payload") == g[:127], timeout=5.0)
         assert line["level"] == "warn" and line["bytes"] == len(g)
+    # A flood is logged at most 20 lines per 10 s.
+    def bad_lines():
+        return len([l for l in server.log_lines()
+                    if l.get("msg") == "bad invalidation payload ignored"])
+    before = bad_lines()
+    pg.sql("SELECT pg_notify('%s', 'flood ' || g) FROM generate_series(1, 200) g" % CHANNEL)
+    time.sleep(1.0)
+    assert 0 < bad_lines() - before <= 20, bad_lines() - before
     # Every payload was handled (the log lines above); nothing was dropped.
     assert_hit(server, 156)
     assert_hit(server, 160)
