@@ -39,6 +39,7 @@ def log(*a):
 
 def ensure_data(pg, contacts):
     pg.sql_file(REPO / "sql" / "schema.sql")
+    pg.sql_file(REPO / "sql" / "roles.sql")      # rapport logs in as rapport_reader (pg.url)
     have = int(pg.scalar("SELECT count(*) FROM contacts"))
     if have != contacts:
         log("loading %d demo contacts (once; kept in var/bench-pg)..." % contacts)

@@ -407,7 +407,9 @@ run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
 		return;
 	case SCRIPT_WAIT_QUERY:
 		flight_set_state(f, FL_QUERY);
-		f->query = db_query_send(f->a->d.db, w->sql, w->nparams, w->params, on_run_query, f);
+		/* The script's own SQL: its session is reset before reuse. */
+		f->query = db_query_send_adhoc(f->a->d.db, w->sql, w->nparams, w->params,
+		                               on_run_query, f);
 		return;
 	case SCRIPT_WAIT_CHAT:
 		json_decref(f->request);

@@ -38,6 +38,10 @@ static const struct setting settings[] = {
 	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
 	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
 	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare) },
+	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_INT, OFF(db_allow_write) },
+	{ "RAPPORT_DB_MAX_ROWS", NULL, K_INT, OFF(db_max_rows) },
+	{ "RAPPORT_DB_MAX_BYTES", NULL, K_SIZE, OFF(db_max_bytes) },
+	{ "RAPPORT_STATE_URL", NULL, K_STR, OFF(state_url) },
 	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms) },
 	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
 	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
@@ -77,6 +81,8 @@ set_defaults(struct config *c)
 	c->db_pool_size = 8;
 	c->db_timeout_ms = 5000;
 	c->db_prepare = 1;
+	c->db_max_rows = 10000;
+	c->db_max_bytes = 8u << 20;
 	c->llm_timeout_ms = 60000;
 	c->llm_connect_timeout_ms = 5000;
 	c->llm_max_retries = 2;
@@ -352,6 +358,10 @@ config_load(struct config *c, int argc, char **argv, char ***rest, int *nrest, c
 			goto fail;
 	}
 	finish_admin_socket(c);
+	/* rapport's own writes default to the CRM's database (on connections
+	 * of their own, when there are any). */
+	if (!c->state_url)
+		c->state_url = xstrdup(c->database_url);
 	return true;
 fail:
 	free(*rest);
@@ -364,6 +374,7 @@ config_free(struct config *c)
 {
 	free(c->listen);
 	free(c->database_url);
+	free(c->state_url);
 	free(c->openai_api_key);
 	free(c->openai_base_url);
 	free(c->upstream_ca_file);

@@ -12,7 +12,9 @@
 
 struct config {
 	char *listen;              /* RAPPORT_LISTEN "host:port" */
-	char *database_url;        /* DATABASE_URL */
+	char *database_url;        /* DATABASE_URL: the scripts' connections; a read-only role */
+	char *state_url;           /* RAPPORT_STATE_URL (DATABASE_URL): rapport's own writes,
+	                            * on connections of their own; nothing writes yet */
 	char *openai_api_key;      /* OPENAI_API_KEY: never logged */
 	char *openai_base_url;     /* OPENAI_BASE_URL */
 	char *upstream_ca_file;    /* RAPPORT_UPSTREAM_CA_FILE: extra CA bundle for a private upstream */
@@ -25,6 +27,9 @@ struct config {
 	int db_pool_size;          /* RAPPORT_DB_POOL (8) */
 	int db_timeout_ms;         /* RAPPORT_DB_TIMEOUT_MS (5000): per query */
 	int db_prepare;            /* RAPPORT_DB_PREPARE (1): named prepared statements */
+	int db_allow_write;        /* RAPPORT_DB_ALLOW_WRITE (0): run on a role that may write */
+	int db_max_rows;           /* RAPPORT_DB_MAX_ROWS (10000): per result, 0 = no cap */
+	size_t db_max_bytes;       /* RAPPORT_DB_MAX_BYTES (8 MiB): per result, 0 = no cap */
 	int llm_timeout_ms;        /* RAPPORT_LLM_TIMEOUT_MS (60000): whole call */
 	int llm_connect_timeout_ms;/* RAPPORT_LLM_CONNECT_TIMEOUT_MS (5000) */
 	int llm_max_retries;       /* RAPPORT_LLM_RETRIES (2) */

@@ -5,6 +5,8 @@
  *   - `size` libpq connections (struct db_conn), each in one explicit state:
  *       BACKOFF     no socket; a timer starts the next connect attempt
  *       CONNECTING  PQconnectPoll loop on one-shot events, 2 s timer
+ *       CHECKING    up, running the role check (conn_check_start); a role
+ *                   that may write never gets past it (unless allowed)
  *       IDLE        up, persistent EV_READ armed, no query
  *       BUSY        up, running exactly one query
  *   - every query handle (struct db_query) from db_query_send() until its
@@ -15,9 +17,12 @@
  *
  * Data flow of one query:
  *   db_query_send ─► queue (tail) ─► pool_dispatch: head → an IDLE connection
- *   ─► PQsendQueryParams + PQflush (EV_WRITE only while PQflush says 1)
- *   ─► EV_READ: PQconsumeInput, PQgetResult until NULL
- *   ─► callback with the final result ─► connection IDLE ─► next in queue.
+ *   ─► the walk in one pipeline (BEGIN READ ONLY … ROLLBACK, see enum
+ *      conn_step) + PQflush (EV_WRITE only while PQflush says 1)
+ *   ─► EV_READ: PQconsumeInput, each command's results in order, the
+ *      statement's rows one by one (capped) into one result
+ *   ─► the last Sync: callback with the statement's result ─► connection
+ *      IDLE ─► next in queue.
  * Failures that are not a server answer (database down, lost connection,
  * timeouts) go through pool->failing and a zero timer, so a callback never
  * runs inside db_query_send() and never in the middle of our own bookkeeping.
@@ -34,7 +39,8 @@
  * (PQcancel blocks in libpq 15). A server-side statement_timeout slightly
  * above it makes the orphaned backend stop too.
  *
- * Never blocks: no PQexec/PQconnectdb/PQcancel. One caveat from libpq: a host
+ * Never blocks: no PQexec/PQconnectdb/PQcancel (db_role_check() does, and
+ * is for start-up only, before the loop runs). One caveat from libpq: a host
  * name (not an address) in the conninfo is resolved with a blocking
  * getaddrinfo inside PQconnectPoll; use hostaddr= or a socket directory.
  */
@@ -60,7 +66,25 @@
 #define MSG_LOST        "database connection lost"
 #define MSG_SHUTDOWN    "database pool shut down"
 
-enum conn_state { CONN_BACKOFF, CONN_CONNECTING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
+enum conn_state { CONN_BACKOFF, CONN_CONNECTING, CONN_CHECKING, CONN_IDLE, CONN_BUSY, CONN_CLOSED };
+
+/* What a session is reading. A query is a short walk, queued in one
+ * pipeline (libpq pipeline mode, one round trip), so that the script's
+ * statement never runs outside a READ ONLY transaction that ends in
+ * ROLLBACK:
+ *   BEGIN READ ONLY, [Parse], the statement, Sync, ROLLBACK, Sync,
+ *   [DISCARD ALL, Sync]          (DISCARD ALL only after ad-hoc SQL)
+ * The role check before it is a plain query, before pipeline mode. */
+enum conn_step {
+	STEP_NONE,
+	STEP_CHECK,      /* the role check, once per session (CONN_CHECKING) */
+	STEP_BEGIN,
+	STEP_PREPARE,
+	STEP_QUERY,
+	STEP_END,
+	STEP_RESET,
+	STEP_SYNC,       /* a pipeline Sync: its own PGRES_PIPELINE_SYNC */
+};
 
 enum query_state {
 	Q_QUEUED,    /* in pool->queue, waiting for a connection */
@@ -82,12 +106,18 @@ struct db_conn {
 	bool flushing;
 	db_query *q;                 /* in-flight query (BUSY) */
 	PGresult *res;               /* result kept until PQgetResult returns NULL */
+	PGresult *rows;              /* single-row mode: the rows so far, rebuilt as one result */
+	long nrows;
+	size_t nbytes;
+	enum conn_step step;
+	enum conn_step cmds[10];     /* the walk queued in the pipeline, in order */
+	int ncmds, ci;               /* ... and the one being read */
+	bool end_failed;             /* ROLLBACK/DISCARD failed: replace the session */
 	/* Statements prepared on this session, by hash of their SQL: a named
 	 * query is parsed and planned once per connection instead of on
 	 * every request. The session owns them, so a reconnect forgets them. */
 	uint64_t *prepared;
 	int nprepared;
-	bool preparing;              /* the in-flight message is q's PQsendPrepare */
 };
 
 struct db_query {
@@ -100,6 +130,8 @@ struct db_query {
 	void *arg;
 	struct event *timer;         /* wait cap while queued, deadline while running */
 	bool timer_is_deadline;      /* the armed timer is the query timeout itself */
+	bool adhoc;                  /* a script's own SQL: unnamed, session reset after */
+	bool retried;                /* sent again once after its prepared statement vanished */
 	double deadline_ms;          /* util_now_ms() based; 0 = no timeout */
 	struct db_conn *conn;        /* Q_RUNNING */
 	char *fail_msg;              /* Q_FAILING */
@@ -119,6 +151,12 @@ struct db_pool {
 	int size;
 	int query_timeout_ms;
 	bool prepare;                /* use named prepared statements */
+	bool role_check;             /* check the role's privileges on every new session */
+	bool allow_write;            /* ... and only warn when it may write */
+	bool refused_logged;         /* the role's refusal is logged once, not per retry */
+	bool write_warned;
+	long max_rows;               /* per result; 0 = no cap */
+	size_t max_bytes;
 	struct db_conn *conns;
 	struct query_list queue;
 	int nqueued;
@@ -355,13 +393,18 @@ static void conn_close(struct db_conn *c)
 		PQclear(c->res);
 		c->res = NULL;
 	}
+	if (c->rows) {
+		PQclear(c->rows);
+		c->rows = NULL;
+	}
 	if (c->pg) {
 		PQfinish(c->pg);
 		c->pg = NULL;
 	}
 	c->flushing = false;
 	c->nprepared = 0;
-	c->preparing = false;
+	c->step = STEP_NONE;
+	c->ncmds = c->ci = 0;
 }
 
 static void conn_backoff(struct db_conn *c)
@@ -420,6 +463,10 @@ static void on_notice(void *arg, const PGresult *res)
 static void on_read(evutil_socket_t fd, short what, void *arg);
 static void on_write(evutil_socket_t fd, short what, void *arg);
 static void on_connect_io(evutil_socket_t fd, short what, void *arg);
+static void conn_check_start(struct db_conn *c);
+static void conn_check_done(struct db_conn *c);
+static void conn_over_cap(struct db_conn *c, const char *msg);
+static void conn_up(struct db_conn *c);
 
 static void conn_ready(struct db_conn *c)
 {
@@ -442,7 +489,24 @@ static void conn_ready(struct db_conn *c)
 		conn_connect_failed(c, "cannot register socket with libevent");
 		return;
 	}
+	if (p->role_check) {
+		conn_check_start(c);
+		return;
+	}
+	conn_up(c);
+}
+
+/* The session may serve queries now. */
+static void conn_up(struct db_conn *c)
+{
+	db_pool *p = c->pool;
+	/* Each query's walk goes out in one pipeline: one round trip. */
+	if (PQenterPipelineMode(c->pg) != 1) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
 	c->state = CONN_IDLE;
+	c->step = STEP_NONE;
 	c->backoff_ms = DB_BACKOFF_MIN_MS;
 	log_event(LOG_DEBUG, "db connected", LOG_I("conn", c->idx), LOG_END);
 	pool_mark_up(p);
@@ -518,6 +582,8 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 
 	if (c->state == CONN_CONNECTING)
 		conn_connect_failed(c, "timeout expired while connecting");
+	else if (c->state == CONN_CHECKING)
+		conn_connect_failed(c, "timeout expired while checking the role");
 	else if (c->state == CONN_BACKOFF)
 		conn_start(c);
 }
@@ -576,28 +642,73 @@ conn_has_prepared(const struct db_conn *c, uint64_t h)
 	return false;
 }
 
-/* Puts q's message on the wire: the prepared statement when this session
- * has it, a PQsendPrepare first when it may get it, else unnamed. */
-static int
-conn_send(struct db_conn *c, db_query *q)
+static void
+stmt_name(char *name, size_t len, const char *sql)
 {
-	const char *const *params = (const char *const *)q->params;
-	if (!c->pool->prepare)
-		return PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
-	uint64_t h = sql_hash(q->sql);
-	char name[24];
-	snprintf(name, sizeof name, "r%016llx", (unsigned long long)h);
-	if (conn_has_prepared(c, h))
-		return PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0);
-	if (c->nprepared >= MAX_PREPARED)
-		return PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0);
-	c->preparing = true;
-	return PQsendPrepare(c->pg, name, q->sql, q->nparams, NULL);
+	snprintf(name, len, "r%016llx", (unsigned long long)sql_hash(sql));
 }
 
-/* Sends q on the idle connection c. If the connection turns out dead, q goes
- * back to the head of the queue (the server cannot have run it without the
- * whole message) and false is returned. */
+static bool conn_walk_result(struct db_conn *c, PGresult *r);
+static void conn_walk_finish(struct db_conn *c);
+
+static bool caps_on(const db_pool *p)
+{
+	return p->max_rows > 0 || p->max_bytes > 0;
+}
+
+/* Queues one message of the walk (sent = what PQsend* returned). */
+static bool walk_push(struct db_conn *c, int sent, enum conn_step step)
+{
+	if (!sent || c->ncmds >= (int)(sizeof c->cmds / sizeof c->cmds[0]))
+		return false;
+	c->cmds[c->ncmds++] = step;
+	return true;
+}
+
+static bool walk_sql(struct db_conn *c, const char *sql, enum conn_step step)
+{
+	return walk_push(c, PQsendQueryParams(c->pg, sql, 0, NULL, NULL, NULL, NULL, 0), step);
+}
+
+/* Queues the whole walk of q in one pipeline, sent in one go:
+ *   BEGIN READ ONLY, [Parse], the statement, Sync, ROLLBACK, Sync,
+ *   [DISCARD ALL, Sync]
+ * The first Sync ends the statement's part: after an error the server
+ * skips to it, and ROLLBACK (which also undoes any SET the statement made,
+ * and is only a warning when the statement ended the transaction itself)
+ * still runs. DISCARD ALL follows ad-hoc SQL, outside any transaction. */
+static bool walk_queue(struct db_conn *c, db_query *q)
+{
+	db_pool *p = c->pool;
+	const char *const *params = (const char *const *)q->params;
+	char name[24];
+	bool ok;
+
+	stmt_name(name, sizeof name, q->sql);
+	c->ncmds = 0;
+	c->ci = 0;
+	ok = walk_sql(c, "BEGIN READ ONLY", STEP_BEGIN);
+	if (ok && p->prepare && !q->adhoc && conn_has_prepared(c, sql_hash(q->sql))) {
+		ok = walk_push(c, PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0),
+		               STEP_QUERY);
+	} else if (ok && p->prepare && !q->adhoc && c->nprepared < MAX_PREPARED) {
+		ok = walk_push(c, PQsendPrepare(c->pg, name, q->sql, q->nparams, NULL), STEP_PREPARE)
+		     && walk_push(c, PQsendQueryPrepared(c->pg, name, q->nparams, params, NULL, NULL, 0),
+		                  STEP_QUERY);
+	} else if (ok) {
+		ok = walk_push(c, PQsendQueryParams(c->pg, q->sql, q->nparams, NULL, params, NULL, NULL, 0),
+		               STEP_QUERY);
+	}
+	ok = ok && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC)
+	     && walk_sql(c, "ROLLBACK", STEP_END) && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC);
+	if (ok && q->adhoc)
+		ok = walk_sql(c, "DISCARD ALL", STEP_RESET) && walk_push(c, PQpipelineSync(c->pg), STEP_SYNC);
+	return ok;
+}
+
+/* Sends q on the idle connection c. If the session turns out dead, q goes
+ * back to the head of the queue (a read, at worst run twice) and false is
+ * returned. */
 static bool conn_dispatch(struct db_conn *c, db_query *q)
 {
 	db_pool *p = c->pool;
@@ -608,58 +719,24 @@ static bool conn_dispatch(struct db_conn *c, db_query *q)
 	q->conn = c;
 	c->q = q;
 	c->state = CONN_BUSY;
-	c->preparing = false;
-	if (conn_send(c, q))
+	c->nrows = 0;
+	c->nbytes = 0;
+	c->end_failed = false;
+	if (walk_queue(c, q))
 		r = PQflush(c->pg);
 	if (r >= 0) {
 		query_arm_deadline(q);
 		conn_set_flushing(c, r == 1);
+		/* Single-row mode applies to the command being read: BEGIN's
+		 * result comes first, so it is set when the statement's turn
+		 * comes (conn_walk_next). */
 		return true;
 	}
 	db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
 	c->q = NULL;
-	c->preparing = false;
-	if (PQstatus(c->pg) == CONNECTION_BAD || PQtransactionStatus(c->pg) != PQTRANS_IDLE) {
-		pool_enqueue_head(p, q);
-		conn_broken(c, msg);
-		return false;
-	}
-	/* libpq refused the query itself (e.g. too many parameters): the
-	 * caller's mistake, not an outage. */
-	c->state = CONN_IDLE;
-	query_fail_later(q, msg, false);
-	return true;
-}
-
-/* The PQsendPrepare of c->q succeeded: remember it and run the query. A
- * failed prepare (bad SQL) is reported as the query's own error instead. */
-static bool
-conn_prepared(struct db_conn *c)
-{
-	db_query *q = c->q;
-	if (!c->res || PQresultStatus(c->res) != PGRES_COMMAND_OK)
-		return false;
-	PQclear(c->res);
-	c->res = NULL;
-	c->preparing = false;
-	c->prepared = xrealloc(c->prepared, sizeof *c->prepared * (size_t)(c->nprepared + 1));
-	c->prepared[c->nprepared++] = sql_hash(q->sql);
-	char name[24];
-	snprintf(name, sizeof name, "r%016llx", (unsigned long long)sql_hash(q->sql));
-	int r = -1;
-	if (PQsendQueryPrepared(c->pg, name, q->nparams, (const char *const *)q->params,
-	                        NULL, NULL, 0))
-		r = PQflush(c->pg);
-	if (r < 0) {
-		char msg[512];
-		db_one_line(PQerrorMessage(c->pg), msg, sizeof msg);
-		c->q = NULL;
-		pool_enqueue_head(c->pool, q);
-		conn_broken(c, msg);
-		return true;
-	}
-	conn_set_flushing(c, r == 1);
-	return true;
+	pool_enqueue_head(p, q);
+	conn_broken(c, msg);
+	return false;
 }
 
 /* Hands queued queries, oldest first, to idle connections. */
@@ -686,18 +763,23 @@ static bool sqlstate_unavailable(const char *st)
 	    || strcmp(st, "53300") == 0;            /* too many connections */
 }
 
-/* PQgetResult returned NULL: the query is over. The connection is made idle
- * (or dropped) before the callback, so a callback may send the next query. */
-static void conn_query_done(struct db_conn *c)
+/* The walk is over: the session is idle again (or must be replaced, when
+ * the transaction could not be ended). The connection is made idle (or
+ * dropped) before the callback, so a callback may send the next query. */
+static void conn_walk_finish(struct db_conn *c)
 {
 	db_pool *p = c->pool;
 	db_query *q = c->q;
 	PGresult *res = c->res;
 	ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+	bool replace = c->end_failed;
 
 	c->q = NULL;
 	c->res = NULL;
 	c->state = CONN_IDLE;
+	c->step = STEP_NONE;
+	if (replace)
+		conn_restart(c);
 
 	if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
 		if (query_finish(q, res, NULL)) {
@@ -719,10 +801,22 @@ static void conn_query_done(struct db_conn *c)
 		err.message = msg;
 		err.sqlstate = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
 		err.unavailable = sqlstate_unavailable(err.sqlstate);
+		/* Our prepared statement is gone (a statement ran DEALLOCATE):
+		 * forget them all and run the query once more, prepared anew. */
+		if (!replace && err.sqlstate && strcmp(err.sqlstate, "26000") == 0) {
+			c->nprepared = 0;
+			if (!q->retried) {
+				q->retried = true;
+				PQclear(res);
+				pool_enqueue_head(p, q);
+				pool_dispatch(p);
+				return;
+			}
+		}
 		/* A FATAL error ends the session (e.g. 57P01 on shutdown): the
 		 * server closes the socket next. */
-		if (PQstatus(c->pg) == CONNECTION_BAD || (sev && strcmp(sev, "FATAL") == 0)
-		    || (sev && strcmp(sev, "PANIC") == 0)) {
+		if (!replace && (PQstatus(c->pg) == CONNECTION_BAD || (sev && strcmp(sev, "FATAL") == 0)
+		                 || (sev && strcmp(sev, "PANIC") == 0))) {
 			err.unavailable = true;
 			conn_broken(c, msg);
 		}
@@ -735,9 +829,235 @@ static void conn_query_done(struct db_conn *c)
 	pool_dispatch(p);
 }
 
+/* One more row in single-row mode, copied into c->rows (one PGresult, as
+ * the callback expects). Over a cap, the rest is not read: the session is
+ * dropped (PQcancel would block) and the query fails naming the cap.
+ * Returns false when c no longer runs the query. */
+static bool conn_take_row(struct db_conn *c, PGresult *r)
+{
+	db_pool *p = c->pool;
+	int nf = PQnfields(r);
+	size_t bytes = 0;
+	char msg[256];
+
+	for (int i = 0; i < nf; i++)
+		bytes += (size_t)PQgetlength(r, 0, i);
+	c->nrows++;
+	c->nbytes += bytes;
+	msg[0] = '\0';
+	if (p->max_rows > 0 && c->nrows > p->max_rows)
+		snprintf(msg, sizeof msg, "the result has more than %ld rows (RAPPORT_DB_MAX_ROWS)",
+		         p->max_rows);
+	else if (p->max_bytes > 0 && c->nbytes > p->max_bytes)
+		snprintf(msg, sizeof msg, "the result has more than %zu bytes (RAPPORT_DB_MAX_BYTES)",
+		         p->max_bytes);
+	if (!msg[0] && !c->rows) {
+		PGresAttDesc *att = xcalloc((size_t)(nf ? nf : 1), sizeof *att);
+		for (int i = 0; i < nf; i++) {
+			att[i].name = PQfname(r, i);
+			att[i].tableid = PQftable(r, i);
+			att[i].columnid = PQftablecol(r, i);
+			att[i].format = PQfformat(r, i);
+			att[i].typid = PQftype(r, i);
+			att[i].typlen = PQfsize(r, i);
+			att[i].atttypmod = PQfmod(r, i);
+		}
+		c->rows = PQmakeEmptyPGresult(c->pg, PGRES_TUPLES_OK);
+		if (c->rows && !PQsetResultAttrs(c->rows, nf, att)) {
+			PQclear(c->rows);
+			c->rows = NULL;
+		}
+		free(att);
+		if (!c->rows)
+			snprintf(msg, sizeof msg, "out of memory for the result");
+	}
+	for (int i = 0; !msg[0] && i < nf; i++) {
+		bool null = PQgetisnull(r, 0, i);
+		if (!PQsetvalue(c->rows, (int)c->nrows - 1, i, null ? NULL : PQgetvalue(r, 0, i),
+		                null ? -1 : PQgetlength(r, 0, i)))
+			snprintf(msg, sizeof msg, "out of memory for the result");
+	}
+	PQclear(r);
+	if (!msg[0])
+		return true;
+	conn_over_cap(c, msg);
+	return false;
+}
+
+/* The query is failed now and its session replaced: the rest of the walk
+ * (rows, ROLLBACK) is never read. */
+static void conn_over_cap(struct db_conn *c, const char *msg)
+{
+	db_query *q = c->q;
+	struct db_error err = { false, msg, NULL };
+	log_event(LOG_WARN, "db result over the cap", LOG_I("conn", c->idx), LOG_S("error", msg),
+	          LOG_END);
+	conn_restart(c);
+	query_finish(q, NULL, &err);
+}
+
+/* A result of the message being read. Returns false when c no longer runs
+ * its query (it was replaced). */
+static bool conn_walk_result(struct db_conn *c, PGresult *r)
+{
+	ExecStatusType st = PQresultStatus(r);
+
+	if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+		/* PQgetResult would return COPY results forever; the session is
+		 * unusable for us, so replace it. */
+		db_query *q = c->q;
+		struct db_error err = { false, "COPY is not supported", NULL };
+		PQclear(r);
+		if (c->state == CONN_CHECKING) {
+			conn_connect_failed(c, "unexpected COPY from the role check");
+			return false;
+		}
+		conn_restart(c);
+		query_finish(q, NULL, &err);
+		return false;
+	}
+	if (st == PGRES_PIPELINE_ABORTED) {
+		PQclear(r);              /* skipped after an earlier error, which is kept */
+		return true;
+	}
+	if (c->step == STEP_QUERY && st == PGRES_SINGLE_TUPLE)
+		return conn_take_row(c, r);
+	if (c->step == STEP_QUERY && st == PGRES_TUPLES_OK && c->rows) {
+		PQclear(r);              /* the empty end of a single-row result */
+		return true;
+	}
+	if (c->step == STEP_QUERY && st == PGRES_TUPLES_OK && caps_on(c->pool)
+	    && (PQntuples(r) > c->pool->max_rows && c->pool->max_rows > 0)) {
+		/* Single-row mode was refused by libpq: the cap still holds. */
+		char msg[256];
+		snprintf(msg, sizeof msg, "the result has more than %ld rows (RAPPORT_DB_MAX_ROWS)",
+		         c->pool->max_rows);
+		PQclear(r);
+		conn_over_cap(c, msg);
+		return false;
+	}
+	if (c->step == STEP_END || c->step == STEP_RESET) {
+		if (st != PGRES_COMMAND_OK) {
+			/* A session we cannot bring back to a clean state is not
+			 * reused. */
+			char msg[512];
+			db_one_line(PQresultErrorMessage(r), msg, sizeof msg);
+			log_event(LOG_WARN, "db session not reset", LOG_I("conn", c->idx),
+			          LOG_S("error", msg), LOG_END);
+			c->end_failed = true;
+		}
+		PQclear(r);
+		return true;
+	}
+	/* One message gives one result; keep the first error if any, else
+	 * the last result. */
+	if (!c->res) {
+		c->res = r;
+	} else if (PQresultStatus(c->res) == PGRES_FATAL_ERROR) {
+		PQclear(r);
+	} else {
+		PQclear(c->res);
+		c->res = r;
+	}
+	return true;
+}
+
+static bool result_failed(const PGresult *r)
+{
+	ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+	return st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK;
+}
+
+/* PQgetResult returned NULL: the command being read is answered. BEGIN's
+ * and Parse's own success is dropped (their error is kept as the query's);
+ * the statement's rows become one result. Then the next command's turn. */
+static void conn_walk_next(struct db_conn *c)
+{
+	db_query *q = c->q;
+
+	switch (c->step) {
+	case STEP_BEGIN:
+	case STEP_PREPARE:
+		if (c->res && !result_failed(c->res)) {
+			if (c->step == STEP_PREPARE) {
+				c->prepared = xrealloc(c->prepared,
+				                       sizeof *c->prepared * (size_t)(c->nprepared + 1));
+				c->prepared[c->nprepared++] = sql_hash(q->sql);
+			}
+			PQclear(c->res);
+			c->res = NULL;
+		}
+		break;
+	case STEP_QUERY:
+		if (!c->res && c->rows) {
+			c->res = c->rows;
+			c->rows = NULL;
+		} else if (c->rows) {        /* failed halfway: the error wins */
+			PQclear(c->rows);
+			c->rows = NULL;
+		}
+		break;
+	case STEP_RESET:
+		c->nprepared = 0;            /* DISCARD ALL deallocated them */
+		break;
+	default:
+		break;
+	}
+	c->ci++;
+	c->step = c->ci < c->ncmds ? c->cmds[c->ci] : STEP_NONE;
+	if (c->step == STEP_QUERY && caps_on(c->pool))
+		PQsetSingleRowMode(c->pg);
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
 	conn_flush(arg);
+}
+
+/* Reads the role check's answer (before pipeline mode). */
+static void conn_read_check(struct db_conn *c)
+{
+	while (!PQisBusy(c->pg)) {
+		PGresult *r = PQgetResult(c->pg);
+		if (!r) {
+			conn_check_done(c);
+			return;
+		}
+		if (!conn_walk_result(c, r))
+			return;
+	}
+}
+
+/* Reads the walk's results in order: each command's results end with a
+ * NULL, each Sync is one PGRES_PIPELINE_SYNC; the last Sync ends the walk. */
+static void conn_read_walk(struct db_conn *c)
+{
+	while (!PQisBusy(c->pg)) {
+		c->step = c->cmds[c->ci];
+		PGresult *r = PQgetResult(c->pg);
+		if (c->step == STEP_SYNC) {
+			ExecStatusType st = r ? PQresultStatus(r) : PGRES_FATAL_ERROR;
+			PQclear(r);
+			if (st != PGRES_PIPELINE_SYNC) {
+				conn_broken(c, "unexpected result in the pipeline");
+				return;
+			}
+			if (++c->ci == c->ncmds) {
+				conn_walk_finish(c);
+				return;   /* c may be reused or gone: do not touch it */
+			}
+			c->step = c->cmds[c->ci];
+			if (c->step == STEP_QUERY && caps_on(c->pool))
+				PQsetSingleRowMode(c->pg);
+			continue;
+		}
+		if (!r) {
+			conn_walk_next(c);
+			continue;
+		}
+		if (!conn_walk_result(c, r))
+			return;
+	}
 }
 
 static void on_read(evutil_socket_t fd, short what, void *arg)
@@ -746,7 +1066,10 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	PGnotify *n;
 
 	if (!PQconsumeInput(c->pg)) {
-		conn_broken(c, PQerrorMessage(c->pg));
+		if (c->state == CONN_CHECKING)
+			conn_connect_failed(c, PQerrorMessage(c->pg));
+		else
+			conn_broken(c, PQerrorMessage(c->pg));
 		return;
 	}
 	/* Nobody LISTENs on pool connections, but never let them pile up. */
@@ -756,6 +1079,10 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 	 * pending flush now that we have. */
 	if (c->flushing && !conn_flush(c))
 		return;
+	if (c->state == CONN_CHECKING) {
+		conn_read_check(c);
+		return;
+	}
 	if (c->state != CONN_BUSY) {
 		/* An idle session only talks when it is about to die (57P01
 		 * arrives as a notice); the EOF that follows fails
@@ -764,42 +1091,167 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
 			conn_broken(c, PQerrorMessage(c->pg));
 		return;
 	}
-	while (!PQisBusy(c->pg)) {
-		PGresult *r = PQgetResult(c->pg);
-		if (!r) {
-			if (c->preparing && conn_prepared(c))
-				return;   /* the query itself is on its way now */
-			c->preparing = false;
-			conn_query_done(c);
-			return;   /* c may be reused or gone: do not touch it */
-		}
-		switch (PQresultStatus(r)) {
-		case PGRES_COPY_IN:
-		case PGRES_COPY_OUT:
-		case PGRES_COPY_BOTH: {
-			/* PQgetResult would return COPY results forever; the
-			 * session is unusable for us, so replace it. */
-			db_query *q = c->q;
-			struct db_error err = { false, "COPY is not supported", NULL };
-			PQclear(r);
-			conn_restart(c);
-			query_finish(q, NULL, &err);
-			return;
-		}
-		default:
-			break;
-		}
-		/* One statement gives one result; keep the first error if any,
-		 * else the last result. */
-		if (!c->res) {
-			c->res = r;
-		} else if (PQresultStatus(c->res) == PGRES_FATAL_ERROR) {
-			PQclear(r);
-		} else {
-			PQclear(c->res);
-			c->res = r;
-		}
+	conn_read_walk(c);
+}
+
+/* ---- the role check ------------------------------------------------------ */
+
+/* What the session's role could change, as one row: user, database, the
+ * problems ("" = none), the schemas it reads and the owners of what it
+ * reads (both for the fix). Every role it may SET ROLE to counts as its
+ * own; has_table_privilege already includes PUBLIC and pg_write_all_data. */
+static const char role_check_sql[] =
+	"with me as (\n"
+	"  select oid, rolsuper, rolcreaterole from pg_roles\n"
+	"  where pg_has_role(current_user, oid, 'MEMBER')\n"
+	"), rels as (\n"
+	"  select c.oid, n.nspname, c.relname, c.relkind, c.relowner\n"
+	"  from pg_class c join pg_namespace n on n.oid = c.relnamespace\n"
+	"  where c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')\n"
+	"    and n.nspname <> 'information_schema' and n.nspname !~ '^pg_'\n"
+	"    and has_schema_privilege(n.oid, 'USAGE')\n"
+	"), writable as (\n"
+	"  select format('%I.%I', r.nspname, r.relname) as name from rels r\n"
+	"  where exists (select 1 from me where me.oid = r.relowner\n"
+	"     or (r.relkind <> 'S' and has_table_privilege(me.oid, r.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, TRIGGER'))\n"
+	"     or (r.relkind = 'S' and has_sequence_privilege(me.oid, r.oid, 'USAGE, UPDATE')))\n"
+	"), creatable as (\n"
+	"  select quote_ident(n.nspname) as name from pg_namespace n\n"
+	"  where n.nspname <> 'information_schema' and n.nspname !~ '^pg_'\n"
+	"    and has_schema_privilege(n.oid, 'CREATE')\n"
+	")\n"
+	"select quote_ident(current_user), quote_ident(current_database()),\n"
+	"  concat_ws('; ',\n"
+	"    case when exists (select 1 from me where rolsuper) then 'it is a superuser' end,\n"
+	"    case when exists (select 1 from me where rolcreaterole) then 'it has CREATEROLE' end,\n"
+	"    case when pg_has_role(current_user, 'pg_write_server_files', 'MEMBER')\n"
+	"      then 'it may write files on the server (pg_write_server_files)' end,\n"
+	"    case when pg_has_role(current_user, 'pg_execute_server_program', 'MEMBER')\n"
+	"      then 'it may run programs on the server (pg_execute_server_program)' end,\n"
+	"    (select format('it owns or may write %s table(s): %s%s', count(*),\n"
+	"                   array_to_string((array_agg(name order by name))[1:5], ', '),\n"
+	"                   case when count(*) > 5 then ', ...' else '' end)\n"
+	"       from writable having count(*) > 0),\n"
+	"    (select 'it may create objects in schema ' || string_agg(name, ', ' order by name)\n"
+	"       from creatable having count(*) > 0),\n"
+	"    case when has_database_privilege(current_database(), 'CREATE')\n"
+	"      then 'it may create schemas in the database' end),\n"
+	"  coalesce((select string_agg(distinct quote_ident(nspname), ', ') from rels), 'public'),\n"
+	"  coalesce((select string_agg(distinct quote_ident(pg_get_userbyid(relowner)), ', ') from rels),\n"
+	"           quote_ident(current_user))\n";
+
+/* Reads the check's row. Returns 1 read-only, 0 may write (*msg: why and
+ * the SQL that fixes it), -1 the check itself failed (*msg: why). */
+static int role_verdict(const PGresult *res, char **msg)
+{
+	if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1
+	    || PQnfields(res) != 5) {
+		char one[512];
+		db_one_line(res ? PQresultErrorMessage(res) : "no result", one, sizeof one);
+		*msg = xasprintf("the role check query failed: %s", one[0] ? one : "unexpected result");
+		return -1;
 	}
+	const char *user = PQgetvalue(res, 0, 0), *dbname = PQgetvalue(res, 0, 1);
+	const char *problems = PQgetvalue(res, 0, 2), *schemas = PQgetvalue(res, 0, 3);
+	const char *owners = PQgetvalue(res, 0, 4);
+	if (!*problems) {
+		*msg = NULL;
+		return 1;
+	}
+	*msg = xasprintf(
+		"DATABASE_URL logs in as role %s, which can change the database: %s. Scripts' SQL "
+		"runs on these connections, so rapport needs a role that can only read. As the "
+		"owner of the tables, create one (or run sql/roles.sql):\n"
+		"  CREATE ROLE rapport_reader LOGIN PASSWORD '...';\n"
+		"  GRANT CONNECT ON DATABASE %s TO rapport_reader;\n"
+		"  GRANT USAGE ON SCHEMA %s TO rapport_reader;\n"
+		"  GRANT SELECT ON ALL TABLES IN SCHEMA %s TO rapport_reader;\n"
+		"  ALTER DEFAULT PRIVILEGES FOR ROLE %s IN SCHEMA %s GRANT SELECT ON TABLES TO rapport_reader;\n"
+		"%s"
+		"then set DATABASE_URL to log in as rapport_reader. To run on this role anyway, set "
+		"RAPPORT_DB_ALLOW_WRITE=1 (every script query still runs in a READ ONLY transaction). "
+		"See docs/operations.md, \"The database role\".",
+		user, problems, dbname, schemas, schemas, owners, schemas,
+		strstr(problems, "may create objects")
+			? "  REVOKE CREATE ON SCHEMA public FROM PUBLIC;  -- before PostgreSQL 15 everyone may create there\n"
+			: "");
+	return 0;
+}
+
+/* The check runs first on every new session: a role granted more after
+ * start, or a database that was down at start, is caught too. */
+static void conn_check_start(struct db_conn *c)
+{
+	struct timeval tv = { DB_CONNECT_TIMEOUT_MS / 1000, (DB_CONNECT_TIMEOUT_MS % 1000) * 1000 };
+	c->state = CONN_CHECKING;
+	c->step = STEP_CHECK;
+	evtimer_add(c->timer, &tv);
+	if (!PQsendQueryParams(c->pg, role_check_sql, 0, NULL, NULL, NULL, NULL, 0)) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	int r = PQflush(c->pg);
+	if (r < 0) {
+		conn_connect_failed(c, PQerrorMessage(c->pg));
+		return;
+	}
+	conn_set_flushing(c, r == 1);
+}
+
+static void conn_check_done(struct db_conn *c)
+{
+	db_pool *p = c->pool;
+	char *msg = NULL;
+	int v = role_verdict(c->res, &msg);
+
+	PQclear(c->res);
+	c->res = NULL;
+	evtimer_del(c->timer);
+	if (v == 1) {
+		p->refused_logged = false;
+		conn_up(c);
+		return;
+	}
+	if (p->allow_write) {
+		/* The operator said so; an unverifiable role is let in too. */
+		if (!p->write_warned)
+			log_event(LOG_WARN, "db role may write (RAPPORT_DB_ALLOW_WRITE=1)",
+			          LOG_S("error", msg), LOG_END);
+		p->write_warned = true;
+		free(msg);
+		conn_up(c);
+		return;
+	}
+	/* Refused: the session never serves a query. Logged once, then the
+	 * backoff keeps re-checking (the operator may fix the grants). */
+	if (!p->refused_logged)
+		log_event(LOG_ERROR, "db role refused", LOG_S("error", msg), LOG_END);
+	p->refused_logged = true;
+	c->backoff_ms = DB_BACKOFF_MAX_MS;
+	conn_connect_failed(c, v == 0 ? "the database role may write (see the log)" : msg);
+	free(msg);
+}
+
+enum db_role_status db_role_check(const char *conninfo, char **msg)
+{
+	const char *keys[] = { "connect_timeout", "dbname", "fallback_application_name", NULL };
+	const char *vals[] = { "3", conninfo, "rapport-check", NULL };
+	*msg = NULL;
+	PGconn *pg = PQconnectdbParams(keys, vals, 1);
+	if (!pg || PQstatus(pg) != CONNECTION_OK) {
+		char one[512];
+		db_one_line(pg ? PQerrorMessage(pg) : "out of memory", one, sizeof one);
+		*msg = xstrdup(one);
+		PQfinish(pg);
+		return DB_ROLE_UNKNOWN;
+	}
+	PGresult *res = PQexecParams(pg, role_check_sql, 0, NULL, NULL, NULL, NULL, 0);
+	int v = role_verdict(res, msg);
+	PQclear(res);
+	PQfinish(pg);
+	/* Reachable but not checkable: as good as may-write (the pool would
+	 * refuse every session anyway). */
+	return v == 1 ? DB_ROLE_READ_ONLY : DB_ROLE_MAY_WRITE;
 }
 
 /* The query's own timer: deadline, or the periodic "is anything up" check
@@ -836,9 +1288,10 @@ static void on_query_timer(evutil_socket_t fd, short what, void *arg)
 /* ---- public API --------------------------------------------------------- */
 
 /* Our settings are appended after the user's `options` from the conninfo so
- * that TimeZone/DateStyle, which rapport relies on, always win. */
-/* Pool sessions are read-only: rapport reads the CRM and never writes it,
- * so no script's SQL can change it either. */
+ * that TimeZone/DateStyle, which rapport relies on, always win.
+ * default_transaction_read_only is only a default (the same SQL can undo
+ * it): the boundary is the role (checked on connect) and the READ ONLY
+ * transaction each query runs in. */
 static char *build_options(const char *conninfo, int query_timeout_ms)
 {
 	char *user = NULL;
@@ -900,6 +1353,9 @@ db_pool *db_pool_create(struct event_base *base, const char *conninfo,
 	p->size = size;
 	p->query_timeout_ms = query_timeout_ms > 0 ? query_timeout_ms : 0;
 	p->prepare = true;
+	p->role_check = true;
+	p->max_rows = DB_DEFAULT_MAX_ROWS;
+	p->max_bytes = DB_DEFAULT_MAX_BYTES;
 	p->conninfo = xstrdup(conninfo);
 	p->options = build_options(conninfo, p->query_timeout_ms);
 	TAILQ_INIT(&p->queue);
@@ -998,8 +1454,8 @@ void db_pool_destroy(db_pool *p)
 		pool_free(p);
 }
 
-db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
-                        const char *const *params, db_query_cb *cb, void *arg)
+static db_query *query_send(db_pool *pool, const char *sql, int nparams,
+                            const char *const *params, db_query_cb *cb, void *arg, bool adhoc)
 {
 	db_query *q;
 
@@ -1008,6 +1464,7 @@ db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
 	q = xcalloc(1, sizeof *q);
 	q->pool = pool;
 	q->sql = xstrdup(sql);
+	q->adhoc = adhoc;
 	q->nparams = nparams;
 	if (nparams > 0) {
 		q->params = xcalloc((size_t)nparams, sizeof *q->params);
@@ -1024,6 +1481,11 @@ db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
 	if (pool->query_timeout_ms > 0)
 		q->deadline_ms = util_now_ms() + pool->query_timeout_ms;
 
+	/* libpq would refuse it halfway through a pipeline. */
+	if (nparams > 65535) {
+		query_fail_later(q, "number of parameters must be between 0 and 65535", false);
+		return q;
+	}
 	if (pool->down || pool->destroying) {
 		query_fail_later(q, pool->destroying ? MSG_SHUTDOWN : MSG_UNAVAILABLE, true);
 		return q;
@@ -1034,6 +1496,18 @@ db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
 	query_arm_wait(q);
 	pool_dispatch(pool);
 	return q;
+}
+
+db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
+                        const char *const *params, db_query_cb *cb, void *arg)
+{
+	return query_send(pool, sql, nparams, params, cb, arg, false);
+}
+
+db_query *db_query_send_adhoc(db_pool *pool, const char *sql, int nparams,
+                              const char *const *params, db_query_cb *cb, void *arg)
+{
+	return query_send(pool, sql, nparams, params, cb, arg, true);
 }
 
 void db_query_cancel(db_query *q)
@@ -1085,4 +1559,18 @@ void
 db_pool_set_prepare(db_pool *p, bool on)
 {
 	p->prepare = on;
+}
+
+void
+db_pool_set_role_check(db_pool *p, bool on, bool allow_write)
+{
+	p->role_check = on;
+	p->allow_write = allow_write;
+}
+
+void
+db_pool_set_result_caps(db_pool *p, long max_rows, size_t max_bytes)
+{
+	p->max_rows = max_rows > 0 ? max_rows : 0;
+	p->max_bytes = max_bytes;
 }

@@ -8,6 +8,16 @@
  * gets exactly one callback — rows or an error — unless it is cancelled first;
  * the callback never runs inside db_query_send().
  *
+ * Every query runs alone in a READ ONLY transaction that ends in ROLLBACK
+ * (so a SET it makes is undone too); ad-hoc SQL (db_query_send_adhoc) is
+ * followed by DISCARD ALL before the session serves anyone else. Results are
+ * read row by row and capped in rows and bytes. Every new session first
+ * checks that its role can only read (db_role_check's query): a role that
+ * may write is refused unless the pool allows it (it then only warns).
+ * These are the scripts' connections (DATABASE_URL); rapport's own writes,
+ * when there are any, belong on a pool of their own on RAPPORT_STATE_URL
+ * with the role check off.
+ *
  * Broken connections reconnect by themselves with backoff. While no
  * connection is up, new queries fail quickly with `unavailable` set (the
  * API turns that into 503), so a stopped database never makes a request hang.
@@ -16,6 +26,7 @@
 #define RAPPORT_DB_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <libpq-fe.h>
 
 struct event_base;
@@ -54,6 +65,10 @@ void db_pool_destroy(db_pool *pool);
 /* Parameterised query: params are text values ($1..$n), copied. */
 db_query *db_query_send(db_pool *pool, const char *sql, int nparams,
                         const char *const *params, db_query_cb *cb, void *arg);
+/* The same for a script's own SQL (run(ctx)'s db.query): never prepared,
+ * and the session is reset (DISCARD ALL) after it. */
+db_query *db_query_send_adhoc(db_pool *pool, const char *sql, int nparams,
+                              const char *const *params, db_query_cb *cb, void *arg);
 /* The callback will not run. Safe until the callback has run. */
 void db_query_cancel(db_query *q);
 
@@ -62,7 +77,25 @@ void db_query_cancel(db_query *q);
  * mode, which does not keep them (before 1.21). */
 void db_pool_set_prepare(db_pool *pool, bool on);
 
+/* On (the default): each new session checks its role's privileges and a
+ * role that may write is refused (logged once, retried with backoff);
+ * allow_write only warns. */
+void db_pool_set_role_check(db_pool *pool, bool on, bool allow_write);
+
+/* Caps on one result (0 = none): beyond them the query fails with an error
+ * naming the cap and the session is replaced, without reading the rest. */
+#define DB_DEFAULT_MAX_ROWS  10000L
+#define DB_DEFAULT_MAX_BYTES ((size_t)8 << 20)
+void db_pool_set_result_caps(db_pool *pool, long max_rows, size_t max_bytes);
+
 bool db_pool_is_up(const db_pool *pool);
+
+/* The role check, once and blocking (for start-up, before the loop runs):
+ * READ_ONLY, MAY_WRITE (*msg says why and gives the SQL of the fix; also
+ * when the check query itself fails) or UNKNOWN (not reachable now; *msg
+ * says why). *msg is malloc'd or NULL. */
+enum db_role_status { DB_ROLE_READ_ONLY, DB_ROLE_MAY_WRITE, DB_ROLE_UNKNOWN };
+enum db_role_status db_role_check(const char *conninfo, char **msg);
 
 /* Helpers the listener shares: a libpq message on one line (they end in
  * "\n" and may span lines), and whether a conninfo parses (logged if not). */

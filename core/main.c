@@ -4,7 +4,14 @@
  * Builds the subsystems in dependency order on one event loop (scripts,
  * database pool, upstream client, cache, pipeline, HTTP API, file watch),
  * runs the loop, and tears them down in reverse on SIGINT/SIGTERM. SIGHUP
- * reloads every script.
+ * reloads every script; until that handler is installed it is ignored, so a
+ * reload sent right after start never kills the process.
+ *
+ * The database: DATABASE_URL is where scripts' SQL runs, so its role must
+ * only read; app_start_core checks it (db_role_check) and refuses a role that
+ * may write unless RAPPORT_DB_ALLOW_WRITE=1, and the pool checks every new
+ * session again. rapport's own writes (none yet) belong on RAPPORT_STATE_URL,
+ * on a pool of their own created next to app->db with the role check off.
  */
 #include "admin.h"
 #include "analysis.h"
@@ -54,7 +61,8 @@ static const char usage[] =
 	"  --config FILE             RAPPORT_CONFIG: NAME = value lines\n"
 	"environment only: OPENAI_API_KEY (never logged), RAPPORT_API_KEYS (comma-separated\n"
 	"client keys; empty = no auth), RAPPORT_LLM_TIMEOUT_MS, RAPPORT_DB_TIMEOUT_MS,\n"
-	"RAPPORT_HTTP_TIMEOUT, RAPPORT_MAX_BODY, RAPPORT_LLM_RETRIES.\n";
+	"RAPPORT_HTTP_TIMEOUT, RAPPORT_MAX_BODY, RAPPORT_LLM_RETRIES, RAPPORT_DB_ALLOW_WRITE,\n"
+	"RAPPORT_DB_MAX_ROWS, RAPPORT_DB_MAX_BYTES, RAPPORT_STATE_URL.\n";
 
 /* Everything one process runs, in creation order. */
 struct app {
@@ -116,6 +124,37 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	event_base_loopexit(app->base, &grace);
 }
 
+/* Scripts' SQL runs on DATABASE_URL: a role that may write is refused
+ * before anything starts (the message carries the SQL of the fix). A
+ * database that is down now is checked by the pool when it comes up. */
+static bool
+check_db_role(const struct config *cfg)
+{
+	char *msg = NULL;
+	bool ok = true;
+	switch (db_role_check(cfg->database_url, &msg)) {
+	case DB_ROLE_READ_ONLY:
+		break;
+	case DB_ROLE_MAY_WRITE:
+		if (cfg->db_allow_write) {
+			log_event(LOG_WARN, "RAPPORT_DB_ALLOW_WRITE=1: the database role may write; "
+			          "every script query still runs in a READ ONLY transaction",
+			          LOG_S("error", msg), LOG_END);
+			break;
+		}
+		log_event(LOG_ERROR, "db role refused", LOG_S("error", msg), LOG_END);
+		fprintf(stderr, "rapport: %s\n", msg);
+		ok = false;
+		break;
+	case DB_ROLE_UNKNOWN:
+		log_event(LOG_WARN, "cannot check the database role now; every new connection checks it",
+		          LOG_S("error", msg), LOG_END);
+		break;
+	}
+	free(msg);
+	return ok;
+}
+
 /* Creates the parts every command that runs analyses needs. */
 static bool
 app_start_core(struct app *app)
@@ -130,6 +169,8 @@ app_start_core(struct app *app)
 	                                      &default_limits);
 	script_registry_set_validator(app->scripts, check_prompt_smoke, app->scripts);
 	reload_scripts(app);
+	if (!check_db_role(cfg))
+		return false;
 	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
 	if (!app->db) {
 		fprintf(stderr, "rapport: cannot create the database pool: check DATABASE_URL and "
@@ -137,6 +178,8 @@ app_start_core(struct app *app)
 		return false;
 	}
 	db_pool_set_prepare(app->db, cfg->db_prepare != 0);
+	db_pool_set_role_check(app->db, true, cfg->db_allow_write != 0);
+	db_pool_set_result_caps(app->db, cfg->db_max_rows, cfg->db_max_bytes);
 	struct llm_config lc = {
 		.base_url = cfg->openai_base_url,
 		.api_key = cfg->openai_api_key,
@@ -209,18 +252,38 @@ app_stop(struct app *app)
 }
 
 /* A trigger NOTIFYed that this contact's rows changed: its analyses are
- * stale. A payload that is not an id is not ours to interpret, so assume
- * anything may have changed. */
+ * stale. A payload that is not an id is logged and ignored: anyone who can
+ * NOTIFY on the channel (every role can) must not be able to empty the
+ * cache, and a forced regeneration of everything costs money. */
 static void
 on_contact_changed(void *arg, const char *payload)
 {
 	struct app *app = arg;
 	int64_t id;
 	if (!util_parse_i64(payload, &id) || id <= 0) {
-		log_event(LOG_WARN, "bad invalidation payload, cache cleared",
-		          LOG_S("payload", payload), LOG_END);
-		cache_clear(app->cache);
-		analysis_contact_changed(app->analysis, -1);
+		/* At most BAD_NOTIFY_LINES lines per 10 s: a flood of garbage must
+		 * not flood the log either; the next line counts what was left
+		 * out. */
+		enum { BAD_NOTIFY_LINES = 20 };
+		static double window_ms;
+		static int lines;
+		static long suppressed;
+		double now = util_now_ms();
+		if (now - window_ms >= 10000) {
+			window_ms = now;
+			lines = 0;
+		}
+		if (lines >= BAD_NOTIFY_LINES) {
+			suppressed++;
+			return;
+		}
+		lines++;
+		char shown[128];
+		snprintf(shown, sizeof shown, "%s", payload);
+		log_event(LOG_WARN, "bad invalidation payload ignored", LOG_S("payload", shown),
+		          LOG_I("bytes", (long long)strlen(payload)), LOG_I("suppressed", suppressed),
+		          LOG_END);
+		suppressed = 0;
 		return;
 	}
 	int n = cache_drop_contact(app->cache, id, NULL);
@@ -389,6 +452,9 @@ cmd_console(struct app *app, const struct console_opts *co, char **args, int nar
 int
 main(int argc, char **argv)
 {
+	/* SIGHUP means "reload" (systemd's ExecReload, right after start too):
+	 * until serve installs that handler, ignore it rather than die. */
+	signal(SIGHUP, SIG_IGN);
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage, argc < 2 ? stderr : stdout);

@@ -1,7 +1,9 @@
 """Fixtures shared by every test (run through tools/test.sh / `make test`).
 
     pg            session: a throwaway PostgreSQL cluster (helpers.pg.PgCluster)
-                  with sql/schema.sql and 200 demo contacts loaded
+                  with sql/schema.sql, sql/roles.sql and 200 demo contacts
+                  loaded; pg.url logs in as the read-only role rapport_reader
+                  (what rapport gets), pg.sql()/pg.owner_url as the owner
     fake          function: the fake upstream (helpers.fake.FakeOpenAI), started
                   once per session and reset before each test
     server        function: the real binary (helpers.server.Rapport) started
@@ -99,6 +101,7 @@ def pg():
     try:
         cluster.start()
         cluster.sql_file(REPO / "sql" / "schema.sql")
+        cluster.sql_file(REPO / "sql" / "roles.sql")
         cluster.sql_file(REPO / "sql" / "demo.sql",
                          vars={"contacts": DEMO_CONTACTS})
         yield cluster

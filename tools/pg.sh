@@ -5,7 +5,10 @@
 #                                        create database "rapport" if missing
 #   tools/pg.sh stop    DIR             fast shutdown (no error if not running)
 #   tools/pg.sh status  DIR             exit 0 running, 3 not running
-#   tools/pg.sh url     DIR PORT        print the DATABASE_URL (libpq keyword form)
+#   tools/pg.sh url     DIR PORT [USER] print a libpq URL (keyword form) for USER
+#                                        (default postgres, the owner/superuser;
+#                                        rapport's DATABASE_URL uses the reader
+#                                        role of sql/roles.sql: rapport_reader)
 #   tools/pg.sh psql    DIR PORT [args…] psql on database "rapport" as user postgres
 #   tools/pg.sh destroy DIR             stop and delete the cluster's files
 #
@@ -37,7 +40,7 @@
 set -euo pipefail
 
 die() { echo "pg.sh: $*" >&2; exit 1; }
-usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 # ---------------------------------------------------------------- binaries --
 pg_bindir() {
@@ -343,7 +346,7 @@ cmd_status() {
 
 cmd_url() {
     resolve
-    echo "host=$RUN port=$PORT dbname=rapport user=postgres"
+    echo "host=$RUN port=$PORT dbname=rapport user=${1:-postgres}"
 }
 
 cmd_psql() {
@@ -367,7 +370,7 @@ case "$CMD" in
     start)   [[ $# -eq 1 ]] || usage; PORT=$1; cmd_start ;;
     stop)    [[ $# -eq 0 ]] || usage; cmd_stop ;;
     status)  [[ $# -eq 0 ]] || usage; cmd_status ;;
-    url)     [[ $# -eq 1 ]] || usage; PORT=$1; cmd_url ;;
+    url)     [[ $# -eq 1 || $# -eq 2 ]] || usage; PORT=$1; cmd_url "${2:-}" ;;
     psql)    [[ $# -ge 1 ]] || usage; PORT=$1; shift; cmd_psql "$@" ;;
     destroy) [[ $# -eq 0 ]] || usage; cmd_destroy ;;
     *) usage ;;

@@ -6,9 +6,11 @@
 #   2. the fake upstream build/fake_openai on 127.0.0.1:RAPPORT_FAKE_PORT (default
 #      8089), unless OPENAI_API_KEY is set (then the real OPENAI_BASE_URL is used);
 #   3. `./rapport serve` in the foreground on RAPPORT_LISTEN (default 127.0.0.1:8080),
-#      with the descriptor limit raised to the hard limit (ulimit -n),
-#      with DATABASE_URL pointing at the private cluster (a DATABASE_URL in your
-#      environment is ignored here; run ./rapport serve yourself to use another).
+#      with the descriptor limit raised to the hard limit (ulimit -n), and
+#      with DATABASE_URL pointing at the private cluster as the read-only role
+#      rapport_reader (sql/roles.sql; schema and demo data are loaded as the
+#      owner, postgres). A DATABASE_URL in your environment is ignored here;
+#      run ./rapport serve yourself to use another.
 # Ctrl-C stops rapport and the fake; the cluster keeps running (tools/pg.sh stop var/pg).
 # Safe to run again, and after a crash: the cluster is reused, stale pid files
 # are cleaned, and a fake or rapport left over from a previous run is stopped.
@@ -81,9 +83,12 @@ fi
 # ---- PostgreSQL ------------------------------------------------------------
 say "PostgreSQL: private cluster in var/pg, port $PG_PORT"
 tools/pg.sh start "$PG_DIR" "$PG_PORT"
-DATABASE_URL=$(tools/pg.sh url "$PG_DIR" "$PG_PORT")
+# Scripts' SQL runs on rapport's connections, so rapport logs in as a role
+# that can only read; the schema, the demo data and the grants are the owner's.
+DATABASE_URL=$(tools/pg.sh url "$PG_DIR" "$PG_PORT" rapport_reader)
 psql_() { tools/pg.sh psql "$PG_DIR" "$PG_PORT" -q "$@" </dev/null; }
 psql_ -f sql/schema.sql >/dev/null
+psql_ -f sql/roles.sql >/dev/null
 count=$(psql_ -Atc "select count(*) from contacts")
 if [[ "$count" == 0 ]]; then
     say "loading demo data: $DEMO_CONTACTS contacts"

@@ -4,7 +4,9 @@
     pg.sql_file(REPO / "sql/schema.sql")
     pg.sql_file(REPO / "sql/demo.sql", vars={"contacts": 200})
     pg.sql("select count(*) from contacts")      # -> [["200"]]
-    pg.url                                        # DATABASE_URL for libpq
+    pg.sql_file(REPO / "sql/roles.sql")           # the read-only role
+    pg.url                                        # rapport's DATABASE_URL: that role
+    pg.owner_url                                  # the owner/superuser (psql set-up)
     pg.restart(); pg.stop(); pg.destroy()
 
 tools/pg.sh does the real work (initdb as the postgres user when root, a unix
@@ -91,14 +93,22 @@ class PgCluster:
     def socket_dir(self):
         return os.path.realpath(self.dir / "run")
 
-    def dsn(self, dbname="rapport"):
+    READER = "rapport_reader"   # the role sql/roles.sql creates
+
+    def dsn(self, dbname="rapport", user="postgres"):
         """libpq keyword connection string for database `dbname`."""
-        return "host=%s port=%d dbname=%s user=postgres" % (
-            self.socket_dir, self.port, dbname)
+        return "host=%s port=%d dbname=%s user=%s" % (
+            self.socket_dir, self.port, dbname, user)
 
     @property
     def url(self):
-        """DATABASE_URL usable by libpq (unix socket, trust auth)."""
+        """rapport's DATABASE_URL (unix socket, trust auth): the read-only
+        role of sql/roles.sql, which must have been run (conftest's pg does)."""
+        return self.dsn(user=self.READER)
+
+    @property
+    def owner_url(self):
+        """The superuser that owns the tables: for set-up, never for rapport."""
         return self.dsn()
 
     def _psql(self, args, input_text=None, dbname="rapport", timeout=120):

@@ -478,6 +478,88 @@ static void test_restart(const char *url, const char *stop, const char *start)
 	db_pool_destroy(p);
 }
 
+/* Runs one query on p and waits for it. */
+static struct res run1(db_pool *p, const char *sql, bool adhoc)
+{
+	struct res r = { 0 };
+	int before = ncallbacks;
+	in_send = true;
+	if (adhoc)
+		db_query_send_adhoc(p, sql, 0, NULL, on_result, &r);
+	else
+		db_query_send(p, sql, 0, NULL, on_result, &r);
+	in_send = false;
+	run_until(&ncallbacks, before + 1, 5000);
+	return r;
+}
+
+/* Every query runs in a READ ONLY transaction, whatever its SQL did to
+ * the session before; the SQL's SETs end with it. */
+static void test_read_only(const char *url)
+{
+	db_pool *p = db_pool_create(base, url, 1, 5000);
+	struct res r = run1(p, "SELECT current_setting('transaction_read_only')", false);
+	check(r.ok && strcmp(r.val, "on") == 0, "a query runs in a read-only transaction");
+	r = run1(p, "SELECT set_config('default_transaction_read_only', 'off', false)", false);
+	check(r.ok, "the session default can be changed by SQL ...");
+	r = run1(p, "SELECT current_setting('transaction_read_only') || ' '"
+	            " || current_setting('default_transaction_read_only')", false);
+	check(r.ok && strcmp(r.val, "on on") == 0, "... but the next query is read-only all the same");
+	r = run1(p, "COMMIT", false);
+	check(r.ok, "a COMMIT ends rapport's transaction without an error");
+	r = run1(p, "CREATE TEMP TABLE rapport_t (x int)", false);
+	check(!r.ok && strstr(r.msg, "read-only transaction"), "a write is refused after it too");
+	r = run1(p, "SELECT 'still fine'", false);
+	check(r.ok && strcmp(r.val, "still fine") == 0, "the session is clean after a failed query");
+	db_pool_destroy(p);
+}
+
+/* Ad-hoc SQL's session is reset (DISCARD ALL); named queries' prepared
+ * statements are prepared again afterwards. */
+static void test_adhoc_reset(const char *url)
+{
+	db_pool *p = db_pool_create(base, url, 1, 5000);
+	const char *named = "SELECT current_setting('application_name')";
+	struct res r = run1(p, named, false);
+	r = run1(p, named, false);
+	check(r.ok && strcmp(r.val, "rapport") == 0, "named query prepared and reused");
+	r = run1(p, "SELECT pg_advisory_lock(7001)", true);
+	check(r.ok, "ad-hoc SQL takes a session lock");
+	r = run1(p, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 7001"
+	            " AND pid = pg_backend_pid()", false);
+	check(r.ok && strcmp(r.val, "0") == 0, "the lock went with the session reset");
+	r = run1(p, named, false);
+	check(r.ok && strcmp(r.val, "rapport") == 0, "the named query is prepared again after the reset");
+	r = run1(p, "DEALLOCATE ALL", false);
+	check(r.ok, "a statement may deallocate the session's prepared statements ...");
+	r = run1(p, named, false);
+	check(r.ok && strcmp(r.val, "rapport") == 0, "... and the named query is prepared again at once");
+	db_pool_destroy(p);
+}
+
+/* Over a cap the query fails naming it; the pool goes on. */
+static void test_caps(const char *url)
+{
+	db_pool *p = db_pool_create(base, url, 1, 30000);
+	db_pool_set_result_caps(p, 100, 0);
+	struct res r = run1(p, "SELECT generate_series(1, 100)", false);
+	check(r.ok && r.ntuples == 100 && strcmp(r.val, "1") == 0, "a result at the row cap is whole");
+	double t0 = util_now_ms();
+	r = run1(p, "SELECT generate_series(1, 200000000)", false);
+	check(!r.ok && !r.unavailable && strstr(r.msg, "more than 100 rows (RAPPORT_DB_MAX_ROWS)"),
+	      "a result over the row cap fails naming the cap");
+	printf("# 200M-row query stopped after %.0f ms: %s\n", util_now_ms() - t0, r.msg);
+	r = run1(p, "SELECT 'after the cap'", false);
+	check(r.ok && strcmp(r.val, "after the cap") == 0, "the pool serves after a capped query");
+	db_pool_set_result_caps(p, 0, 1000);
+	r = run1(p, "SELECT repeat('x', 600) FROM generate_series(1, 2)", false);
+	check(!r.ok && strstr(r.msg, "more than 1000 bytes (RAPPORT_DB_MAX_BYTES)"),
+	      "a result over the byte cap fails naming the cap");
+	r = run1(p, "SELECT NULL::text, 'b' FROM generate_series(1, 3)", false);
+	check(r.ok && r.ntuples == 3 && strcmp(r.val, "(null)") == 0, "NULLs survive the row rebuild");
+	db_pool_destroy(p);
+}
+
 int main(void)
 {
 	const char *url = getenv("TEST_DATABASE_URL");
@@ -504,6 +586,9 @@ int main(void)
 	db_pool_destroy(p);
 
 	test_user_options(url);
+	test_read_only(url);
+	test_adhoc_reset(url);
+	test_caps(url);
 	test_timeout(url);
 	test_bad_conninfo();
 	test_destroy(url);
