@@ -1030,16 +1030,17 @@ http_server_create(const struct http_deps *deps, char **err)
 	}
 	s->http = evhttp_new(deps->base);
 	/* Every method evhttp knows reaches route(), so TRACE and CONNECT
-	 * get our JSON 405 rather than evhttp's HTML 501. */
+	 * get a 405 with the path's Allow rather than evhttp's 501. */
 	evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
 	                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
 	                                    EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
 	                                    EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
 	evhttp_set_default_content_type(s->http, "application/json; charset=utf-8");
 	evhttp_set_max_headers_size(s->http, (ev_ssize_t)cfg->max_header_bytes);
-	/* evhttp's cap answers with an HTML 413; keep it well above ours so
-	 * ordinary oversized bodies get our JSON error, while a huge one
-	 * still cannot make us buffer without bound. */
+	/* evhttp's cap answers 413 and closes (through http_guard.c's
+	 * evhttp_send_error); keep it well above ours so ordinary oversized
+	 * bodies get route()'s answer on a connection that stays usable, while
+	 * a huge one still cannot make us buffer without bound. */
 	size_t hard = cfg->max_body_bytes * 16;
 	evhttp_set_max_body_size(s->http, (ev_ssize_t)(hard < (1u << 20) ? (1u << 20) : hard));
 	evhttp_set_timeout(s->http, cfg->http_timeout_s);

@@ -5,16 +5,18 @@
  * decoding. The checks run in the order a careful server reads a request:
  * version, each field line, Host, then the body's framing, then the method.
  *
- * What evhttp itself rejects never reaches us, and 2.1.12 has no hook to
- * change its answer (no error callback): a line with no ':', an unknown
- * method (its 501), Content-Length with Transfer-Encoding, a Content-Length
- * strtoll refuses, a bad chunk (its 400), headers past the cap (its 413).
- * Those answers are evhttp's short text/html page, always with close.
+ * What evhttp itself rejects never reaches route(): a line with no ':', an
+ * unknown method (its 501), Content-Length with Transfer-Encoding, a
+ * Content-Length strtoll refuses, a bad chunk (its 400), headers past the
+ * cap (its 413). 2.1.12 has no error hook, so evhttp_send_error() at the
+ * end of this file takes the place of libevent's: those answers carry the
+ * JSON error document too, always with close.
  * evhttp joins an obs-fold line into the previous value with one space
  * (RFC 9112 §5.2 allows a server that), so a fold is only seen where it
  * breaks a value's syntax: Host, Content-Length, Transfer-Encoding.
  */
 #include "http_guard.h"
+#include "log.h"
 #include "util.h"
 
 #include <stdint.h>
@@ -23,6 +25,9 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include <jansson.h>
+
+#include <event2/buffer.h>
 #include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
 
@@ -250,4 +255,79 @@ http_path_split(const char *raw, struct http_path *p)
 		s += len;
 	}
 	return HTTP_PATH_OK;
+}
+
+/* ---- evhttp's own refusals, answered as JSON ------------------------------ */
+
+/*
+ * evhttp answers the requests it cannot parse itself, before route() sees
+ * them, through evhttp_send_error(), which writes an HTML page. libevent
+ * 2.1.12 has no hook for that answer (2.2 adds evhttp_set_errorcb), so this
+ * file defines evhttp_send_error: in ELF symbol lookup the executable's
+ * definition comes before the shared library's, and libevent calls its own
+ * exported functions through its PLT (`objdump -R libevent-2.1.so.7` lists
+ * a JUMP_SLOT for evhttp_send_error), so its refusals land here. We answer
+ * as libevent's evhttp_send_page_ would (HTTP/1.1 when the version is
+ * unknown, Connection: close: the framing is in doubt) with the error
+ * document every other answer has, and log the refusal, since route()
+ * never sees the request. tests/integration/test_http_framing.py pins it:
+ * if a libevent build ever binds the call internally, those tests fail.
+ */
+static const char *
+refusal_code(int status, const char **message)
+{
+	switch (status) {
+	case 413:
+		*message = "the request body is over the size limit, or its chunked framing "
+		           "is broken";
+		return "payload_too_large";
+	case 501:
+		*message = "the request method is not implemented";
+		return "not_implemented";
+	default:
+		*message = "malformed HTTP request, refused by the HTTP parser (a bad request "
+		           "line, a header line with no ':', headers over the size limit, "
+		           "Content-Length with Transfer-Encoding, an unreadable Content-Length)";
+		return "bad_request";
+	}
+}
+
+void
+evhttp_send_error(struct evhttp_request *req, int error, const char *reason)
+{
+	if (error < 400 || error > 599)
+		error = 400;
+	const char *message;
+	const char *code = refusal_code(error, &message);
+	struct evbuffer *buf = evbuffer_new();
+	json_t *doc = json_pack("{s:{s:s, s:s}}", "error", "code", code, "message", message);
+	char *text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+	json_decref(doc);
+	if (!buf || !text) {
+		/* Out of memory: drop the connection as libevent itself would. */
+		free(text);
+		if (buf)
+			evbuffer_free(buf);
+		evhttp_connection_free(evhttp_request_get_connection(req));
+		return;
+	}
+	evbuffer_add(buf, text, strlen(text));
+	free(text);
+	if (!req->major || !req->minor) {
+		req->major = 1;
+		req->minor = 1;
+	}
+	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+	evhttp_clear_headers(h);
+	evhttp_add_header(h, "Content-Type", "application/json; charset=utf-8");
+	evhttp_add_header(h, "Connection", "close");
+	char *peer = NULL;
+	ev_uint16_t port = 0;
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	if (evcon)
+		evhttp_connection_get_peer(evcon, &peer, &port);
+	log_event(LOG_INFO, "request refused by the HTTP parser", LOG_I("status", error),
+	          LOG_S("code", code), LOG_S("peer", peer ? peer : "-"), LOG_END);
+	evhttp_send_reply(req, error, reason, buf);
+	evbuffer_free(buf);
 }

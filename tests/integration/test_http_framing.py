@@ -156,13 +156,14 @@ def test_two_different_content_lengths_are_a_400_and_close(server):
     assert closed_by_server(s)
 
 
-def test_content_length_with_transfer_encoding_is_a_400_and_close(server):
-    # evhttp 2.1.12 refuses this one itself (its own short HTML page: it has
-    # no error hook); what matters against smuggling is the 400 and the close.
+def test_content_length_with_transfer_encoding_is_a_400_json_and_close(server):
+    # evhttp 2.1.12 refuses this one itself, through evhttp_send_error, which
+    # http_guard.c replaces so that the answer is our JSON, not its HTML page.
     st, h, body, s = exchange(server, post(
         "/healthz", "Content-Length: 4", "Transfer-Encoding: chunked",
         body=b"0\r\n\r\n" + SMUGGLED))
-    assert st == 400
+    assert st == 400 and json_error(body) == "bad_request"
+    assert h["content-type"].startswith("application/json")
     assert h.get("connection", "").lower() == "close"
     assert closed_by_server(s)
 
@@ -244,8 +245,47 @@ def test_an_unknown_method_is_answered_at_once_and_closed(server):
     # page): its method mask is 16 bits and unknown methods fall outside it.
     raw = b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
     st, h, body, s = exchange(server, raw)
-    assert st == 501
+    assert st == 501 and json_error(body) == "not_implemented"
     assert closed_by_server(s)
+
+
+# ---- what evhttp refuses itself: still the JSON error document ----------------
+
+
+def refused_by_the_parser(server, raw):
+    st, h, body, s = exchange(server, raw)
+    assert h["content-type"].startswith("application/json"), (st, h, body)
+    code = json_error(body)
+    assert h.get("connection", "").lower() == "close"
+    assert closed_by_server(s)
+    return st, code
+
+
+def test_a_header_line_without_a_colon_is_a_400_json_and_close(server):
+    st, code = refused_by_the_parser(server, get("/healthz", "NoColonHere"))
+    assert (st, code) == (400, "bad_request")
+
+
+def test_a_garbage_request_line_is_a_400_json_and_close(server):
+    st, code = refused_by_the_parser(server, b"GARBAGE\r\n\r\n")
+    assert (st, code) == (400, "bad_request")
+
+
+def test_headers_over_the_size_limit_are_refused_with_json_and_close(server):
+    st, code = refused_by_the_parser(server, get("/healthz", "X-Big: " + "a" * 40000))
+    assert st in (400, 413) and code in ("bad_request", "payload_too_large")
+
+
+def test_a_broken_chunk_is_refused_with_json_and_close(server):
+    st, code = refused_by_the_parser(server, post(
+        "/healthz", "Transfer-Encoding: chunked", body=b"zz\r\nabc\r\n0\r\n\r\n"))
+    assert st in (400, 413) and code in ("bad_request", "payload_too_large")
+
+
+def test_a_request_the_parser_refuses_still_gets_a_log_line(server):
+    exchange(server, b"GARBAGE\r\n\r\n")[3].close()
+    server.wait_for_log(lambda e: e.get("msg") == "request refused by the HTTP parser"
+                        and e.get("status") == 400)
 
 
 # ---- paths -----------------------------------------------------------------------------
