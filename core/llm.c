@@ -95,6 +95,7 @@ struct llm_client {
 	char *api_key;             /* only to scrub messages; never printed */
 	char *ca_file;             /* CURLOPT_CAINFO, when set */
 	long connect_timeout_ms;
+	bool pipewait;             /* https: wait for ALPN before a 2nd connection */
 	int max_retries;
 	int in_user_cb;            /* > 0 while on_delta runs */
 	llm_call *calls;           /* every live call, for destroy and reaper */
@@ -967,7 +968,13 @@ start_attempt(llm_call *call)
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, call->errbuf);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+	/* Over TLS, a second call waits for the first connection's ALPN (one
+	 * handshake) and then multiplexes on it if h2 was agreed. Over plain
+	 * http we never get h2, but curl only learns that from the first
+	 * reply's status line: with PIPEWAIT every call of a cold client would
+	 * queue behind the first one's whole upstream latency. */
+	if (c->pipewait)
+		curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
 	if (c->ca_file)
 		curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
@@ -1048,6 +1055,7 @@ llm_client_create(struct event_base *base, const struct llm_config *cfg)
 	if (!c->rng)
 		c->rng = 0x9E3779B97F4A7C15ULL;
 	c->url = xasprintf("%.*s/chat/completions", (int)n, bu);
+	c->pipewait = strncasecmp(c->url, "https://", 8) == 0;
 	if (cfg->api_key && *cfg->api_key) {
 		c->api_key = xstrdup(cfg->api_key);
 		c->auth_header = xasprintf("Authorization: Bearer %s", cfg->api_key);

@@ -32,9 +32,15 @@ return {
                        FROM contacts WHERE id = $1]], one = true },
   deals = { sql = [[SELECT id, amount, probability, close_date, stage
                     FROM deals WHERE contact_id = $1 ORDER BY id]] },
-  nap_a = { sql = [[SELECT pg_sleep(0.2)::text AS slept, $1::bigint AS id]] },
-  nap_b = { sql = [[SELECT pg_sleep(0.2)::text AS slept, $1::bigint AS id]] },
-  nap_c = { sql = [[SELECT pg_sleep(0.2)::text AS slept, $1::bigint AS id]] },
+  nap_a = { sql = [[SELECT extract(epoch FROM statement_timestamp())::text AS started,
+                       pg_sleep(0.3)::text AS slept, $1::bigint AS id,
+                       extract(epoch FROM clock_timestamp())::text AS ended]], one = true },
+  nap_b = { sql = [[SELECT extract(epoch FROM statement_timestamp())::text AS started,
+                       pg_sleep(0.3)::text AS slept, $1::bigint AS id,
+                       extract(epoch FROM clock_timestamp())::text AS ended]], one = true },
+  nap_c = { sql = [[SELECT extract(epoch FROM statement_timestamp())::text AS started,
+                       pg_sleep(0.3)::text AS slept, $1::bigint AS id,
+                       extract(epoch FROM clock_timestamp())::text AS ended]], one = true },
 }
 '''
 
@@ -72,7 +78,12 @@ return {
   description = "three sleeping queries",
   queries = { "nap_a", "nap_b", "nap_c" },
   prompt = function(ctx)
-    return { { role = "user", content = "naps " .. #ctx.nap_a .. #ctx.nap_b .. #ctx.nap_c } }
+    -- each nap's start and end, as PostgreSQL's clock saw them
+    local t = {}
+    for _, n in ipairs({ ctx.nap_a, ctx.nap_b, ctx.nap_c }) do
+      t[#t + 1] = n.started .. " " .. n.ended
+    end
+    return { { role = "user", content = "naps " .. table.concat(t, " ") } }
   end,
 }
 '''
@@ -191,13 +202,17 @@ def test_no_cache_request_header_regenerates(server, fake):
 
 def test_three_sleeping_queries_run_together_not_one_after_another(custom, fake):
     srv = custom()
-    t0 = time.monotonic()
     r = analysis(srv, 1, "naps")
-    elapsed = time.monotonic() - t0
     assert r.status == 200, r.body
-    # Overlap, not speed: in sequence they would take 600 ms or more.
-    assert r.json()["timings_ms"]["db"] >= 190
-    assert elapsed < 0.6, "three 200 ms queries took %.3f s" % elapsed
+    assert r.json()["timings_ms"]["db"] >= 280
+    # Order of events, not speed: every nap began before any nap ended (in
+    # sequence, each would begin only after the one before it ended); the
+    # margin is the whole 300 ms nap.
+    words = fake.stats()["last_request"]["messages"][-1]["content"].split()
+    assert words[0] == "naps" and len(words) == 7, words
+    started, ended = [float(w) for w in words[1::2]], [float(w) for w in words[2::2]]
+    assert all(e - s >= 0.29 for s, e in zip(started, ended)), (started, ended)
+    assert max(started) < min(ended), "the queries ran one after another: %s" % list(zip(started, ended))
 
 
 def test_rows_reach_lua_typed_and_lists_stay_lists(custom, fake, pg):

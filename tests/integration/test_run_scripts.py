@@ -86,23 +86,30 @@ def test_a_run_script_makes_two_model_calls_and_extra_queries(srv, fake, pg):
 
 
 def test_a_run_script_does_not_block_concurrent_requests(srv, fake):
-    fake.config(latency_ms=400)
+    # Order of events, not speed: the run makes two 800 ms model calls in a
+    # row. Once its first call is at the upstream (the run is suspended in
+    # llm.chat), another request with one model call must be answered while
+    # the run still has its whole second call (>= 800 ms) ahead of it. A loop
+    # blocked by the run could not even read the other request until then.
+    fake.config(latency_ms=800)
     out = {}
 
     def slow():
         out["brief"] = get(srv, 4, "brief")
-        out["brief_done"] = time.monotonic()
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while fake.stats()["chat_calls"] < 1:
+        assert t.is_alive() and time.monotonic() < deadline, "the run's first model call never started"
+        time.sleep(0.01)
     other = get(srv, 5, "echo")
-    other_done = time.monotonic()
+    run_still_going = t.is_alive()
     t.join()
-    assert other.status == 200 and out["brief"].status == 200
-    # Overlap, not speed: the run makes two 400 ms model calls in a row; a
-    # loop blocked by it would finish the other request after it.
-    assert other_done < out["brief_done"], "the other request waited for the run script"
+    assert other.status == 200 and out["brief"].status == 200, (other.body, out["brief"].body)
+    assert run_still_going, "the other request waited for the run script"
+    assert fake.stats()["chat_calls"] == 3
+    assert fake.stats()["max_in_flight"] == 2, "the run's model call and the other one were in flight together"
 
 
 def test_a_failed_query_in_run_returns_nil_and_the_error(srv, fake):

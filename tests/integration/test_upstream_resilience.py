@@ -162,6 +162,25 @@ def test_sequential_upstream_calls_reuse_one_connection(make_server, fake):
     assert calls(fake) == 21
 
 
+def test_concurrent_cold_calls_to_a_cleartext_upstream_each_open_a_connection_at_once(make_server, fake):
+    # A fresh server knows nothing about the upstream yet. Over plain http
+    # curl cannot multiplex, so a second call must not wait for the first
+    # one's reply to learn that: both must be at the upstream together.
+    server = make_server()
+    fake.config(latency_ms=600)
+    out = []
+    ts = [threading.Thread(target=lambda c=c: out.append(analysis(server, c))) for c in (56, 57)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert [r.status for r in out] == [200, 200], [r.body[:200] for r in out]
+    assert calls(fake) == 2
+    assert fake.stats()["max_in_flight"] == 2, "the second call queued behind the first one's connection"
+    m = re.search(r"^rapport_upstream_connections_total (\d+)$", server.get("/metrics").text, re.M)
+    assert int(m.group(1)) == 2, "each concurrent HTTP/1.1 call has its own connection"
+
+
 def test_the_cancel_policy_stops_a_generation_no_one_waits_for(make_server, fake):
     srv = make_server(RAPPORT_ORPHAN_POLICY="cancel")
     fake.config(latency_ms=800)
