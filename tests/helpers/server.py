@@ -11,6 +11,15 @@
     srv.nofile = 64          # before start(): the child's RLIMIT_NOFILE
                              # (soft and hard), as `ulimit -n 64` would
 
+RAPPORT_TEST_WRAPPER (opt-in) prefixes the server command, e.g.
+    RAPPORT_TEST_WRAPPER="valgrind --error-exitcode=99 --leak-check=full \
+        --errors-for-leak-kinds=definite -q" tools/test.sh tests/integration/...
+valgrind's own output goes to <workdir>/valgrind.<pid>.log (not stderr, which
+tests read as JSON log lines) unless the wrapper names a --log-file; an exit
+status of 99 or a non-empty valgrind log fails stop() like a sanitizer report.
+Start and stop timeouts are multiplied by RAPPORT_TEST_WRAPPER_SLOWDOWN
+(default 10 with a wrapper): valgrind runs the binary many times slower.
+
 Environment of the child: the caller's environment without any RAPPORT_*,
 OPENAI_*, DATABASE_URL or REDIS_URL variable, then the defaults (listen on a
 free 127.0.0.1 port, the pg cluster's DATABASE_URL, the fake's base URL, the
@@ -22,6 +31,7 @@ import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -45,6 +55,21 @@ SANITIZER_PATTERNS = [
 
 _STRIP_PREFIXES = ("RAPPORT_", "OPENAI_")
 _STRIP_NAMES = {"DATABASE_URL", "REDIS_URL"}
+
+
+WRAPPER_ERROR_EXIT = 99     # the --error-exitcode the wrapper is given
+
+
+def test_wrapper():
+    """RAPPORT_TEST_WRAPPER split into words ([] when unset)."""
+    return shlex.split(os.environ.get("RAPPORT_TEST_WRAPPER", ""))
+
+
+def wrapper_slowdown():
+    """How much longer start/stop may take under the wrapper."""
+    if not test_wrapper():
+        return 1.0
+    return float(os.environ.get("RAPPORT_TEST_WRAPPER_SLOWDOWN", "10"))
 
 
 class ServerError(AssertionError):
@@ -172,6 +197,11 @@ class Rapport:
         self._stopped = False
         self._start_failed = False   # already reported by start()
         self.nofile = None           # RLIMIT_NOFILE for the child, if set
+        self.wrapper = test_wrapper()
+        if self.wrapper and os.path.basename(self.wrapper[0]) == "valgrind" \
+                and not any(w.startswith("--log-file") for w in self.wrapper):
+            self.wrapper.insert(1, "--log-file=%s"
+                                % (self.workdir / "valgrind.%p.log"))
 
     # -- environment -------------------------------------------------------
     def _build_env(self, overrides):
@@ -231,10 +261,12 @@ class Rapport:
 
             def preexec():
                 resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+        timeout *= wrapper_slowdown()
         with open(self.stderr_path, "ab") as err, \
                 open(self.stdout_path, "ab") as out:
             self.proc = subprocess.Popen(
-                [str(self.binary), *self.args], env=self.env, cwd=str(REPO),
+                [*self.wrapper, str(self.binary), *self.args], env=self.env,
+                cwd=str(REPO),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                 start_new_session=True, preexec_fn=preexec)
         if wait_healthy:
@@ -288,6 +320,7 @@ class Rapport:
         ServerError on a non-zero exit, a kill, or a sanitizer report."""
         if self.proc is None or self._start_failed:
             return self.returncode
+        timeout *= wrapper_slowdown()
         problems = []
         if not self._stopped:
             if self.proc.poll() is None:
@@ -301,8 +334,14 @@ class Rapport:
                     self.proc.wait()
             self.returncode = self.proc.returncode
             self._stopped = True
-            if self.returncode != 0 and not problems:
+            if self.wrapper and self.returncode == WRAPPER_ERROR_EXIT:
+                problems.append("the wrapper (%s) reported errors (exit %d)"
+                                % (self.wrapper[0], WRAPPER_ERROR_EXIT))
+            elif self.returncode != 0 and not problems:
                 problems.append("exited with status %s" % self.returncode)
+        report = self.wrapper_report()
+        if report:
+            problems.append("%s report:\n%s" % (self.wrapper[0], report))
         report = self.sanitizer_report()
         if report:
             problems.append("sanitizer report in stderr:\n" + report)
@@ -340,6 +379,16 @@ class Rapport:
                 start = text.rfind("\n", 0, m.start()) + 1
                 return text[start:start + 6000]
         return ""
+
+    def wrapper_report(self):
+        """What valgrind wrote to its log files in the workdir (with -q,
+        only errors and leaks), or ""."""
+        out = []
+        for p in sorted(self.workdir.glob("valgrind.*.log")):
+            text = p.read_text("utf-8", "replace").strip()
+            if text:
+                out.append("%s:\n%s" % (p.name, text[:6000]))
+        return "\n".join(out)
 
     def log_lines(self):
         """Every stderr line that is a JSON object, parsed, in order."""

@@ -12,7 +12,12 @@ TYPE = "relationship_health"
 
 def test_sigterm_answers_waiting_requests_then_exits_cleanly(make_server, fake):
     srv = make_server()
-    fake.config(latency_ms=5000)
+    # The model writes nothing for far longer than the wait below (and
+    # less than the 20 s first-token timeout): with 5 s, equal to the wait,
+    # SIGTERM sometimes landed after the stream's first delta on a loaded
+    # machine (the second call may wait for the first, so the wait often
+    # runs to its end).
+    fake.config(latency_ms=15000)
     out = {}
 
     def plain():
@@ -24,7 +29,7 @@ def test_sigterm_answers_waiting_requests_then_exits_cleanly(make_server, fake):
     ts = [threading.Thread(target=plain), threading.Thread(target=stream)]
     for t in ts:
         t.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 3
     while fake.stats()["chat_calls"] < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     srv.signal(signal.SIGTERM)
