@@ -44,7 +44,7 @@ static const struct setting settings[] = {
 	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
 	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
 	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare) },
-	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_INT, OFF(db_allow_write) },
+	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_BOOL, OFF(db_allow_write) },
 	{ "RAPPORT_DB_MAX_ROWS", NULL, K_INT, OFF(db_max_rows) },
 	{ "RAPPORT_DB_MAX_BYTES", NULL, K_SIZE, OFF(db_max_bytes) },
 	{ "RAPPORT_STATE_URL", NULL, K_STR, OFF(state_url) },
