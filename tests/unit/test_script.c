@@ -704,6 +704,7 @@ test_one_sandbox_definition(void)
 int
 main(void)
 {
+	luajson_init();
 	snprintf(root, sizeof root, "/tmp/rapport-test-script-XXXXXX");
 	if (!mkdtemp(root)) {
 		perror("mkdtemp");
