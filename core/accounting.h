@@ -20,7 +20,8 @@
  *   acct_record(a, type, model, usage.prompt_tokens, usage.completion_tokens)
  * passing -1 for a count the upstream did not report (an interrupted stream
  * has no usage chunk); the call is then counted in no_usage_calls and the
- * missing tokens add nothing. For /metrics, acct_format_prometheus().
+ * missing tokens add nothing. For /metrics, metrics.c reads the rows with
+ * acct_each() and prints them.
  *
  * Rows are few (types come from the scripts, models from the scripts and
  * config), but the number is capped anyway: past ACCT_MAX_ROWS, new pairs
@@ -72,17 +73,5 @@ double acct_record(accounting *a, const char *type, const char *model, long prom
 /* Rows sorted by type, then model. The row is valid during the callback. */
 void acct_each(const accounting *a, acct_each_cb *cb, void *arg);
 void acct_totals(const accounting *a, struct acct_row *out);
-
-/* The counters in Prometheus text format, snprintf-style: writes at most
- * len bytes including a NUL (buf may be NULL when len is 0) and returns the
- * length of the whole text, so a return >= len means it was cut short:
- *   size_t n = acct_format_prometheus(a, NULL, 0);
- *   char *s = xmalloc(n + 1);
- *   acct_format_prometheus(a, s, n + 1);
- * Families (labels type and model; tokens also kind="prompt"|"completion"):
- * rapport_llm_calls_total, rapport_llm_tokens_total,
- * rapport_llm_cost_usd_total, rapport_llm_unpriced_calls_total,
- * rapport_llm_calls_without_usage_total. */
-size_t acct_format_prometheus(const accounting *a, char *buf, size_t len);
 
 #endif

@@ -12,6 +12,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,6 +67,11 @@ lint(const char *dir)
 	pid_t pid = fork();
 	int rc = -1;
 	if (pid == 0) {
+		/* main() ignores SIGHUP and SIGPIPE for rapport's own sake, and an
+		 * ignored signal stays ignored across exec: give luacheck the
+		 * defaults it would get from a shell. */
+		signal(SIGHUP, SIG_DFL);
+		signal(SIGPIPE, SIG_DFL);
 		dup2(STDOUT_FILENO, STDERR_FILENO);
 		execvp(argv[0], argv);
 		fprintf(stderr, "luacheck: %s (install Debian's lua-check)\n", strerror(errno));

@@ -59,25 +59,9 @@ run_types(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e)
 }
 
 static json_t *
-errors_json(script_registry *r)
-{
-	json_t *list = json_array();
-	int n = script_registry_count(r);
-	for (int i = 0; i < n; i++) {
-		const char *name, *error;
-		script *cur;
-		script_registry_entry(r, i, &name, &cur, &error);
-		if (error)
-			json_array_append_new(list, json_pack("{s:s,s:s,s:b}", "type", name, "error",
-			                                      error, "serving_old_version", cur != NULL));
-	}
-	return list;
-}
-
-static json_t *
 run_errors(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e)
 {
-	return errors_json(p->scripts);
+	return script_registry_errors(p->scripts);
 }
 
 static json_t *
@@ -88,7 +72,7 @@ run_reload(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e
 	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded", LOG_S("by", p->who),
 	          LOG_I("types", n), LOG_I("failed", failed), LOG_END);
 	return json_pack("{s:i,s:i,s:o}", "types", n, "failed", failed, "errors",
-	                 errors_json(p->scripts));
+	                 script_registry_errors(p->scripts));
 }
 
 /* ---- the cache ---------------------------------------------------------------- */

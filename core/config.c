@@ -23,6 +23,12 @@ struct setting {
 	size_t offset;
 };
 
+/* Any integer setting fits an int, and most need no tighter bound. */
+#define INT_MAX_SETTING 1000000000
+/* A connection timeout in seconds: a day is far more than any sane value,
+ * and keeps its millisecond form (×1000) well inside an int. */
+#define TIMEOUT_S_MAX 86400
+
 #define OFF(f) offsetof(struct config, f)
 static const struct setting settings[] = {
 	{ "RAPPORT_LISTEN", "--listen", K_STR, OFF(listen) },
@@ -38,7 +44,7 @@ static const struct setting settings[] = {
 	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
 	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
 	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare) },
-	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_INT, OFF(db_allow_write) },
+	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_BOOL, OFF(db_allow_write) },
 	{ "RAPPORT_DB_MAX_ROWS", NULL, K_INT, OFF(db_max_rows) },
 	{ "RAPPORT_DB_MAX_BYTES", NULL, K_SIZE, OFF(db_max_bytes) },
 	{ "RAPPORT_STATE_URL", NULL, K_STR, OFF(state_url) },
@@ -115,6 +121,15 @@ free_keys(struct config *c)
 }
 
 /* Stores `value` into the setting; false with *err on a malformed value. */
+/* The largest value an integer setting accepts. */
+static int64_t
+int_max(const struct setting *s)
+{
+	if (s->offset == OFF(keepalive_timeout_s) || s->offset == OFF(header_timeout_s))
+		return TIMEOUT_S_MAX;
+	return INT_MAX_SETTING;
+}
+
 static bool
 apply(struct config *c, const struct setting *s, const char *value, char **err)
 {
@@ -127,9 +142,13 @@ apply(struct config *c, const struct setting *s, const char *value, char **err)
 		return true;
 	}
 	case K_INT: {
-		int64_t v;
-		if (!util_parse_i64(value, &v) || v < 0 || v > 1000000000) {
+		int64_t v, max = int_max(s);
+		if (!util_parse_i64(value, &v) || v < 0) {
 			*err = xasprintf("%s: expected a non-negative integer, got \"%s\"", s->env, value);
+			return false;
+		}
+		if (v > max) {
+			*err = xasprintf("%s: at most %lld, got \"%s\"", s->env, (long long)max, value);
 			return false;
 		}
 		*(int *)(base + s->offset) = (int)v;

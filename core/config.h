@@ -27,7 +27,7 @@ struct config {
 	int db_pool_size;          /* RAPPORT_DB_POOL (8) */
 	int db_timeout_ms;         /* RAPPORT_DB_TIMEOUT_MS (5000): per query */
 	int db_prepare;            /* RAPPORT_DB_PREPARE (1): named prepared statements */
-	int db_allow_write;        /* RAPPORT_DB_ALLOW_WRITE (0): run on a role that may write */
+	int db_allow_write;        /* RAPPORT_DB_ALLOW_WRITE (0; a bool): run on a role that may write */
 	int db_max_rows;           /* RAPPORT_DB_MAX_ROWS (10000): per result, 0 = no cap */
 	size_t db_max_bytes;       /* RAPPORT_DB_MAX_BYTES (8 MiB): per result, 0 = no cap */
 	int llm_timeout_ms;        /* RAPPORT_LLM_TIMEOUT_MS (60000): whole call */

@@ -21,6 +21,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,7 +71,7 @@ struct http_conns {
 	struct event_base *base;
 	struct evconnlistener *listener;
 	int max;
-	int keepalive_ms, header_ms;
+	int64_t keepalive_ms, header_ms;
 	TAILQ_HEAD(, conn) conns;
 	struct conn **by_fd;          /* descriptor → entry, for http_conn_set_closecb */
 	size_t n_by_fd;
@@ -394,7 +395,7 @@ sweep_one(http_conns *m, struct conn *c, double now)
 		c->phase = PH_REQUEST;    /* the next request has begun */
 		c->since = now;
 	}
-	int limit = c->phase == PH_IDLE ? m->keepalive_ms : m->header_ms;
+	int64_t limit = c->phase == PH_IDLE ? m->keepalive_ms : m->header_ms;
 	if (limit <= 0 || now - c->since < limit)
 		return false;
 	if (c->phase == PH_IDLE) {
@@ -469,8 +470,10 @@ http_conn_create(struct event_base *base, const struct config *cfg, struct evhtt
 	http_conns *m = xcalloc(1, sizeof *m);
 	m->base = base;
 	m->listener = listener;
-	m->keepalive_ms = cfg->keepalive_timeout_s * 1000;
-	m->header_ms = cfg->header_timeout_s * 1000;
+	/* In 64 bits: config bounds the seconds (≤ 86400), this keeps the
+	 * product safe whatever the bound becomes. */
+	m->keepalive_ms = (int64_t)cfg->keepalive_timeout_s * 1000;
+	m->header_ms = (int64_t)cfg->header_timeout_s * 1000;
 	TAILQ_INIT(&m->conns);
 	build_reply(m);
 

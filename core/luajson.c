@@ -414,13 +414,33 @@ metered_free(void *p)
 	free(p);
 }
 
+static bool installed;
+
+/* Once, at start rather than at the first meter: json_set_alloc_funcs
+ * changes every later jansson allocation in the process, so it belongs
+ * with the process's start-up, not inside a per-call function. Nothing is
+ * at stake for values made before it: jansson needs each value freed by
+ * the allocator that made it, and metered_malloc/metered_free are
+ * malloc/free plus counting, the same pair as jansson's defaults, so a
+ * value from before the switch may be freed through metered_free (which
+ * never counts below zero) and vice versa. Calling it first anyway keeps
+ * that property from ever being needed. */
+void
+luajson_init(void)
+{
+	if (installed)
+		return;
+	json_set_alloc_funcs(metered_malloc, metered_free);
+	installed = true;
+}
+
 struct luajson_meter *
 luajson_meter_use(struct luajson_meter *m)
 {
-	static bool installed;
 	if (!installed) {
-		json_set_alloc_funcs(metered_malloc, metered_free);
-		installed = true;
+		/* A meter that would see nothing would let a script past its cap. */
+		fputs("luajson_meter_use: luajson_init() was not called\n", stderr);
+		abort();
 	}
 	struct luajson_meter *prev = meter;
 	meter = m;

@@ -1,8 +1,8 @@
 /*
  * luajson — moves values between Lua and jansson, the one JSON library of
- * the C core (lua-cjson stays available to scripts, but its 2.1.0 limits —
- * every number a float, no empty array, %.14g — would corrupt ids and lists
- * on the host's own paths).
+ * the C core and the `json` module scripts see (lua-cjson is not in the
+ * script sandbox — only the console preloads it — and its 2.1.0 limits,
+ * every number a float, no empty array, %.14g, would corrupt ids and lists).
  *
  * JSON arrays become Lua tables carrying a marker metatable, so an empty
  * array read from JSON is written back as [] and not {}. When converting
@@ -47,9 +47,8 @@ json_t **luajson_box(lua_State *L);
 /* jansson's memory, charged to a script call. While a meter is current,
  * every jansson allocation counts in `used`, and one that would take
  * used + *also past cap is refused (jansson then fails as out of memory
- * and `refused` is set). Frees subtract what they return. The first call
- * installs the allocation functions (json_set_alloc_funcs); blocks are
- * measured with malloc_usable_size, so they may be freed with free().
+ * and `refused` is set). Frees subtract what they return. Needs
+ * luajson_init() first (it aborts otherwise: unmetered would mean no cap).
  * Returns the previous meter; NULL makes none current. */
 struct luajson_meter {
 	size_t used;
@@ -58,6 +57,14 @@ struct luajson_meter {
 	bool refused;
 };
 struct luajson_meter *luajson_meter_use(struct luajson_meter *m);
+
+/* Installs the metering allocation functions in jansson
+ * (json_set_alloc_funcs, a process-wide setting): call once, first thing in
+ * main() and in a test program that runs scripts, before any thread starts.
+ * The functions are plain malloc/free underneath, the same pair as
+ * jansson's default, so a value allocated before the call may be freed
+ * after it; blocks are measured with malloc_usable_size. */
+void luajson_init(void);
 
 /* Converts the Lua value at idx; schema may be NULL. Returns a new
  * reference, or NULL with a message in err (functions, cycles, invalid

@@ -24,6 +24,7 @@
 #include "http_api.h"
 #include "llm.h"
 #include "log.h"
+#include "luajson.h"
 #include "script.h"
 #include "util.h"
 #include "watch.h"
@@ -455,6 +456,8 @@ main(int argc, char **argv)
 	/* SIGHUP means "reload" (systemd's ExecReload, right after start too):
 	 * until serve installs that handler, ignore it rather than die. */
 	signal(SIGHUP, SIG_IGN);
+	/* Before any jansson use: the script host's meter counts its bytes. */
+	luajson_init();
 	if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
 	    strcmp(argv[1], "help") == 0) {
 		fputs(usage, argc < 2 ? stderr : stdout);

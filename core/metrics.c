@@ -235,8 +235,9 @@ gather_breaker(metrics *m, const breaker *b)
 	metrics_int(m, bs.opens_total, NULL);
 }
 
-/* The accounting families, in the order and with the help texts
- * acct_format_prometheus() has always printed. */
+/* The accounting families, one per counter of struct acct_row, each with
+ * the labels type and model (tokens also kind="prompt"|"completion"), rows
+ * in accounting's order (sorted by type, then model). */
 enum acct_field { A_CALLS, A_TOKENS, A_COST, A_UNPRICED, A_NO_USAGE };
 
 struct acct_walk {

@@ -88,6 +88,10 @@ void script_registry_entry(const script_registry *r, int i, const char **name,
 /* The list /v1/analysis-types, the admin socket and the console show:
  * name, version (8 hex), description, model, ttl, queries, load error. */
 json_t *script_registry_describe(const script_registry *r);
+/* The types whose last load failed, for the admin errors and reload
+ * commands: [{type, error, serving_old_version}], the last true when an
+ * older version still serves. */
+json_t *script_registry_errors(const script_registry *r);
 
 void script_ref(script *s);
 void script_unref(script *s);

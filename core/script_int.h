@@ -134,6 +134,17 @@ void script_free(script *s);
 int script_rawfield(lua_State *L, int t, const char *k);
 int script_lua_require(lua_State *L);
 int script_lua_read_prompt(lua_State *L);
+/* A named query: the script's own `sql` table (decl: the index of the table
+ * the file returned), else scripts/lib/queries.lua. With load, queries.lua
+ * is required (loaded if need be; raises if it returns no table), as while
+ * the script loads; without, only an already loaded copy is looked in (a
+ * request must not read files). An entry is a string or a table
+ * { sql = "…", one = true }. Returns the SQL, NULL if the name is not
+ * defined, and sets *one. The string stays alive while the tables holding
+ * it do (the script's table and modules live as long as the script). Leaves
+ * the stack as it was. */
+const char *script_query_lookup(lua_State *L, script *s, int decl, const char *name, bool *one,
+                                bool load);
 
 /* ---- script_run.c ---- */
 struct script_reply_args {

@@ -216,35 +216,50 @@ script_rawfield(lua_State *L, int t, const char *k)
 	return lua_rawget(L, t);
 }
 
-/* Adds one named query, resolving the name against the script's own `sql`
- * table (decl is the script's table), then scripts/lib/queries.lua. */
-static void
-resolve_query(lua_State *L, script *s, int decl, const char *name)
+const char *
+script_query_lookup(lua_State *L, script *s, int decl, const char *name, bool *one, bool load)
 {
+	decl = lua_absindex(L, decl);
 	int top = lua_gettop(L);
 	int found = LUA_TNIL;
 	if (script_rawfield(L, decl, "sql") == LUA_TTABLE)
 		found = script_rawfield(L, lua_gettop(L), name);
 	if (found == LUA_TNIL) {
 		lua_settop(L, top);
-		lua_pushcfunction(L, script_lua_require);
-		lua_pushstring(L, "queries");
-		lua_call(L, 1, 1);
-		if (!lua_istable(L, -1))
-			luaL_error(L, "scripts/lib/queries.lua must return a table");
-		found = script_rawfield(L, lua_gettop(L), name);
+		if (load) {
+			lua_pushcfunction(L, script_lua_require);
+			lua_pushstring(L, "queries");
+			lua_call(L, 1, 1);
+			if (!lua_istable(L, -1))
+				luaL_error(L, "scripts/lib/queries.lua must return a table");
+			found = script_rawfield(L, lua_gettop(L), name);
+		} else {
+			lua_rawgeti(L, LUA_REGISTRYINDEX, s->modules_ref);
+			if (script_rawfield(L, lua_gettop(L), "queries") == LUA_TTABLE)
+				found = script_rawfield(L, lua_gettop(L), name);
+		}
 	}
 	const char *sql = NULL;
-	bool one = false;
+	*one = false;
 	if (found == LUA_TSTRING) {
 		sql = lua_tostring(L, -1);
 	} else if (found == LUA_TTABLE) {
 		int q = lua_gettop(L);
 		if (script_rawfield(L, q, "sql") == LUA_TSTRING)
 			sql = lua_tostring(L, -1);
-		one = script_rawfield(L, q, "one") == LUA_TBOOLEAN && lua_toboolean(L, -1);
-		lua_pop(L, 1);
+		*one = script_rawfield(L, q, "one") == LUA_TBOOLEAN && lua_toboolean(L, -1);
 	}
+	lua_settop(L, top);
+	return sql;
+}
+
+/* Adds one named query (decl is the script's table).
+ * Runs under lua_pcall: errors are raised with luaL_error. */
+static void
+resolve_query(lua_State *L, script *s, int decl, const char *name)
+{
+	bool one = false;
+	const char *sql = script_query_lookup(L, s, decl, name, &one, true);
 	if (!sql)
 		luaL_error(L, "%s: query '%s' is not defined (neither in this script's sql table "
 		              "nor in scripts/lib/queries.lua)", s->path, name);
@@ -256,7 +271,6 @@ resolve_query(lua_State *L, script *s, int decl, const char *name)
 	sq->one = one;
 	hash_input(s, name, sql, strlen(sql));
 	hash_input(s, "one", one ? "1" : "0", 1);
-	lua_settop(L, top);
 }
 
 /* Checks the declaration table at index 1 (the factory at 2) and copies

@@ -199,6 +199,20 @@ script_registry_describe(const script_registry *r)
 	return list;
 }
 
+json_t *
+script_registry_errors(const script_registry *r)
+{
+	json_t *list = json_array();
+	for (int i = 0; i < r->n; i++) {
+		const struct reg_entry *e = &r->entries[i];
+		if (e->error)
+			json_array_append_new(list, json_pack("{s:s,s:s,s:b}", "type", e->name, "error",
+			                                      e->error, "serving_old_version",
+			                                      e->current != NULL));
+	}
+	return list;
+}
+
 int
 script_registry_count(const script_registry *r)
 {

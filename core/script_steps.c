@@ -29,8 +29,9 @@ running(lua_State *L, const char *what)
 	return s->active_run;
 }
 
-/* Finds a named query: the script's declared ones, its own `sql` table,
- * then scripts/lib/queries.lua. Leaves nothing on the stack. */
+/* Finds a named query: the script's declared ones, then
+ * script_query_lookup() (its own `sql` table, the loaded queries.lua).
+ * Leaves nothing on the stack. */
 static const char *
 named_sql(lua_State *L, script *s, const char *name, bool *one)
 {
@@ -39,28 +40,9 @@ named_sql(lua_State *L, script *s, const char *name, bool *one)
 			*one = s->queries[i].one;
 			return s->queries[i].sql;
 		}
-	const char *sql = NULL;
-	int top = lua_gettop(L);
-	int found = LUA_TNIL;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, s->table_ref);
-	if (script_rawfield(L, lua_gettop(L), "sql") == LUA_TTABLE)
-		found = script_rawfield(L, lua_gettop(L), name);
-	if (found == LUA_TNIL) {
-		lua_rawgeti(L, LUA_REGISTRYINDEX, s->modules_ref);
-		if (script_rawfield(L, lua_gettop(L), "queries") == LUA_TTABLE)
-			found = script_rawfield(L, lua_gettop(L), name);
-	}
-	*one = false;
-	if (found == LUA_TSTRING) {
-		sql = lua_tostring(L, -1);
-	} else if (found == LUA_TTABLE) {
-		int q = lua_gettop(L);
-		if (script_rawfield(L, q, "sql") == LUA_TSTRING)
-			sql = lua_tostring(L, -1);
-		*one = script_rawfield(L, q, "one") == LUA_TBOOLEAN && lua_toboolean(L, -1);
-	}
-	/* The string stays alive: it is held by a table that outlives us. */
-	lua_settop(L, top);
+	const char *sql = script_query_lookup(L, s, -1, name, one, false);
+	lua_pop(L, 1);
 	return sql;
 }
 

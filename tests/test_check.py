@@ -12,6 +12,7 @@ tmp_path) passed through RAPPORT_SCRIPTS / RAPPORT_PROMPTS.
 import os
 import re
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -269,3 +270,28 @@ def test_module_level_state_of_one_case_is_not_seen_by_the_next(scripts_copy):
     c = run_check(scripts_copy.scripts, scripts_copy.prompts)
     assert not [l for l in c.lines if l.startswith("FAIL")], str(c)
     assert any(l.startswith("ok   ") and "second contact sees only itself" in l for l in c.lines), str(c)
+
+
+# ---- the luacheck child --------------------------------------------------------------------
+
+def test_luacheck_runs_with_sighup_and_sigpipe_at_their_defaults_not_ignored(tmp_path):
+    """rapport ignores SIGHUP and SIGPIPE itself (core/main.c); an ignored
+    signal stays ignored across exec, so check resets them in the child. A
+    stand-in luacheck early on PATH prints the mask it was started with."""
+    fake = tmp_path / "bin" / "luacheck"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\ngrep '^SigIgn:' /proc/$$/status\nexit 0\n")
+    fake.chmod(0o755)
+    binary = rapport_binary()
+    env = dict(os.environ)
+    for k in ("RAPPORT_SCRIPTS", "RAPPORT_PROMPTS", "RAPPORT_CONFIG"):
+        env.pop(k, None)
+    env["PATH"] = "%s:%s" % (fake.parent, env.get("PATH", ""))
+    proc = subprocess.run([str(binary), "check"], cwd=str(REPO), env=env,
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True, timeout=120)
+    masks = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("SigIgn:")]
+    assert len(masks) == 1, proc.stdout
+    ignored = int(masks[0], 16)
+    for sig in (signal.SIGHUP, signal.SIGPIPE):
+        assert not ignored & (1 << (sig - 1)), "%s ignored in luacheck: %s" % (sig.name, masks[0])

@@ -44,6 +44,12 @@ def test_bad_values_are_refused_with_a_clear_message(tmp_path):
     assert r.returncode == 2 and "bad.conf:1: unknown setting NOT_A_SETTING" in r.stderr
 
 
+def test_db_allow_write_is_a_yes_or_no_like_the_other_switches():
+    # "2" once passed as an integer meaning yes; a switch takes 1/0, true/false, yes/no, on/off.
+    r = run(["serve"], env={"PATH": "/usr/bin:/bin", "RAPPORT_DB_ALLOW_WRITE": "2"})
+    assert r.returncode == 2 and "RAPPORT_DB_ALLOW_WRITE: expected 1 or 0" in r.stderr, r.stderr
+
+
 def test_help_lists_the_commands():
     r = run(["--help"])
     assert r.returncode == 0

@@ -293,3 +293,14 @@ def test_a_malformed_connection_setting_is_a_start_up_error_naming_it(name):
     r = subprocess.run([str(rapport_binary()), "serve"], env={"PATH": "/usr/bin:/bin", name: "lots"},
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and name in r.stderr, (r.returncode, r.stderr[-500:])
+
+
+@pytest.mark.parametrize("name", ["RAPPORT_KEEPALIVE_TIMEOUT", "RAPPORT_HEADER_TIMEOUT"])
+def test_a_connection_timeout_beyond_a_day_is_a_start_up_error_naming_it(name):
+    # 3000000 s × 1000 would overflow the int of milliseconds the sweep compares.
+    import subprocess
+    r = subprocess.run([str(rapport_binary()), "serve"],
+                       env={"PATH": "/usr/bin:/bin", name: "3000000"},
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=20)
+    assert r.returncode == 2 and name in r.stderr and "at most 86400" in r.stderr, \
+        (r.returncode, r.stderr[-500:])

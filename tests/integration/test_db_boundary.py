@@ -144,10 +144,11 @@ def test_a_run_script_cannot_change_the_crm_through_set_config_a_writable_cte_or
     assert "read-only transaction" in res["definer"], res
 
 
+@pytest.mark.parametrize("allow", ["1", "yes"])
 def test_allow_write_starts_on_the_owner_with_a_warning_and_writes_still_fail(
-        make_server, tmp_path, pg):
+        make_server, tmp_path, pg, allow):
     before = crm_state(pg)
-    srv = make_server(DATABASE_URL=pg.owner_url, RAPPORT_DB_ALLOW_WRITE=1, RAPPORT_DB_POOL=1,
+    srv = make_server(DATABASE_URL=pg.owner_url, RAPPORT_DB_ALLOW_WRITE=allow, RAPPORT_DB_POOL=1,
                       **scripts(tmp_path, writer=WRITER))
     warn = srv.wait_for_log(lambda l: "RAPPORT_DB_ALLOW_WRITE=1" in l.get("msg", ""))
     assert warn["level"] == "warn" and "superuser" in warn["error"]

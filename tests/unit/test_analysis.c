@@ -28,6 +28,7 @@
 #include "analysis.h"
 #include "log.h"
 #include "util.h"
+#include "luajson.h"
 #include "tap.h"
 
 static struct event_base *base;
@@ -647,6 +648,7 @@ write_scripts(const char *root, char *sdir, size_t slen, char *pdir, size_t plen
 int
 main(void)
 {
+	luajson_init();
 	const char *url = getenv("TEST_OPENAI_BASE_URL");
 	const char *dburl = getenv("TEST_DATABASE_URL");
 	if (!url || !*url || !dburl || !*dburl) {

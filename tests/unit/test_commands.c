@@ -5,6 +5,7 @@
  */
 #include "commands.h"
 #include "console_int.h"
+#include "luajson.h"
 #include "tap.h"
 
 #include <string.h>
@@ -99,6 +100,7 @@ test_every_row_is_complete_and_served(void)
 int
 main(void)
 {
+	luajson_init();
 	test_a_line_finds_its_row_by_its_words();
 	test_help_lists_every_admin_row_in_order();
 	test_every_row_is_complete_and_served();

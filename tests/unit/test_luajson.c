@@ -53,9 +53,30 @@ check(lua_State *L, const char *expr, const char *schema, const char *want, cons
 	free(got);
 }
 
+/* luajson_init() at start means every later jansson block is counted, and
+ * a value made before a meter was current may be freed under it. */
+static void
+test_meter_counts_after_init_and_never_goes_below_zero(void)
+{
+	json_t *before = json_string("made with no meter current");
+	struct luajson_meter m = { .cap = 1 << 20 };
+	struct luajson_meter *prev = luajson_meter_use(&m);
+	json_t *during = json_pack("{s:s}", "k", "a value made under the meter");
+	size_t counted = m.used;
+	json_decref(during);
+	size_t after_free = m.used;
+	json_decref(before);
+	luajson_meter_use(prev);
+	ok(counted > 0 && after_free < counted && m.used == 0,
+	   "jansson's blocks are counted under a meter (%zu), freed ones subtracted, an older "
+	   "value's free does not go below zero", counted);
+}
+
 int
 main(void)
 {
+	luajson_init();
+	test_meter_counts_after_init_and_never_goes_below_zero();
 	lua_State *L = new_state();
 	check(L, "{id = 9007199254740993}", NULL, "{\"id\":9007199254740993}",
 	      "integers beyond 2^53 are exact");

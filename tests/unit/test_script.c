@@ -169,6 +169,41 @@ test_load_errors(void)
 	script_registry_destroy(r);
 }
 
+/* The admin errors list: only failed types, and whether an older version
+ * still serves. */
+static void
+test_errors_list_names_failed_types(void)
+{
+	write_file(scripts, "fine.lua", "return { description = \"ok\", prompt = function() end }\n");
+	write_file(scripts, "broken.lua", "return 42\n");
+	script_registry *r = script_registry_create(scripts, prompts, "test-model", &default_limits);
+	script_registry_reload(r);
+	json_t *e = script_registry_errors(r);
+	json_t *first = json_array_get(e, 0);
+	ok(json_array_size(e) == 1 &&
+	   strcmp(json_string_value(json_object_get(first, "type")), "broken") == 0 &&
+	   contains(json_string_value(json_object_get(first, "error")), "must return a table") &&
+	   json_is_false(json_object_get(first, "serving_old_version")),
+	   "errors lists the failed type only, with its error, nothing old serving");
+	json_decref(e);
+
+	write_file(scripts, "fine.lua", "return {\n");
+	script_registry_reload(r);
+	e = script_registry_errors(r);
+	bool old_serves = false;
+	for (size_t i = 0; i < json_array_size(e); i++) {
+		json_t *x = json_array_get(e, i);
+		if (strcmp(json_string_value(json_object_get(x, "type")), "fine") == 0)
+			old_serves = json_is_true(json_object_get(x, "serving_old_version"));
+	}
+	ok(json_array_size(e) == 2 && old_serves,
+	   "a type broken by a reload is listed with serving_old_version true");
+	json_decref(e);
+	script_registry_destroy(r);
+	remove_script("fine");
+	remove_script("broken");
+}
+
 /* ---- sandbox denials ------------------------------------------------------ */
 
 static void
@@ -725,6 +760,7 @@ test_one_sandbox_definition(void)
 int
 main(void)
 {
+	luajson_init();
 	snprintf(root, sizeof root, "/tmp/rapport-test-script-XXXXXX");
 	if (!mkdtemp(root)) {
 		perror("mkdtemp");
@@ -737,6 +773,7 @@ main(void)
 	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
 
 	test_load_errors();
+	test_errors_list_names_failed_types();
 	test_sandbox_denials();
 	test_budget();
 	test_pattern_bound();
