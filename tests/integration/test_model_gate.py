@@ -5,10 +5,11 @@ never got an answer (queued, refused, its flight cancelled) cannot leave the
 breaker half-open with its one trial taken until the probe timeout."""
 
 import json
-import re
 import socket
 import threading
 import time
+
+from helpers.upstream import breaker_server, metric, wait_until
 
 TYPE = "relationship_health"
 
@@ -24,33 +25,10 @@ return {
 }
 '''
 
-BARE = r'''
-return {
-  description = "no fallback",
-  queries = { "contact" },
-  prompt = function(ctx)
-    return { { role = "user", content = "hello " .. ctx.contact.first_name } }
-  end,
-}
-'''
 
 
 def get(srv, contact, type_, timeout=60):
     return srv.get("/v1/contacts/%d/analyses/%s" % (contact, type_), timeout=timeout)
-
-
-def metric(srv, name):
-    m = re.search(r"^%s (\d+)$" % re.escape(name), srv.get("/metrics").text, re.M)
-    return int(m.group(1))
-
-
-def wait_until(cond, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, scripts_copy):
@@ -60,11 +38,9 @@ def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, 
     flight. The next request must be allowed as the trial, not get 503 until
     the probe timeout."""
     (scripts_copy.scripts / "gate_run.lua").write_text(GATE_RUN)
-    (scripts_copy.scripts / "bare.lua").write_text(BARE)
-    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=1,
-                      RAPPORT_BREAKER_FAILURES=1, RAPPORT_BREAKER_OPEN_MS=1000,
-                      RAPPORT_LLM_RETRIES=0, RAPPORT_ORPHAN_POLICY="cancel",
-                      RAPPORT_LLM_TIMEOUT_MS=60000, **scripts_copy.env)
+    srv = breaker_server(make_server, scripts_copy, 1, 1000,
+                         RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=1,
+                         RAPPORT_ORPHAN_POLICY="cancel", RAPPORT_LLM_TIMEOUT_MS=60000)
     # Call 1 fails after the latency and opens the breaker; call 2 is slow.
     fake.config(latency_ms=800)
     fake.fail({"status": 500, "message": "provider down"},
