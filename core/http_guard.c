@@ -5,12 +5,15 @@
  * decoding. The checks run in the order a careful server reads a request:
  * version, each field line, Host, then the body's framing, then the method.
  *
- * What evhttp itself rejects never reaches route(): a line with no ':', an
- * unknown method (its 501), Content-Length with Transfer-Encoding, a
- * Content-Length strtoll refuses, a bad chunk (its 400), headers past the
- * cap (its 413). 2.1.12 has no error hook, so evhttp_send_error() at the
- * end of this file takes the place of libevent's: those answers carry the
- * JSON error document too, always with close.
+ * What evhttp itself rejects never reaches route(): with its 400, a line
+ * with no ':', an HTTP major version above 1, Content-Length with
+ * Transfer-Encoding, a Content-Length strtoll refuses, a second
+ * Transfer-Encoding after a "chunked" one, headers past the cap; with its
+ * 501, an unknown method; with its 413, a bad chunk or a body past the
+ * hard cap (probed with raw sockets, see docs/api.md). 2.1.12 has no error
+ * hook, so evhttp_send_error() at the end of this file takes the place of
+ * libevent's: those answers carry the JSON error document too, always with
+ * close.
  * evhttp joins an obs-fold line into the previous value with one space
  * (RFC 9112 §5.2 allows a server that), so a fold is only seen where it
  * breaks a value's syntax: Host, Content-Length, Transfer-Encoding.

@@ -3,7 +3,6 @@ does), curl negotiates it by ALPN and concurrent calls share one connection.
 The fake upstream speaks plain HTTP/1.1, so nghttpx terminates TLS and h2 in
 front of it, with a throwaway self-signed certificate."""
 
-import re
 import shutil
 import socket
 import subprocess
@@ -13,6 +12,7 @@ import time
 import pytest
 
 from helpers.pg import free_port
+from helpers.upstream import metric
 
 
 @pytest.fixture
@@ -40,10 +40,6 @@ def h2_front(fake, tmp_path):
     yield "https://127.0.0.1:%d/v1" % port, cert
     proc.terminate()
     proc.wait(10)
-
-
-def metric(srv, name):
-    return int(re.search(r"^%s (\d+)$" % name, srv.get("/metrics").text, re.M).group(1))
 
 
 def test_concurrent_upstream_calls_multiplex_on_one_http2_connection(make_server, fake, h2_front):

@@ -5,10 +5,11 @@ never got an answer (queued, refused, its flight cancelled) cannot leave the
 breaker half-open with its one trial taken until the probe timeout."""
 
 import json
-import re
 import socket
 import threading
 import time
+
+from helpers.upstream import breaker_server, metric, wait_until
 
 TYPE = "relationship_health"
 
@@ -24,33 +25,10 @@ return {
 }
 '''
 
-BARE = r'''
-return {
-  description = "no fallback",
-  queries = { "contact" },
-  prompt = function(ctx)
-    return { { role = "user", content = "hello " .. ctx.contact.first_name } }
-  end,
-}
-'''
 
 
 def get(srv, contact, type_, timeout=60):
     return srv.get("/v1/contacts/%d/analyses/%s" % (contact, type_), timeout=timeout)
-
-
-def metric(srv, name):
-    m = re.search(r"^%s (\d+)$" % re.escape(name), srv.get("/metrics").text, re.M)
-    return int(m.group(1))
-
-
-def wait_until(cond, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, scripts_copy):
@@ -60,11 +38,9 @@ def test_a_cancelled_run_call_gives_the_half_open_trial_back(make_server, fake, 
     flight. The next request must be allowed as the trial, not get 503 until
     the probe timeout."""
     (scripts_copy.scripts / "gate_run.lua").write_text(GATE_RUN)
-    (scripts_copy.scripts / "bare.lua").write_text(BARE)
-    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=1,
-                      RAPPORT_BREAKER_FAILURES=1, RAPPORT_BREAKER_OPEN_MS=1000,
-                      RAPPORT_LLM_RETRIES=0, RAPPORT_ORPHAN_POLICY="cancel",
-                      RAPPORT_LLM_TIMEOUT_MS=60000, **scripts_copy.env)
+    srv = breaker_server(make_server, scripts_copy, 1, 1000,
+                         RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=1,
+                         RAPPORT_ORPHAN_POLICY="cancel", RAPPORT_LLM_TIMEOUT_MS=60000)
     # Call 1 fails after the latency and opens the breaker; call 2 is slow.
     fake.config(latency_ms=800)
     fake.fail({"status": 500, "message": "provider down"},
@@ -126,3 +102,63 @@ def test_a_run_call_refused_by_the_open_breaker_takes_no_slot(make_server, fake,
     assert "circuit breaker open" in r.json()["result"]["err"]
     assert fake.stats()["chat_calls"] == before, "no call while the breaker is open"
     assert metric(srv, "rapport_upstream_queued") == 0
+
+
+def test_a_run_call_refused_for_want_of_a_slot_gives_the_trial_back(make_server, fake, scripts_copy):
+    """Mirrors the unit test test_refused_run_call_returns_the_trial. The
+    breaker is half-open with its trial free while every upstream slot is
+    taken (one by a call sent before the breaker opened, one by a trial the
+    breaker presumes lost once the probe timeout has passed), and there is no
+    queue: run(ctx)'s llm.chat is refused as overloaded. Before the fix the
+    refused call kept the trial it had taken, so once a slot came free the
+    next call got 503 "circuit breaker open" until the probe timeout; now it
+    goes out as the trial and its success closes the breaker.
+
+    The probe timeout follows RAPPORT_LLM_TIMEOUT_MS; 0 leaves the breaker's
+    own 30 s (and a 600 s call deadline), so the stalled calls outlive it."""
+    (scripts_copy.scripts / "gate_run.lua").write_text(GATE_RUN)
+    srv = breaker_server(make_server, scripts_copy, 1, 1000,
+                         RAPPORT_LLM_MAX_IN_FLIGHT=2, RAPPORT_LLM_QUEUE=0,
+                         RAPPORT_ORPHAN_POLICY="cancel", RAPPORT_LLM_TIMEOUT_MS=0,
+                         RAPPORT_LLM_FIRST_TOKEN_MS=0, RAPPORT_HTTP_TIMEOUT=300)
+    # One answered call first, so the upstream client knows its connection
+    # is HTTP/1.1 and opens another for a concurrent call at once.
+    assert get(srv, 39, "bare").status == 200
+    # In order at the fake: the early holder stalls, the failure opens the
+    # breaker, the trial stalls; later calls get the normal reply.
+    fake.fail({"mode": "stall"}, {"status": 500, "message": "provider down"}, {"mode": "stall"})
+
+    def hold(contact):
+        s = socket.create_connection((srv.host, srv.port))
+        s.sendall(b"GET /v1/contacts/%d/analyses/bare HTTP/1.1\r\nHost: x\r\n\r\n" % contact)
+        return s
+
+    early = hold(40)                 # sent while the breaker is closed
+    wait_until(lambda: fake.stats()["in_flight"] == 1, "the early call at the fake")
+    down = get(srv, 41, "bare")
+    assert down.status == 502, down.body
+    assert metric(srv, "rapport_upstream_breaker_open") == 1
+
+    time.sleep(1.2)                  # the open period (1 s) is over: half-open
+    trial = hold(42)                 # the half-open trial; it stalls too
+    wait_until(lambda: fake.stats()["in_flight"] == 2, "the trial at the fake")
+    refused = get(srv, 43, "bare")
+    assert refused.status == 503 and "circuit breaker open" in refused.text, \
+        "the trial is out: %d %s" % (refused.status, refused.body)
+
+    time.sleep(31)                   # past the breaker's 30 s probe timeout
+    r = get(srv, 44, "gate_run")
+    assert r.status == 200, r.body
+    assert "overloaded" in (r.json()["result"]["err"] or ""), r.body
+
+    # A slot comes free without a verdict: the early call's client leaves
+    # and the cancel policy ends its flight (it was no trial).
+    early.close()
+    srv.wait_for_log(lambda l: l.get("msg", "").startswith("generation cancelled"), timeout=5)
+    wait_until(lambda: fake.stats()["in_flight"] <= 1, "the early call gone from the fake")
+
+    w = get(srv, 45, "bare")
+    assert w.status == 200, "the refused run(ctx) call kept the trial: %d %s" % (w.status, w.body)
+    assert w.headers["X-Cache"] == "MISS"
+    assert metric(srv, "rapport_upstream_breaker_open") == 0, "the trial's success closed it"
+    trial.close()

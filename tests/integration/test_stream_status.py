@@ -8,6 +8,7 @@ import json
 import threading
 import time
 
+from helpers.upstream import breaker_server
 from test_streaming import Reader, names
 
 TYPE = "relationship_health"
@@ -46,21 +47,8 @@ def test_a_full_upstream_queue_is_an_http_429_with_retry_after(make_server, fake
     assert first["r"].status == 200
 
 
-BARE = r'''
-return {
-  description = "no fallback",
-  queries = { "contact" },
-  prompt = function(ctx)
-    return { { role = "user", content = "hello " .. ctx.contact.first_name } }
-  end,
-}
-'''
-
-
 def test_an_open_breaker_is_an_http_503_with_retry_after(make_server, fake, scripts_copy):
-    (scripts_copy.scripts / "bare.lua").write_text(BARE)
-    srv = make_server(RAPPORT_BREAKER_FAILURES=1, RAPPORT_BREAKER_OPEN_MS=30000,
-                      RAPPORT_LLM_RETRIES=0, **scripts_copy.env)
+    srv = breaker_server(make_server, scripts_copy, 1, 30000)
     fake.fail({"status": 500})
     assert srv.get("/v1/contacts/73/analyses/bare").status == 502     # opens it
     resp, events = srv.sse("/v1/contacts/74/analyses/bare")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers.fake import FakeOpenAI
+from helpers.upstream import breaker_server, metric
 
 TYPE = "relationship_health"
 
@@ -97,21 +98,8 @@ def test_requests_beyond_the_cap_wait_in_the_queue_and_all_succeed(make_server, 
     assert fake.stats()["max_in_flight"] == 1, "the cap held"
 
 
-SCRIPT_NO_FALLBACK = r'''
-return {
-  description = "no fallback",
-  queries = { "contact" },
-  prompt = function(ctx)
-    return { { role = "user", content = "hello " .. ctx.contact.first_name } }
-  end,
-}
-'''
-
-
 def test_the_breaker_opens_serves_the_fallback_then_closes_on_recovery(make_server, fake, scripts_copy):
-    (scripts_copy.scripts / "bare.lua").write_text(SCRIPT_NO_FALLBACK)
-    srv = make_server(RAPPORT_BREAKER_FAILURES=2, RAPPORT_BREAKER_OPEN_MS=1000,
-                      RAPPORT_LLM_RETRIES=0, **scripts_copy.env)
+    srv = breaker_server(make_server, scripts_copy, 2, 1000)
     fake.fail({"status": 500, "count": 2})
     assert analysis(srv, 49).status == 502
     assert analysis(srv, 50).status == 502
@@ -149,8 +137,7 @@ def test_sequential_upstream_calls_reuse_one_connection(make_server, fake):
     server = make_server(RAPPORT_REFRESH_PER_MIN=0)
 
     def opened():
-        m = re.search(r"^rapport_upstream_connections_total (\d+)$", server.get("/metrics").text, re.M)
-        return int(m.group(1))
+        return metric(server, "rapport_upstream_connections_total")
 
     analysis(server, 53)             # warm: one connection open
     before_ours, before_fake = opened(), fake.stats()["connections"]
@@ -177,8 +164,8 @@ def test_concurrent_cold_calls_to_a_cleartext_upstream_each_open_a_connection_at
     assert [r.status for r in out] == [200, 200], [r.body[:200] for r in out]
     assert calls(fake) == 2
     assert fake.stats()["max_in_flight"] == 2, "the second call queued behind the first one's connection"
-    m = re.search(r"^rapport_upstream_connections_total (\d+)$", server.get("/metrics").text, re.M)
-    assert int(m.group(1)) == 2, "each concurrent HTTP/1.1 call has its own connection"
+    assert metric(server, "rapport_upstream_connections_total") == 2, \
+        "each concurrent HTTP/1.1 call has its own connection"
 
 
 def test_the_cancel_policy_stops_a_generation_no_one_waits_for(make_server, fake):

@@ -11,7 +11,8 @@
  * flight's states as analysis_stats() reports them; the orphan policies.
  *
  * The fake is steered with blocking curl_easy calls to its control
- * endpoints, between steps, when the loop has nothing of ours to do.
+ * endpoints (tests/unit/fake_ctl.h), between steps, when the loop has
+ * nothing of ours to do.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -29,82 +30,13 @@
 #include "log.h"
 #include "util.h"
 #include "luajson.h"
+#include "fake_ctl.h"
 #include "tap.h"
 
 static struct event_base *base;
-static char ctl_root[512];
 static db_pool *db;
 static llm_client *llm;
 static script_registry *scripts;
-
-/* ---- the fake's control endpoints ---------------------------------------- */
-
-struct sink {
-	char *p;
-	size_t len;
-};
-
-static size_t
-sink_write(char *d, size_t s, size_t n, void *arg)
-{
-	struct sink *k = arg;
-	k->p = realloc(k->p, k->len + s * n + 1);
-	memcpy(k->p + k->len, d, s * n);
-	k->len += s * n;
-	k->p[k->len] = '\0';
-	return s * n;
-}
-
-static json_t *
-fake_ctl(const char *path, const char *post_body)
-{
-	CURL *e = curl_easy_init();
-	struct sink k = { 0 };
-	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-	char url[600];
-	long code = 0;
-	json_t *j = NULL;
-	snprintf(url, sizeof url, "%s%s", ctl_root, path);
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, &k);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT, 10L);
-	if (post_body)
-		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, post_body);
-	if (curl_easy_perform(e) == CURLE_OK) {
-		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-		if (code == 200 && k.p)
-			j = json_loads(k.p, 0, NULL);
-		else
-			printf("# %s -> HTTP %ld %s\n", path, code, k.p ? k.p : "");
-	}
-	curl_slist_free_all(h);
-	curl_easy_cleanup(e);
-	free(k.p);
-	return j;
-}
-
-static void
-fake_reset(void)
-{
-	json_decref(fake_ctl("/_fake/reset", "{}"));
-}
-
-static void
-fake_config(const char *json)
-{
-	json_decref(fake_ctl("/_fake/config", json));
-}
-
-static long
-fake_calls(void)
-{
-	json_t *j = fake_ctl("/_fake/stats", NULL);
-	long v = j ? (long)json_integer_value(json_object_get(j, "chat_calls")) : -1;
-	json_decref(j);
-	return v;
-}
 
 /* ---- the loop ------------------------------------------------------------- */
 
@@ -278,10 +210,10 @@ test_miss_then_hit(void)
 	w = ask(&e, 1, "plain", 0, &r);
 	ok(!w && r.done == 1 && r.status == 200 && strcmp(r.cache, "hit") == 0,
 	   "the second ask is a hit, answered inside analysis_get");
-	ok(fake_calls() == 1, "one upstream call for miss + hit");
+	ok(fake_stat("chat_calls") == 1, "one upstream call for miss + hit");
 	w = ask(&e, 1, "plain", ANALYSIS_REFRESH, &r);
 	WAIT_FOR(r.done, 10000);
-	ok(w && r.status == 200 && strcmp(r.cache, "miss") == 0 && fake_calls() == 2,
+	ok(w && r.status == 200 && strcmp(r.cache, "miss") == 0 && fake_stat("chat_calls") == 2,
 	   "ANALYSIS_REFRESH skips the cache");
 	env_close(&e);
 }
@@ -300,7 +232,7 @@ test_coalesced(void)
 	WAIT_FOR(r1.done && r2.done, 10000);
 	ok(r1.status == 200 && r2.status == 200 && strcmp(r2.cache, "coalesced") == 0,
 	   "both get the result, the joiner marked coalesced");
-	ok(fake_calls() == 1 && stats(&e).coalesced == 1, "one upstream call for both");
+	ok(fake_stat("chat_calls") == 1 && stats(&e).coalesced == 1, "one upstream call for both");
 	env_close(&e);
 }
 
@@ -344,7 +276,7 @@ test_states_and_context(void)
 	WAIT_FOR(r.done, 10000);
 	ok(r.status == 500 && strcmp(r.code, "query_failed") == 0,
 	   "a failing named query: 500 query_failed (%d %s)", r.status, r.code);
-	ok(gate_idle(&e) && fake_calls() == 1, "no model call for a context that failed");
+	ok(gate_idle(&e) && fake_stat("chat_calls") == 1, "no model call for a context that failed");
 	env_close(&e);
 }
 
@@ -380,7 +312,7 @@ test_refused_by_limiter(void)
 	ok(r.status == 200 && body_has(&r, "overloaded"),
 	   "run(ctx): llm.chat returns the refusal and the script answers");
 	limiter_release(e.limiter, &hog, util_now_ms());
-	ok(gate_idle(&e) && fake_calls() == 0, "refused: nothing held, no upstream call");
+	ok(gate_idle(&e) && fake_stat("chat_calls") == 0, "refused: nothing held, no upstream call");
 	env_close(&e);
 }
 
@@ -404,7 +336,7 @@ test_breaker_open(void)
 	WAIT_FOR(r.done, 5000);
 	ok(r.status == 200 && body_has(&r, "circuit breaker open"),
 	   "run(ctx): llm.chat hears the breaker is open");
-	ok(gate_idle(&e) && fake_calls() == 0, "no upstream call, nothing held");
+	ok(gate_idle(&e) && fake_stat("chat_calls") == 0, "no upstream call, nothing held");
 	env_close(&e);
 }
 
@@ -463,7 +395,7 @@ test_queued_then_orphaned(void)
 	WAIT_FOR(r.done, 10000);
 	ok(r.status == 200 && breaker_state(e.breaker, util_now_ms()) == BREAKER_CLOSED,
 	   "the next call is the trial and closes the breaker");
-	ok(fake_calls() == 1, "the cancelled calls never reached the upstream");
+	ok(fake_stat("chat_calls") == 1, "the cancelled calls never reached the upstream");
 	env_close(&e);
 }
 
@@ -505,7 +437,7 @@ test_orphaned_before_the_model(void)
 	WAIT_FOR(stats(&e).flights == 0, 5000);
 	ok(stats(&e).flights == 0 && !r.done, "cancelled while the context is fetched: it ends");
 	spin(400);                /* past the pg_sleep: a late answer would crash here */
-	ok(fake_calls() == 0 && gate_idle(&e), "no model call, nothing held");
+	ok(fake_stat("chat_calls") == 0 && gate_idle(&e), "no model call, nothing held");
 	env_close(&e);
 }
 
@@ -655,9 +587,7 @@ main(void)
 		printf("1..0 # SKIP TEST_OPENAI_BASE_URL and TEST_DATABASE_URL are needed\n");
 		return 77;
 	}
-	const char *p = strstr(url, "://");
-	p = p ? strchr(p + 3, '/') : NULL;
-	snprintf(ctl_root, sizeof ctl_root, "%.*s", (int)(p ? (size_t)(p - url) : strlen(url)), url);
+	fake_ctl_init(url);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
 	base = util_event_base();

@@ -28,11 +28,11 @@
 #include "llm.h"
 #include "log.h"
 #include "util.h"
+#include "fake_ctl.h"
 
 static int failures, tests;
 static struct event_base *base;
 static const char *base_url;
-static char ctl_root[512];    /* scheme://host:port of the fake */
 
 static void
 ok(int cond, const char *fmt, ...)
@@ -48,85 +48,6 @@ ok(int cond, const char *fmt, ...)
 	va_end(ap);
 	printf("\n");
 	fflush(stdout);
-}
-
-/* ---- the fake's control endpoints (blocking, between cases) ---- */
-
-struct sink {
-	char *p;
-	size_t len;
-};
-
-static size_t
-sink_write(char *d, size_t s, size_t n, void *arg)
-{
-	struct sink *k = arg;
-
-	k->p = realloc(k->p, k->len + s * n + 1);
-	memcpy(k->p + k->len, d, s * n);
-	k->len += s * n;
-	k->p[k->len] = '\0';
-	return s * n;
-}
-
-/* Returns the parsed JSON reply (caller decrefs) or NULL. */
-static json_t *
-fake_ctl(const char *path, const char *post_body)
-{
-	CURL *e = curl_easy_init();
-	struct sink k = { 0 };
-	struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-	char url[600];
-	long code = 0;
-	json_t *j = NULL;
-
-	snprintf(url, sizeof url, "%s%s", ctl_root, path);
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sink_write);
-	curl_easy_setopt(e, CURLOPT_WRITEDATA, &k);
-	curl_easy_setopt(e, CURLOPT_HTTPHEADER, h);
-	curl_easy_setopt(e, CURLOPT_TIMEOUT, 10L);
-	if (post_body)
-		curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, post_body);
-	if (curl_easy_perform(e) == CURLE_OK) {
-		curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
-		if (code == 200 && k.p)
-			j = json_loads(k.p, 0, NULL);
-		else
-			printf("# %s -> HTTP %ld %s\n", path, code, k.p ? k.p : "");
-	}
-	curl_slist_free_all(h);
-	curl_easy_cleanup(e);
-	free(k.p);
-	return j;
-}
-
-static void
-fake_reset(void)
-{
-	json_decref(fake_ctl("/_fake/reset", "{}"));
-}
-
-static int
-fake_config(const char *json)
-{
-	json_t *j = fake_ctl("/_fake/config", json);
-	int good = j != NULL;
-
-	json_decref(j);
-	return good;
-}
-
-static long
-fake_stat(const char *key)
-{
-	json_t *j = fake_ctl("/_fake/stats", NULL);
-	long v = -1;
-
-	if (j && json_is_integer(json_object_get(j, key)))
-		v = (long)json_integer_value(json_object_get(j, key));
-	json_decref(j);
-	return v;
 }
 
 /* ---- driving calls ---- */
@@ -995,7 +916,6 @@ test_edge(void)
 int
 main(void)
 {
-	const char *p;
 	llm_client *c;
 
 	base_url = getenv("TEST_OPENAI_BASE_URL");
@@ -1003,11 +923,7 @@ main(void)
 		printf("1..0 # SKIP TEST_OPENAI_BASE_URL is not set (start build/fake_openai)\n");
 		return 77;
 	}
-	/* scheme://host:port, without the path */
-	p = strstr(base_url, "://");
-	p = p ? strchr(p + 3, '/') : NULL;
-	snprintf(ctl_root, sizeof ctl_root, "%.*s",
-	         (int)(p ? (size_t)(p - base_url) : strlen(base_url)), base_url);
+	fake_ctl_init(base_url);
 
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 	log_set_level(getenv("TEST_VERBOSE") ? LOG_DEBUG : LOG_ERROR);
