@@ -346,30 +346,41 @@ hand_over(script_run *run, int n, char *err, size_t errlen)
 	return true;
 }
 
-enum script_step
-script_run_resume_rows(script_run *run, const PGresult *res, const char *dberr,
-                       struct script_wait *wait, json_t **result, char *err, size_t errlen)
+/* Resumes the run's coroutine with what its step waited for: the one value
+ * push(arg) leaves (run in a protected call, since building it can raise),
+ * or, when push is NULL, nil and the failure text. */
+static enum script_step
+resume(script_run *run, lua_CFunction push, void *arg, const char *failure,
+       struct script_wait *wait, json_t **result, char *err, size_t errlen)
 {
 	script *s = run->s;
 	lua_State *L = s->L;
 	*result = NULL;
 	int n;
-	if (res) {
-		struct rows_args a = { run, res };
-		lua_pushcfunction(L, p_push_rows);
-		lua_pushlightuserdata(L, &a);
+	if (push) {
+		lua_pushcfunction(L, push);
+		lua_pushlightuserdata(L, arg);
 		if (!script_pcall(s, 1, 1, err, errlen))
 			return SCRIPT_ERROR;
 		n = 1;
 	} else {
 		lua_pushnil(L);
-		lua_pushstring(L, dberr ? dberr : "query failed");
+		lua_pushstring(L, failure);
 		n = 2;
 	}
 	script_pending_clear(run);
 	if (!hand_over(run, n, err, errlen))
 		return SCRIPT_ERROR;
 	return step(run, n, wait, result, err, errlen);
+}
+
+enum script_step
+script_run_resume_rows(script_run *run, const PGresult *res, const char *dberr,
+                       struct script_wait *wait, json_t **result, char *err, size_t errlen)
+{
+	struct rows_args a = { run, res };
+	return resume(run, res ? p_push_rows : NULL, &a, dberr ? dberr : "query failed", wait,
+	              result, err, errlen);
 }
 
 struct reply_push_args {
@@ -399,26 +410,9 @@ script_run_resume_reply(script_run *run, const char *content, const char *finish
                         const char *llmerr, struct script_wait *wait, json_t **result,
                         char *err, size_t errlen)
 {
-	script *s = run->s;
-	lua_State *L = s->L;
-	*result = NULL;
-	int n;
-	if (!llmerr) {
-		struct reply_push_args a = {
-			{ content ? content : "", finish_reason, model }, prompt_tokens, completion_tokens,
-		};
-		lua_pushcfunction(L, p_push_step_reply);
-		lua_pushlightuserdata(L, &a);
-		if (!script_pcall(s, 1, 1, err, errlen))
-			return SCRIPT_ERROR;
-		n = 1;
-	} else {
-		lua_pushnil(L);
-		lua_pushstring(L, llmerr);
-		n = 2;
-	}
-	script_pending_clear(run);
-	if (!hand_over(run, n, err, errlen))
-		return SCRIPT_ERROR;
-	return step(run, n, wait, result, err, errlen);
+	struct reply_push_args a = {
+		{ content ? content : "", finish_reason, model }, prompt_tokens, completion_tokens,
+	};
+	return resume(run, llmerr ? NULL : p_push_step_reply, &a, llmerr, wait, result, err,
+	              errlen);
 }
