@@ -141,9 +141,9 @@ static void
 cmd_analyze(struct admin_client *cl, int argc, char **argv)
 {
 	int64_t id;
-	if (!util_parse_i64(argv[0], &id) || id <= 0) {
-		reply_error(cl, 400, "invalid_contact_id",
-		            "the contact id must be a positive integer, got '%.40s'", argv[0]);
+	struct cmd_error e = { 0 };
+	if (!cmd_arg_contact(argv[0], &id, &e)) {
+		reply_error(cl, e.status, e.code, "%s", e.message);
 		return;
 	}
 	int flags = 0;
@@ -157,14 +157,6 @@ cmd_analyze(struct admin_client *cl, int argc, char **argv)
 	/* A cache hit replies from inside the call and gets NULL back. */
 	cl->wait = analysis_get(cl->a->d.analysis, id, argv[1], flags, on_analysis_reply, NULL, cl);
 }
-
-/* Rows of the command table without a run function of their own. */
-static const struct {
-	const char *words;
-	void (*fn)(struct admin_client *cl, int argc, char **argv);
-} own_commands[] = {
-	{ "analyze", cmd_analyze },
-};
 
 static void
 run_command(struct admin_client *cl, char *line)
@@ -205,11 +197,12 @@ run_command(struct admin_client *cl, char *line)
 			reply_error(cl, e.status, e.code, "%s", e.message);
 		return;
 	}
-	for (size_t i = 0; i < sizeof own_commands / sizeof own_commands[0]; i++)
-		if (strcmp(own_commands[i].words, c->words) == 0) {
-			own_commands[i].fn(cl, n, argv + skip);
-			return;
-		}
+	/* The one socket row without a run function: analyze waits on the
+	 * pipeline, so it lives here with the client it holds. */
+	if (strcmp(c->words, "analyze") == 0) {
+		cmd_analyze(cl, n, argv + skip);
+		return;
+	}
 	reply_error(cl, 500, "internal_error", "'%s' has no handler on the admin socket", c->words);
 }
 

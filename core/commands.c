@@ -33,9 +33,8 @@ cmd_fail(struct cmd_error *e, int status, const char *code, const char *fmt, ...
 	return NULL;
 }
 
-/* Positive contact id, or false with a 400 in e. */
-static bool
-arg_contact(const char *s, int64_t *id, struct cmd_error *e)
+bool
+cmd_arg_contact(const char *s, int64_t *id, struct cmd_error *e)
 {
 	if (util_parse_i64(s, id) && *id > 0)
 		return true;
@@ -114,7 +113,7 @@ static json_t *
 run_cache_list(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e)
 {
 	int64_t id = 0;
-	if (argc > 0 && !arg_contact(argv[0], &id, e))
+	if (argc > 0 && !cmd_arg_contact(argv[0], &id, e))
 		return NULL;
 	struct cache_walk w = { json_array(), id, LIST_MAX, 0, util_now_ms() };
 	cache_each(p->cache, cache_walk_one, &w);
@@ -127,7 +126,7 @@ static json_t *
 run_cache_drop(const struct cmd_parts *p, int argc, char **argv, struct cmd_error *e)
 {
 	int64_t id;
-	if (!arg_contact(argv[0], &id, e))
+	if (!cmd_arg_contact(argv[0], &id, e))
 		return NULL;
 	int n = cache_drop_contact(p->cache, id, argc > 1 ? argv[1] : NULL);
 	analysis_contact_changed(p->analysis, id);

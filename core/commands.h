@@ -63,6 +63,9 @@ struct cmd_error {
 	char message[512];
 };
 
+/* A positive contact id, or false with a 400 invalid_contact_id in e. */
+bool cmd_arg_contact(const char *s, int64_t *id, struct cmd_error *e);
+
 typedef json_t *cmd_run_fn(const struct cmd_parts *p, int argc, char **argv,
                            struct cmd_error *e);
 

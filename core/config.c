@@ -21,6 +21,7 @@ struct setting {
 	const char *flag;
 	enum kind kind;
 	size_t offset;
+	int64_t max;          /* K_INT: the largest value accepted; 0: INT_MAX_SETTING */
 };
 
 /* Any integer setting fits an int, and most need no tighter bound. */
@@ -31,45 +32,45 @@ struct setting {
 
 #define OFF(f) offsetof(struct config, f)
 static const struct setting settings[] = {
-	{ "RAPPORT_LISTEN", "--listen", K_STR, OFF(listen) },
-	{ "DATABASE_URL", "--database-url", K_STR, OFF(database_url) },
-	{ "OPENAI_API_KEY", NULL, K_STR, OFF(openai_api_key) },
-	{ "OPENAI_BASE_URL", "--openai-base-url", K_STR, OFF(openai_base_url) },
-	{ "RAPPORT_UPSTREAM_CA_FILE", NULL, K_STR, OFF(upstream_ca_file) },
-	{ "RAPPORT_MODEL", "--model", K_STR, OFF(model) },
-	{ "RAPPORT_SCRIPTS", "--scripts", K_STR, OFF(scripts_dir) },
-	{ "RAPPORT_PROMPTS", "--prompts", K_STR, OFF(prompts_dir) },
-	{ "RAPPORT_API_KEYS", NULL, K_KEYS, 0 },
-	{ "RAPPORT_CACHE_BYTES", "--cache-bytes", K_SIZE, OFF(cache_bytes) },
-	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size) },
-	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms) },
-	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare) },
-	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_BOOL, OFF(db_allow_write) },
-	{ "RAPPORT_DB_MAX_ROWS", NULL, K_INT, OFF(db_max_rows) },
-	{ "RAPPORT_DB_MAX_BYTES", NULL, K_SIZE, OFF(db_max_bytes) },
-	{ "RAPPORT_STATE_URL", NULL, K_STR, OFF(state_url) },
-	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms) },
-	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms) },
-	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries) },
-	{ "RAPPORT_LLM_FIRST_TOKEN_MS", NULL, K_INT, OFF(llm_first_token_ms) },
-	{ "RAPPORT_LLM_MAX_IN_FLIGHT", NULL, K_INT, OFF(llm_max_in_flight) },
-	{ "RAPPORT_LLM_QUEUE", NULL, K_INT, OFF(llm_max_queue) },
-	{ "RAPPORT_BREAKER_FAILURES", NULL, K_INT, OFF(breaker_failures) },
-	{ "RAPPORT_BREAKER_OPEN_MS", NULL, K_INT, OFF(breaker_open_ms) },
-	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices) },
-	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy) },
-	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s) },
-	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections) },
-	{ "RAPPORT_KEEPALIVE_TIMEOUT", NULL, K_INT, OFF(keepalive_timeout_s) },
-	{ "RAPPORT_HEADER_TIMEOUT", NULL, K_INT, OFF(header_timeout_s) },
-	{ "RAPPORT_SSE_HEARTBEAT_MS", NULL, K_INT, OFF(sse_heartbeat_ms) },
-	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes) },
-	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes) },
-	{ "RAPPORT_LOG_LEVEL", "--log-level", K_LEVEL, OFF(log_level) },
-	{ "RAPPORT_ADMIN_SOCKET", "--admin-socket", K_STR, OFF(admin_socket) },
-	{ "RAPPORT_METRICS_PUBLIC", NULL, K_BOOL, OFF(metrics_public) },
-	{ "RAPPORT_REFRESH_PER_MIN", NULL, K_INT, OFF(refresh_per_min) },
-	{ "RAPPORT_REFRESH_BURST", NULL, K_INT, OFF(refresh_burst) },
+	{ "RAPPORT_LISTEN", "--listen", K_STR, OFF(listen), 0 },
+	{ "DATABASE_URL", "--database-url", K_STR, OFF(database_url), 0 },
+	{ "OPENAI_API_KEY", NULL, K_STR, OFF(openai_api_key), 0 },
+	{ "OPENAI_BASE_URL", "--openai-base-url", K_STR, OFF(openai_base_url), 0 },
+	{ "RAPPORT_UPSTREAM_CA_FILE", NULL, K_STR, OFF(upstream_ca_file), 0 },
+	{ "RAPPORT_MODEL", "--model", K_STR, OFF(model), 0 },
+	{ "RAPPORT_SCRIPTS", "--scripts", K_STR, OFF(scripts_dir), 0 },
+	{ "RAPPORT_PROMPTS", "--prompts", K_STR, OFF(prompts_dir), 0 },
+	{ "RAPPORT_API_KEYS", NULL, K_KEYS, 0, 0 },
+	{ "RAPPORT_CACHE_BYTES", "--cache-bytes", K_SIZE, OFF(cache_bytes), 0 },
+	{ "RAPPORT_DB_POOL", "--db-pool", K_INT, OFF(db_pool_size), 0 },
+	{ "RAPPORT_DB_TIMEOUT_MS", NULL, K_INT, OFF(db_timeout_ms), 0 },
+	{ "RAPPORT_DB_PREPARE", NULL, K_INT, OFF(db_prepare), 0 },
+	{ "RAPPORT_DB_ALLOW_WRITE", NULL, K_BOOL, OFF(db_allow_write), 0 },
+	{ "RAPPORT_DB_MAX_ROWS", NULL, K_INT, OFF(db_max_rows), 0 },
+	{ "RAPPORT_DB_MAX_BYTES", NULL, K_SIZE, OFF(db_max_bytes), 0 },
+	{ "RAPPORT_STATE_URL", NULL, K_STR, OFF(state_url), 0 },
+	{ "RAPPORT_LLM_TIMEOUT_MS", NULL, K_INT, OFF(llm_timeout_ms), 0 },
+	{ "RAPPORT_LLM_CONNECT_TIMEOUT_MS", NULL, K_INT, OFF(llm_connect_timeout_ms), 0 },
+	{ "RAPPORT_LLM_RETRIES", NULL, K_INT, OFF(llm_max_retries), 0 },
+	{ "RAPPORT_LLM_FIRST_TOKEN_MS", NULL, K_INT, OFF(llm_first_token_ms), 0 },
+	{ "RAPPORT_LLM_MAX_IN_FLIGHT", NULL, K_INT, OFF(llm_max_in_flight), 0 },
+	{ "RAPPORT_LLM_QUEUE", NULL, K_INT, OFF(llm_max_queue), 0 },
+	{ "RAPPORT_BREAKER_FAILURES", NULL, K_INT, OFF(breaker_failures), 0 },
+	{ "RAPPORT_BREAKER_OPEN_MS", NULL, K_INT, OFF(breaker_open_ms), 0 },
+	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices), 0 },
+	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy), 0 },
+	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s), 0 },
+	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections), 0 },
+	{ "RAPPORT_KEEPALIVE_TIMEOUT", NULL, K_INT, OFF(keepalive_timeout_s), TIMEOUT_S_MAX },
+	{ "RAPPORT_HEADER_TIMEOUT", NULL, K_INT, OFF(header_timeout_s), TIMEOUT_S_MAX },
+	{ "RAPPORT_SSE_HEARTBEAT_MS", NULL, K_INT, OFF(sse_heartbeat_ms), 0 },
+	{ "RAPPORT_MAX_BODY", NULL, K_SIZE, OFF(max_body_bytes), 0 },
+	{ "RAPPORT_MAX_HEADERS", NULL, K_SIZE, OFF(max_header_bytes), 0 },
+	{ "RAPPORT_LOG_LEVEL", "--log-level", K_LEVEL, OFF(log_level), 0 },
+	{ "RAPPORT_ADMIN_SOCKET", "--admin-socket", K_STR, OFF(admin_socket), 0 },
+	{ "RAPPORT_METRICS_PUBLIC", NULL, K_BOOL, OFF(metrics_public), 0 },
+	{ "RAPPORT_REFRESH_PER_MIN", NULL, K_INT, OFF(refresh_per_min), 0 },
+	{ "RAPPORT_REFRESH_BURST", NULL, K_INT, OFF(refresh_burst), 0 },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -121,15 +122,6 @@ free_keys(struct config *c)
 }
 
 /* Stores `value` into the setting; false with *err on a malformed value. */
-/* The largest value an integer setting accepts. */
-static int64_t
-int_max(const struct setting *s)
-{
-	if (s->offset == OFF(keepalive_timeout_s) || s->offset == OFF(header_timeout_s))
-		return TIMEOUT_S_MAX;
-	return INT_MAX_SETTING;
-}
-
 static bool
 apply(struct config *c, const struct setting *s, const char *value, char **err)
 {
@@ -142,7 +134,7 @@ apply(struct config *c, const struct setting *s, const char *value, char **err)
 		return true;
 	}
 	case K_INT: {
-		int64_t v, max = int_max(s);
+		int64_t v, max = s->max ? s->max : INT_MAX_SETTING;
 		if (!util_parse_i64(value, &v) || v < 0) {
 			*err = xasprintf("%s: expected a non-negative integer, got \"%s\"", s->env, value);
 			return false;

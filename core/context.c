@@ -23,9 +23,8 @@ struct ctx_fetch {
 	struct ctx_query {
 		struct ctx_fetch *cf;
 		db_query *q;             /* NULL once answered or cancelled */
-		int rows;
 	} *queries;                  /* si->nqueries of them */
-	int *rows;                   /* handed to the callback */
+	int *rows;                   /* rows per answered query, handed to the callback */
 };
 
 static void
@@ -51,8 +50,6 @@ static void
 complete(struct ctx_fetch *cf, struct ctx_result *r)
 {
 	cancel_queries(cf);
-	for (int i = 0; i < cf->si->nqueries; i++)
-		cf->rows[i] = cf->queries[i].rows;
 	r->rows = cf->rows;
 	r->nqueries = cf->si->nqueries;
 	r->ms = util_now_ms() - cf->t0;
@@ -77,7 +74,7 @@ on_rows(void *arg, const PGresult *res, const struct db_error *err)
 		complete(cf, &r);
 		return;
 	}
-	cq->rows = PQntuples(res);
+	cf->rows[cq - cf->queries] = PQntuples(res);
 	char msg[1024];
 	if (!script_run_add_rows(cf->run, q, res, msg, sizeof msg)) {
 		struct ctx_result r = { .status = CTX_SCRIPT_ERROR, .query = q, .message = msg };

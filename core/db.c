@@ -851,6 +851,12 @@ static bool conn_take_row(struct db_conn *c, PGresult *r)
 	else if (p->max_bytes > 0 && c->nbytes > p->max_bytes)
 		snprintf(msg, sizeof msg, "the result has more than %zu bytes (RAPPORT_DB_MAX_BYTES)",
 		         p->max_bytes);
+	if (!msg[0] && c->q && !c->q->cb) {
+		/* Cancelled while running: count (the caps still end a runaway
+		 * result's session) but keep nothing for nobody. */
+		PQclear(r);
+		return true;
+	}
 	if (!msg[0] && !c->rows) {
 		PGresAttDesc *att = xcalloc((size_t)(nf ? nf : 1), sizeof *att);
 		for (int i = 0; i < nf; i++) {
@@ -1046,9 +1052,9 @@ static void conn_read_walk(struct db_conn *c)
 				conn_walk_finish(c);
 				return;   /* c may be reused or gone: do not touch it */
 			}
+			/* A Sync is never followed by the statement (BEGIN or Parse
+			 * comes first), so no single-row mode to set here. */
 			c->step = c->cmds[c->ci];
-			if (c->step == STEP_QUERY && caps_on(c->pool))
-				PQsetSingleRowMode(c->pg);
 			continue;
 		}
 		if (!r) {

@@ -227,37 +227,35 @@ http_path_split(const char *raw, struct http_path *p)
 	for (const unsigned char *c = (const unsigned char *)raw; *c; c++)
 		if (*c <= 0x20 || *c == 0x7f)
 			return HTTP_PATH_BAD;
-	const char *s = raw;
-	while (*s) {
-		while (*s == '/')
-			s++;
-		if (!*s)
-			break;
-		size_t len = strcspn(s, "/");
+	/* One copy cut at each '/', then each segment decoded on its own. */
+	char *buf = xstrdup(raw), *save = NULL;
+	int rc = HTTP_PATH_OK;
+	for (char *seg = strtok_r(buf, "/", &save); seg; seg = strtok_r(NULL, "/", &save)) {
 		if (p->n == HTTP_PATH_MAX_SEGMENTS) {
-			http_path_clear(p);
-			return HTTP_PATH_TOO_DEEP;
+			rc = HTTP_PATH_TOO_DEEP;
+			break;
 		}
-		char *rawseg = xstrndup(s, len);
 		size_t dlen = 0;
-		char *dec = evhttp_uridecode(rawseg, 0, &dlen);
-		free(rawseg);
+		char *dec = evhttp_uridecode(seg, 0, &dlen);
 		if (!dec) {
-			http_path_clear(p);
-			return HTTP_PATH_BAD;
+			rc = HTTP_PATH_BAD;
+			break;
 		}
+		p->seg[p->n++] = dec;
 		for (size_t i = 0; i < dlen; i++) {
 			unsigned char b = (unsigned char)dec[i];
 			if (b < 0x20 || b == 0x7f) {
-				free(dec);
-				http_path_clear(p);
-				return HTTP_PATH_BAD;
+				rc = HTTP_PATH_BAD;
+				break;
 			}
 		}
-		p->seg[p->n++] = dec;
-		s += len;
+		if (rc != HTTP_PATH_OK)
+			break;
 	}
-	return HTTP_PATH_OK;
+	free(buf);
+	if (rc != HTTP_PATH_OK)
+		http_path_clear(p);
+	return rc;
 }
 
 /* ---- evhttp's own refusals, answered as JSON ------------------------------ */

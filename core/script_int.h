@@ -54,6 +54,7 @@ struct script {
 	bool stopped;                /* the hook stopped the current call */
 	char stop_where[160], stop_why[48];
 	lua_State *call_thread;      /* reusable coroutine every call runs in */
+	bool call_thread_broken;     /* it could not be replaced: no call may run */
 
 	/* Load-time state: read_prompt() works only while loading, and every
 	 * input read feeds the version hash. */

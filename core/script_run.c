@@ -244,8 +244,8 @@ p_keep_decl(lua_State *L)
 	return 0;
 }
 
-static bool
-run_prepare(script_run *run, char *err, size_t errlen)
+bool
+script_run_prepare(script_run *run, char *err, size_t errlen)
 {
 	script *s = run->s;
 	lua_State *L = s->L;
@@ -299,11 +299,6 @@ script_push_decl_fn(lua_State *L, script_run *run, const char *name)
 	}
 }
 
-bool
-script_run_prepare(script_run *run, char *err, size_t errlen)
-{
-	return run_prepare(run, err, errlen);
-}
 
 /* Checks prompt()'s messages: a non-empty list of {role, content}. */
 bool
@@ -330,7 +325,7 @@ script_run_request(script_run *run, char *err, size_t errlen)
 {
 	script *s = run->s;
 	lua_State *L = s->L;
-	if (!run_prepare(run, err, errlen))
+	if (!script_run_prepare(run, err, errlen))
 		return NULL;
 	script_push_decl_fn(L, run, "prompt");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);
@@ -438,7 +433,7 @@ script_run_post(script_run *run, const char *content, const char *finish_reason,
 	script *s = run->s;
 	lua_State *L = s->L;
 	char lerr[512];
-	if (s->has_post && !run_prepare(run, err, errlen))
+	if (s->has_post && !script_run_prepare(run, err, errlen))
 		return NULL;
 	struct script_reply_args a = { content ? content : "", finish_reason, model };
 	lua_pushcfunction(L, script_push_reply);
@@ -521,7 +516,7 @@ script_run_fallback(script_run *run, char *err, size_t errlen)
 		return NULL;
 	lua_State *L = s->L;
 	char lerr[512];
-	if (!run_prepare(run, err, errlen))
+	if (!script_run_prepare(run, err, errlen))
 		return NULL;
 	script_push_decl_fn(L, run, "fallback");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, run->ctx_ref);

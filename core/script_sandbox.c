@@ -155,6 +155,12 @@ script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen)
 {
 	lua_State *L = s->L;
 	lua_State *co = s->call_thread;
+	if (s->call_thread_broken) {
+		lua_pop(L, nargs + 1);
+		snprintf(err, errlen, "%s: script disabled: it ran out of memory and its limits "
+		         "could not be restored (it is rebuilt on the next reload)", s->path);
+		return false;
+	}
 	if (!co) {
 		/* Only while the sandbox itself is being built. */
 		if (lua_pcall(L, nargs, nresults, 0) == LUA_OK)
@@ -200,8 +206,13 @@ script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen)
 	 * good (Lua restores them only when the hook returns), so it is not
 	 * reused: a fresh one replaces it. */
 	lua_pushcfunction(L, p_new_call_thread);
-	if (lua_pcall(L, 0, 0, 0) != LUA_OK)
-		lua_pop(L, 1);             /* keep the old one; out of memory */
+	if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+		/* Out of memory: the old coroutine's hooks are off, so running
+		 * anything more in it would run without limits. The state is
+		 * done; every later call fails (a reload builds a new one). */
+		lua_pop(L, 1);
+		s->call_thread_broken = true;
+	}
 	return false;
 }
 
@@ -585,9 +596,7 @@ script_sandbox_build(lua_State *L)
 	lua_pop(L, 1);
 	/* Every call into the script runs in this coroutine (see budget_hook),
 	 * anchored in the registry for the life of the state. */
-	s->call_thread = lua_newthread(L);
-	lua_setfield(L, LUA_REGISTRYINDEX, "rapport.call_thread");
-	return 0;
+	return p_new_call_thread(L);
 }
 
 int
