@@ -77,7 +77,15 @@ typedef void analysis_reply_cb(void *arg, const struct analysis_reply *r);
  * "discard what you have": the reply broke the schema and is regenerated. */
 typedef void analysis_delta_cb(void *arg, const char *text, size_t len);
 
-enum { ANALYSIS_REFRESH = 1 };   /* skip the cache lookup, regenerate */
+enum {
+	ANALYSIS_REFRESH = 1,   /* skip the cache lookup, regenerate */
+	/* A warm job's item (background lane): a fresh entry is left as it is
+	 * (reply "hit"); otherwise it is refreshed as a stale one would be —
+	 * "revalidated" when the inputs are unchanged (no model call), "miss"
+	 * when the model was called; its model call yields to interactive
+	 * ones. */
+	ANALYSIS_WARM = 2,
+};
 
 analysis *analysis_create(const struct analysis_deps *deps);
 /* Ends every flight; waiters get a 503 reply. */

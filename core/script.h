@@ -79,6 +79,11 @@ const char *script_registry_scripts_dir(const script_registry *r);
 /* The serving version of a type (borrowed: script_ref() to keep it), or
  * NULL when the type is unknown or has never compiled. */
 script *script_registry_get(script_registry *r, const char *type);
+/* The SQL of a named query of scripts/lib/queries.lua, for the server's
+ * own use outside any analysis (warm_candidates, contact_search), as of
+ * the last reload; NULL when the file does not define it. Borrowed: valid
+ * until the next reload. */
+const char *script_registry_named_query(const script_registry *r, const char *name);
 /* Entries in name order, for listings: the serving script (may be NULL)
  * and the last load error (NULL when the last load succeeded). */
 int script_registry_count(const script_registry *r);

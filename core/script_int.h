@@ -72,8 +72,16 @@ struct reg_entry {
 	char *error;
 };
 
+/* The name → SQL pairs of scripts/lib/queries.lua, for the server's own
+ * queries (script_service.c). */
+struct script_service {
+	char **names, **sql;
+	int n;
+};
+
 struct script_registry {
 	char *scripts_dir, *prompts_dir, *default_model;
+	struct script_service service;
 	struct script_limits limits;
 	struct reg_entry *entries;
 	int n;
@@ -128,6 +136,10 @@ void script_log_error(script *s, lua_State *co, const char *err);
 /* Sets find, match, gmatch and gsub of the string table at strtab to the
  * bounded versions, which charge their steps to script_owner(L)'s budget. */
 void script_pattern_install(lua_State *L, int strtab);
+
+/* ---- script_service.c ---- */
+bool script_service_load(const char *scripts_dir, struct script_service *out);
+void script_service_free(struct script_service *sv);
 
 /* ---- script_load.c ---- */
 script *script_load(script_registry *r, const char *name, char **error);

@@ -55,6 +55,7 @@ script_registry_destroy(script_registry *r)
 	for (int i = 0; i < r->n; i++)
 		entry_clear(&r->entries[i]);
 	free(r->entries);
+	script_service_free(&r->service);
 	free(r->scripts_dir);
 	free(r->prompts_dir);
 	free(r->default_model);
@@ -145,6 +146,9 @@ script_registry_reload(script_registry *r)
 	free(names);
 	r->entries = next;
 	r->n = nnames;
+	/* A queries.lua that fails keeps the previous service queries (each
+	 * script that requires it reports the error as its own load error). */
+	script_service_load(r->scripts_dir, &r->service);
 	return failures;
 }
 

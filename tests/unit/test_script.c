@@ -204,6 +204,37 @@ test_errors_list_names_failed_types(void)
 	remove_script("broken");
 }
 
+/* Service queries: the server's own named SQL from lib/queries.lua, as of
+ * the last reload that could run the file. */
+static void
+test_service_queries_come_from_lib_queries(void)
+{
+	char lib[600];
+	snprintf(lib, sizeof lib, "%s/lib", scripts);
+	mkdir(lib, 0700);
+	write_file(lib, "queries.lua",
+	           "return { warm_candidates = { sql = 'SELECT 1 LIMIT $1' },\n"
+	           "         contact_search = 'SELECT 2', odd = { one = true } }\n");
+	script_registry *r = script_registry_create(scripts, prompts, "test-model", &default_limits);
+	script_registry_reload(r);
+	const char *w = script_registry_named_query(r, "warm_candidates");
+	const char *c = script_registry_named_query(r, "contact_search");
+	ok(w && strcmp(w, "SELECT 1 LIMIT $1") == 0 && c && strcmp(c, "SELECT 2") == 0,
+	   "named queries are found by name, as a table with sql or a plain string");
+	ok(!script_registry_named_query(r, "odd") && !script_registry_named_query(r, "nope"),
+	   "an entry without sql and an unknown name are NULL");
+	write_file(lib, "queries.lua", "return {\n");
+	script_registry_reload(r);
+	w = script_registry_named_query(r, "warm_candidates");
+	ok(w && strcmp(w, "SELECT 1 LIMIT $1") == 0,
+	   "a queries.lua that fails to run keeps the previous service queries");
+	script_registry_destroy(r);
+	char path[700];
+	snprintf(path, sizeof path, "%s/queries.lua", lib);
+	unlink(path);
+	rmdir(lib);
+}
+
 /* ---- sandbox denials ------------------------------------------------------ */
 
 static void
@@ -774,6 +805,7 @@ main(void)
 
 	test_load_errors();
 	test_errors_list_names_failed_types();
+	test_service_queries_come_from_lib_queries();
 	test_sandbox_denials();
 	test_budget();
 	test_pattern_bound();
