@@ -31,6 +31,21 @@
  *
  * A waiter is one caller. It is unlinked when it gets its reply or when
  * analysis_wait_cancel() says the caller has gone; neither frees the flight.
+ *
+ * Freshness (DESIGN.md, "Cache and freshness"). A cached entry is fresh for
+ * the type's ttl, then stale for its stale_ttl (the grace), then expired
+ * (cache.h). A fresh entry is a hit. A stale one is answered at once
+ * ("stale") and starts one background flight for its key — a flight with
+ * no waiter, which no orphan policy cancels. Every flight that replaces an
+ * entry carries a copy of it (its `prior`): once the context is fetched
+ * and the prompt rendered, the request's SHA-256 fingerprint is compared
+ * with the prior's, and when they match the entry is re-armed without a
+ * model call ("revalidated"). A refresh that fails leaves the entry stale
+ * (never an error cached, never re-armed) and no new one starts for
+ * REFRESH_RETRY_MS. run(ctx) types keep no fingerprint (their later model
+ * calls depend on earlier replies), so they are always regenerated.
+ * RAPPORT_FRESHNESS=ttl turns grace and fingerprints off (the seed's
+ * policy, for comparison).
  */
 #include "analysis.h"
 #include "context.h"
@@ -45,8 +60,10 @@
 #include <sys/queue.h>
 
 #include <event2/event.h>
+#include <openssl/evp.h>
 
 #define NBUCKETS 1024
+#define REFRESH_RETRY_MS 5000   /* after a failed refresh, before the next one */
 
 enum flight_state { FL_START, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE, FL_NSTATES };
 
@@ -75,6 +92,16 @@ struct analysis_wait {
 	TAILQ_ENTRY(analysis_wait) link;
 };
 
+/* The cached result a refresh may re-arm instead of calling the model: a
+ * copy, since the entry itself may be evicted while the flight runs. */
+struct prior {
+	char *prefix;
+	size_t len;
+	char *etag;
+	int64_t created_wall_ms;
+	struct cache_meta meta;
+};
+
 struct flight {
 	analysis *a;
 	enum flight_state state;      /* only flight_set_state() writes it */
@@ -86,6 +113,10 @@ struct flight {
 	int64_t contact_id;
 	bool stale;                   /* the data changed under us: don't cache */
 	bool repaired;                /* the one schema repair attempt is used */
+	bool background;              /* a stale entry's refresh: no orphan cancel */
+	struct prior *prior;          /* NULL: no revalidation, the model is called */
+	unsigned char fp[CACHE_FP_LEN];   /* the fingerprint of the model request */
+	bool has_fp;
 	script *s;
 	script_run *run;
 	TAILQ_HEAD(, analysis_wait) waiters;
@@ -125,7 +156,7 @@ struct outcome {
 	const char *etag;
 	int64_t created_wall_ms;
 	double remaining_ms;
-	const char *cache_status;     /* overrides the waiter's ("fallback") */
+	const char *cache_status;     /* overrides the waiter's ("fallback", "revalidated") */
 	int retry_after_s;
 };
 
@@ -159,6 +190,7 @@ static void reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, co
                         int status, const char *code, const char *message);
 static struct flight **flight_slot(analysis *a, const char *key, uint64_t h);
 static void flight_free(struct flight *f);
+static void revalidate(struct flight *f);
 
 /* ---- the flight's state ------------------------------------------------- */
 
@@ -191,6 +223,8 @@ analysis_create(const struct analysis_deps *deps)
 {
 	analysis *a = xcalloc(1, sizeof *a);
 	a->d = *deps;
+	if (!(a->d.ttl_scale > 0))
+		a->d.ttl_scale = 1;
 	return a;
 }
 
@@ -218,6 +252,63 @@ flight_new(analysis *a, const char *key, uint64_t h, int64_t contact_id, script 
 	return f;
 }
 
+/* The type's lifetimes as this server applies them. */
+static double
+type_ttl(const analysis *a, const struct script_info *si)
+{
+	return si->ttl_ms * a->d.ttl_scale;
+}
+
+static double
+type_grace(const analysis *a, const struct script_info *si)
+{
+	return a->d.ttl_only ? 0 : si->stale_ttl_ms * a->d.ttl_scale;
+}
+
+/* The flight may re-arm e instead of calling the model, if its inputs
+ * turn out unchanged. */
+static void
+flight_set_prior(struct flight *f, const struct cache_entry *e)
+{
+	if (f->a->d.ttl_only || !e->meta.has_fingerprint || f->prior)
+		return;
+	struct prior *p = xcalloc(1, sizeof *p);
+	p->prefix = xstrndup(e->body, e->body_len);
+	p->len = e->body_len;
+	p->etag = xstrdup(e->etag);
+	p->created_wall_ms = e->created_wall_ms;
+	p->meta = e->meta;
+	f->prior = p;
+}
+
+static void
+flight_drop_prior(struct flight *f)
+{
+	if (!f->prior)
+		return;
+	free(f->prior->prefix);
+	free(f->prior->etag);
+	free(f->prior);
+	f->prior = NULL;
+}
+
+/* An answer from the cache, at once: a hit or a stale entry. */
+static void
+reply_cached(analysis *a, const struct script_info *si, const struct cache_entry *e,
+             bool stale, double t_start, analysis_reply_cb *cb, void *arg)
+{
+	double age = (double)(util_wall_ms() - e->created_wall_ms);
+	struct analysis_reply r = {
+		.status = 200, .etag = e->etag, .cache_status = stale ? "stale" : "hit",
+		.contact_id = e->contact_id, .type = si->name, .version = si->version,
+		.age_ms = age < 0 ? 0 : age, .ttl_ms = type_ttl(a, si), .grace_ms = type_grace(a, si),
+		.remaining_ms = (stale ? e->expires_ms : e->fresh_until_ms) - t_start,
+		.prompt_tokens = -1, .completion_tokens = -1,
+	};
+	r.total_ms = util_now_ms() - t_start;
+	deliver(cb, arg, &r, e->body, e->body_len);
+}
+
 analysis_wait *
 analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
              analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg)
@@ -225,6 +316,8 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	double t_start = util_now_ms();
 	script *s = script_registry_get(a->d.scripts, type);
 	if (!s) {
+		if (flags & ANALYSIS_JOIN)
+			return NULL;
 		char msg[160];
 		snprintf(msg, sizeof msg, "unknown analysis type '%.64s' (see /v1/analysis-types)", type);
 		reply_error(cb, arg, contact_id, type, 404, "unknown_analysis_type", msg);
@@ -233,27 +326,34 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	const struct script_info *si = script_info(s);
 	char key[160];
 	snprintf(key, sizeof key, "%lld:%s:%s", (long long)contact_id, si->name, si->version);
-
-	if (!(flags & ANALYSIS_REFRESH)) {
-		const struct cache_entry *e = cache_get(a->d.cache, key, t_start);
-		if (e) {
-			double age = (double)(util_wall_ms() - e->created_wall_ms);
-			struct analysis_reply r = {
-				.status = 200, .etag = e->etag, .cache_status = "hit",
-				.contact_id = contact_id, .type = si->name, .version = si->version,
-				.age_ms = age < 0 ? 0 : age, .ttl_ms = si->ttl_ms,
-				.remaining_ms = e->expires_ms - t_start,
-				.prompt_tokens = -1, .completion_tokens = -1,
-			};
-			r.total_ms = util_now_ms() - t_start;
-			deliver(cb, arg, &r, e->body, e->body_len);
-			return NULL;
-		}
-	}
-
 	uint64_t h = util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
 	struct flight **slot = flight_slot(a, key, h);
 	struct flight *f = *slot;
+	if ((flags & ANALYSIS_JOIN) && !f)
+		return NULL;
+
+	const struct cache_entry *e = NULL;
+	enum cache_state st = CACHE_EXPIRED;
+	if (!(flags & (ANALYSIS_REFRESH | ANALYSIS_JOIN)))
+		e = cache_lookup(a->d.cache, key, t_start, &st);
+	if (e && st == CACHE_FRESH) {
+		reply_cached(a, si, e, false, t_start, cb, arg);
+		return NULL;
+	}
+	if (e && st == CACHE_STALE && !(flags & ANALYSIS_WARM)) {
+		/* Answered at once; one refresh for the key, however many see
+		 * it stale (a flight in progress is that refresh). */
+		if (!f && t_start >= e->refresh_after_ms) {
+			f = *slot = flight_new(a, key, h, contact_id, s);
+			f->background = true;
+			flight_set_prior(f, e);
+			a->st.refreshes++;
+		}
+		a->st.stale_served++;
+		reply_cached(a, si, e, true, t_start, cb, arg);
+		return NULL;
+	}
+
 	struct analysis_wait *w = xcalloc(1, sizeof *w);
 	w->cb = cb;
 	w->on_delta = on_delta;
@@ -262,8 +362,13 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	if (f) {
 		w->cache_status = "coalesced";
 		a->st.coalesced++;
+		/* A forced refresh wants a new result, not a re-armed one. */
+		if (flags & ANALYSIS_REFRESH)
+			flight_drop_prior(f);
 	} else {
 		f = *slot = flight_new(a, key, h, contact_id, s);
+		if (e)
+			flight_set_prior(f, e);   /* stale (a warm item) or past its grace */
 		w->cache_status = "miss";
 	}
 	w->f = f;
@@ -359,7 +464,46 @@ prompt_begin(struct flight *f)
 		return;
 	}
 	f->request = req;
+	/* What is sent to the model, exactly: messages, model, temperature,
+	 * max tokens, the schema. Keys sorted, so the order a script builds
+	 * its tables in does not matter. */
+	char *text = json_dumps(req, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+	f->has_fp = text && EVP_Digest(text, strlen(text), f->fp, NULL, EVP_sha256(), NULL) == 1;
+	free(text);
+	if (f->has_fp && f->prior && !f->stale &&
+	    memcmp(f->prior->meta.fingerprint, f->fp, CACHE_FP_LEN) == 0) {
+		revalidate(f);
+		return;
+	}
 	model_call(f);
+}
+
+/* The inputs are what they were: the prior result is fresh again, and the
+ * call it would have cost is counted as saved. */
+static void
+revalidate(struct flight *f)
+{
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	struct prior *p = f->prior;
+	double now = util_now_ms(), ttl = type_ttl(a, si), grace = type_grace(a, si);
+	if (!cache_rearm(a->d.cache, f->key, now, ttl, grace))
+		cache_put(a->d.cache, f->key, f->contact_id, si->name, p->prefix, p->len, p->etag,
+		          p->created_wall_ms, now, ttl, grace, &p->meta);
+	a->st.revalidated++;
+	if (p->meta.prompt_tokens > 0)
+		a->st.saved_prompt_tokens += p->meta.prompt_tokens;
+	if (p->meta.completion_tokens > 0)
+		a->st.saved_completion_tokens += p->meta.completion_tokens;
+	a->st.saved_cost_usd += p->meta.cost_usd;
+	log_event(LOG_INFO, "revalidated", LOG_S("type", si->name), LOG_I("contact", f->contact_id),
+	          LOG_S("why", "the model request is unchanged"), LOG_END);
+	struct outcome o = {
+		.status = 200, .prefix = p->prefix, .prefix_len = p->len, .etag = p->etag,
+		.created_wall_ms = p->created_wall_ms, .remaining_ms = ttl,
+		.cache_status = "revalidated",
+	};
+	finish(f, &o);
 }
 
 /* ---- run(ctx): the script drives its own queries and model calls -------- */
@@ -834,12 +978,19 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 	snprintf(etag, sizeof etag, "\"%s-%016llx\"", version,
 	         (unsigned long long)util_fnv1a(UTIL_FNV_SEED, text, len));
 	double now = util_now_ms();
-	if (!f->stale && !fallback)
+	if (!f->stale && !fallback) {
+		struct cache_meta meta = {
+			.has_fingerprint = f->has_fp && !si->has_run,
+			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
+			.cost_usd = f->cost_usd,
+		};
+		memcpy(meta.fingerprint, f->fp, CACHE_FP_LEN);
 		cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
-		          si->ttl_ms);
+		          type_ttl(a, si), type_grace(a, si), &meta);
+	}
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
-		.created_wall_ms = wall, .remaining_ms = fallback ? 0 : si->ttl_ms,
+		.created_wall_ms = wall, .remaining_ms = fallback ? 0 : type_ttl(a, si),
 		.cache_status = fallback ? "fallback" : NULL,
 	};
 	finish(f, &o);
@@ -882,11 +1033,18 @@ finish(struct flight *f, const struct outcome *o)
 	if (*pp == f)
 		*pp = f->chain;
 	flight_set_state(f, FL_DONE);
-	if (o->status == 200)
-		a->st.generated++;
-	else
-		a->st.failed++;
 	double now = util_now_ms();
+	if (o->status == 200) {
+		if (!o->cache_status || strcmp(o->cache_status, "revalidated") != 0)
+			a->st.generated++;
+	} else {
+		a->st.failed++;
+		/* A stale entry keeps serving; its next refresh waits a while. */
+		cache_refresh_failed(a->d.cache, f->key, now, REFRESH_RETRY_MS);
+		if (f->background)
+			a->st.refresh_failures++;
+	}
+	double age = o->status == 200 ? (double)(util_wall_ms() - o->created_wall_ms) : 0;
 	double db_ms = f->state_ms[FL_CONTEXT] + f->state_ms[FL_QUERY];
 	struct analysis_wait *w;
 	while ((w = TAILQ_FIRST(&f->waiters))) {
@@ -896,7 +1054,8 @@ finish(struct flight *f, const struct outcome *o)
 			.status = o->status, .error_code = o->code, .error_message = o->message,
 			.etag = o->etag, .cache_status = o->cache_status ? o->cache_status : w->cache_status,
 			.contact_id = f->contact_id, .type = si->name, .version = si->version,
-			.age_ms = 0, .ttl_ms = si->ttl_ms, .remaining_ms = o->remaining_ms,
+			.age_ms = age > 0 ? age : 0, .ttl_ms = type_ttl(a, si),
+			.grace_ms = type_grace(a, si), .remaining_ms = o->remaining_ms,
 			.db_ms = db_ms, .script_ms = f->script_ms, .llm_ms = f->llm_ms,
 			.total_ms = now - w->t_start,
 			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
@@ -1028,8 +1187,8 @@ analysis_wait_cancel(analysis_wait *w)
 	/* By default the flight goes on: the tokens are paid for and the result
 	 * will be cached for the next caller. With the cancel policy it ends,
 	 * from the loop, since we may be inside its own delta callback. */
-	if (a->d.cancel_orphans && f->state != FL_DONE && TAILQ_EMPTY(&f->waiters) &&
-	    !f->orphan_ev) {
+	if (a->d.cancel_orphans && !f->background && f->state != FL_DONE &&
+	    TAILQ_EMPTY(&f->waiters) && !f->orphan_ev) {
 		f->orphan_ev = evtimer_new(a->d.base, on_orphaned, f);
 		struct timeval zero = { 0, 0 };
 		evtimer_add(f->orphan_ev, &zero);
@@ -1061,6 +1220,7 @@ flight_free(struct flight *f)
 		event_free(f->orphan_ev);
 	a->in_state[f->state]--;
 	json_decref(f->request);
+	flight_drop_prior(f);
 	script_run_free(f->run);
 	script_unref(f->s);
 	free(f->text);
@@ -1092,6 +1252,20 @@ analysis_contact_changed(analysis *a, int64_t contact_id)
 		for (struct flight *f = a->buckets[i]; f; f = f->chain)
 			if (contact_id < 0 || f->contact_id == contact_id)
 				f->stale = true;
+}
+
+int
+analysis_invalidate(analysis *a, int64_t contact_id)
+{
+	analysis_contact_changed(a, contact_id);
+	if (!a->d.ttl_only)
+		return cache_mark_stale(a->d.cache, contact_id, util_now_ms());
+	if (contact_id >= 0)
+		return cache_drop_contact(a->d.cache, contact_id, NULL);
+	struct cache_stats st;
+	cache_stats(a->d.cache, &st);
+	cache_clear(a->d.cache);
+	return (int)st.entries;
 }
 
 void

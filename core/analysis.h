@@ -47,6 +47,8 @@ struct analysis_deps {
 	breaker *breaker;            /* upstream circuit breaker */
 	accounting *acct;            /* tokens and cost per type */
 	bool cancel_orphans;         /* no one waits any more: cancel (else finish and cache) */
+	bool ttl_only;               /* RAPPORT_FRESHNESS=ttl: no grace, no revalidation */
+	double ttl_scale;            /* RAPPORT_TTL_SCALE: multiplies every ttl and stale_ttl (0 = 1) */
 };
 
 /* What one caller gets. Strings live only during the callback. */
@@ -57,13 +59,15 @@ struct analysis_reply {
 	const char *body;           /* the JSON document, NUL-terminated (200 only) */
 	size_t body_len;
 	const char *etag;           /* quoted, 200 only */
-	const char *cache_status;   /* "hit", "miss", "coalesced", "fallback" */
+	const char *cache_status;   /* "hit", "stale", "revalidated", "miss", "coalesced",
+	                               "fallback" */
 	int64_t contact_id;
 	const char *type;
 	const char *version;        /* script version, or NULL */
 	double age_ms;              /* since generation */
 	double ttl_ms;              /* the type's TTL */
-	double remaining_ms;        /* until it expires from the cache */
+	double grace_ms;            /* the type's stale_ttl (0 when there is none) */
+	double remaining_ms;        /* fresh: until its ttl ends; stale: until its grace ends */
 	double db_ms, script_ms, llm_ms, total_ms;
 	long prompt_tokens, completion_tokens;  /* -1 when unknown / cached */
 	double cost_usd;            /* this generation's upstream cost */
@@ -85,6 +89,10 @@ enum {
 	 * when the model was called; its model call yields to interactive
 	 * ones. */
 	ANALYSIS_WARM = 2,
+	/* Only join the generation in flight for this key, if there is one:
+	 * NULL and no reply otherwise (a stream that showed a stale result
+	 * follows its refresh). */
+	ANALYSIS_JOIN = 4,
 };
 
 analysis *analysis_create(const struct analysis_deps *deps);
@@ -112,11 +120,21 @@ void analysis_wait_cancel(analysis_wait *w);
  * progress read the old rows, so their results are served to their
  * waiters but not cached. contact_id < 0 means every contact. */
 void analysis_contact_changed(analysis *a, int64_t contact_id);
+/* The same, and its cached entries can no longer be served as fresh: they
+ * become stale (served at once while a refresh checks their fingerprint),
+ * or are dropped under RAPPORT_FRESHNESS=ttl. Returns how many entries. */
+int analysis_invalidate(analysis *a, int64_t contact_id);
 
 struct analysis_stats {
 	long flights;            /* in progress */
 	long waiters;
 	long generated, failed, coalesced;
+	long stale_served;       /* replies from a stale entry */
+	long refreshes;          /* background refreshes started by a stale reply */
+	long refresh_failures;   /* of those, the ones that failed (the entry stays stale) */
+	long revalidated;        /* refreshes whose inputs were unchanged: no model call */
+	long saved_prompt_tokens, saved_completion_tokens;   /* what those calls would have cost */
+	double saved_cost_usd;
 	/* flights by what they wait on (together they are `flights`) */
 	long starting;           /* created, not started yet */
 	long fetching;           /* the context's named queries are out */

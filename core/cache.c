@@ -8,6 +8,8 @@
  * the LRU head; stores evict from the tail until the bound holds.
  * A second index by contact id makes an invalidation cost the contact's
  * entries, not a walk of the whole cache (a bulk update NOTIFYs per row).
+ * An entry's state (cache.h) is computed at lookup from its times and its
+ * stale mark; only cache_rearm() and cache_mark_stale() change those.
  */
 #include "cache.h"
 #include "util.h"
@@ -29,6 +31,7 @@ struct cache {
 	struct entry **cbuckets;       /* by contact id, for invalidation */
 	size_t nbuckets;               /* power of two, both tables */
 	struct entry *head, *tail;
+	bool keep_expired;
 	struct cache_stats st;
 };
 
@@ -39,9 +42,10 @@ key_hash(const char *key)
 }
 
 cache *
-cache_create(size_t max_bytes)
+cache_create(size_t max_bytes, bool keep_expired)
 {
 	cache *c = xcalloc(1, sizeof *c);
+	c->keep_expired = keep_expired;
 	c->nbuckets = 1024;
 	c->buckets = xcalloc(c->nbuckets, sizeof *c->buckets);
 	c->cbuckets = xcalloc(c->nbuckets, sizeof *c->cbuckets);
@@ -169,8 +173,18 @@ cache_destroy(cache *c)
 	free(c);
 }
 
+static enum cache_state
+entry_state(const struct entry *e, double now_ms)
+{
+	if (now_ms >= e->pub.expires_ms)
+		return CACHE_EXPIRED;
+	if (e->pub.stale || now_ms >= e->pub.fresh_until_ms)
+		return CACHE_STALE;
+	return CACHE_FRESH;
+}
+
 const struct cache_entry *
-cache_get(cache *c, const char *key, double now_ms)
+cache_lookup(cache *c, const char *key, double now_ms, enum cache_state *st)
 {
 	uint64_t h = key_hash(key);
 	struct entry *e = *bucket_slot(c, key, h);
@@ -178,22 +192,41 @@ cache_get(cache *c, const char *key, double now_ms)
 		c->st.misses++;
 		return NULL;
 	}
-	if (now_ms >= e->pub.expires_ms) {
-		entry_remove(c, e);
+	*st = entry_state(e, now_ms);
+	switch (*st) {
+	case CACHE_EXPIRED:
 		c->st.expired++;
 		c->st.misses++;
-		return NULL;
+		if (!c->keep_expired) {
+			entry_remove(c, e);
+			return NULL;
+		}
+		break;
+	case CACHE_STALE:
+		c->st.stale_hits++;
+		break;
+	case CACHE_FRESH:
+		c->st.hits++;
+		break;
 	}
 	lru_unlink(c, e);
 	lru_push_front(c, e);
-	c->st.hits++;
 	return &e->pub;
+}
+
+const struct cache_entry *
+cache_get(cache *c, const char *key, double now_ms)
+{
+	enum cache_state st;
+	const struct cache_entry *e = cache_lookup(c, key, now_ms, &st);
+	return e && st == CACHE_FRESH ? e : NULL;
 }
 
 const struct cache_entry *
 cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
           const char *body, size_t body_len, const char *etag,
-          int64_t created_wall_ms, double now_ms, double ttl_ms)
+          int64_t created_wall_ms, double now_ms, double ttl_ms, double grace_ms,
+          const struct cache_meta *meta)
 {
 	uint64_t h = key_hash(key);
 	struct entry *old = *bucket_slot(c, key, h);
@@ -219,7 +252,13 @@ cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
 	e->pub.etag = xstrdup(etag);
 	e->pub.created_wall_ms = created_wall_ms;
 	e->pub.created_ms = now_ms;
-	e->pub.expires_ms = now_ms + ttl_ms;
+	e->pub.fresh_until_ms = now_ms + ttl_ms;
+	e->pub.expires_ms = now_ms + ttl_ms + (grace_ms > 0 ? grace_ms : 0);
+	e->pub.grace_ms = grace_ms > 0 ? grace_ms : 0;
+	if (meta)
+		e->pub.meta = *meta;
+	else
+		e->pub.meta.prompt_tokens = e->pub.meta.completion_tokens = -1;
 	e->pub.bytes = bytes;
 
 	struct entry **slot = &c->buckets[h & (c->nbuckets - 1)];
@@ -232,6 +271,60 @@ cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
 	c->st.stores++;
 	maybe_grow(c);
 	return &e->pub;
+}
+
+const struct cache_entry *
+cache_rearm(cache *c, const char *key, double now_ms, double ttl_ms, double grace_ms)
+{
+	struct entry *e = *bucket_slot(c, key, key_hash(key));
+	if (!e)
+		return NULL;
+	e->pub.created_ms = now_ms;
+	e->pub.fresh_until_ms = now_ms + ttl_ms;
+	e->pub.grace_ms = grace_ms > 0 ? grace_ms : 0;
+	e->pub.expires_ms = now_ms + ttl_ms + e->pub.grace_ms;
+	e->pub.refresh_after_ms = 0;
+	e->pub.stale = false;
+	c->st.rearms++;
+	return &e->pub;
+}
+
+void
+cache_refresh_failed(cache *c, const char *key, double now_ms, double after_ms)
+{
+	struct entry *e = *bucket_slot(c, key, key_hash(key));
+	if (e)
+		e->pub.refresh_after_ms = now_ms + after_ms;
+}
+
+static bool
+mark_stale(cache *c, struct entry *e, double now_ms)
+{
+	if (entry_state(e, now_ms) == CACHE_EXPIRED)
+		return false;
+	e->pub.stale = true;
+	/* Served stale for at most its grace from the change, however much
+	 * of its ttl was left. */
+	if (e->pub.expires_ms > now_ms + e->pub.grace_ms)
+		e->pub.expires_ms = now_ms + e->pub.grace_ms;
+	e->pub.refresh_after_ms = 0;   /* the change is news: refresh at once */
+	c->st.marked_stale++;
+	return true;
+}
+
+int
+cache_mark_stale(cache *c, int64_t contact_id, double now_ms)
+{
+	int n = 0;
+	if (contact_id < 0) {
+		for (struct entry *e = c->head; e; e = e->next)
+			n += mark_stale(c, e, now_ms);
+		return n;
+	}
+	for (struct entry *e = c->cbuckets[contact_bucket(c, contact_id)]; e; e = e->cnext)
+		if (e->pub.contact_id == contact_id)
+			n += mark_stale(c, e, now_ms);
+	return n;
 }
 
 int

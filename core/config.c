@@ -59,6 +59,8 @@ static const struct setting settings[] = {
 	{ "RAPPORT_BREAKER_OPEN_MS", NULL, K_INT, OFF(breaker_open_ms), 0 },
 	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices), 0 },
 	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy), 0 },
+	{ "RAPPORT_FRESHNESS", NULL, K_STR, OFF(freshness), 0 },
+	{ "RAPPORT_TTL_SCALE", NULL, K_STR, OFF(ttl_scale), 0 },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s), 0 },
 	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections), 0 },
 	{ "RAPPORT_KEEPALIVE_TIMEOUT", NULL, K_INT, OFF(keepalive_timeout_s), TIMEOUT_S_MAX },
@@ -99,6 +101,8 @@ set_defaults(struct config *c)
 	c->breaker_failures = 5;
 	c->breaker_open_ms = 5000;
 	c->orphan_policy = xstrdup("finish");
+	c->freshness = xstrdup("full");
+	c->ttl_scale = xstrdup("1");
 	c->http_timeout_s = 60;
 	c->max_connections = 0;
 	c->keepalive_timeout_s = 15;

@@ -40,6 +40,8 @@ struct config {
 	int breaker_open_ms;       /* RAPPORT_BREAKER_OPEN_MS (5000): first open period */
 	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */
 	char *orphan_policy;       /* RAPPORT_ORPHAN_POLICY finish|cancel (finish) */
+	char *freshness;           /* RAPPORT_FRESHNESS full|ttl (full) */
+	char *ttl_scale;           /* RAPPORT_TTL_SCALE, a factor > 0 on every ttl (1) */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): per read/write on a client connection */
 	int max_connections;       /* RAPPORT_MAX_CONNECTIONS (0 = from the descriptor limit) */
 	int keepalive_timeout_s;   /* RAPPORT_KEEPALIVE_TIMEOUT (15): idle between requests; 0 = off */

@@ -50,6 +50,7 @@ struct http_call {
 	analysis_wait *wait;
 	bool sse;                     /* answering as Server-Sent Events */
 	bool streaming;               /* the 200 and headers are out */
+	bool following;               /* showed a stale result; now waits for its refresh */
 	/* The meta event of a stream not yet started: the 200 waits for the
 	 * first content, so a failure before it keeps its own status. */
 	char meta_cache[16];
@@ -395,6 +396,10 @@ x_cache(const char *status)
 		return "COALESCED";
 	if (strcmp(status, "fallback") == 0)
 		return "FALLBACK";
+	if (strcmp(status, "stale") == 0)
+		return "STALE";
+	if (strcmp(status, "revalidated") == 0)
+		return "REVALIDATED";
 	return "MISS";
 }
 
@@ -540,13 +545,21 @@ log_analysis(struct http_call *c, const struct analysis_reply *r, int status)
 	          LOG_S("error", r->error_code), LOG_I("stream", c->sse), LOG_END);
 }
 
+static void sse_end(struct http_call *c, const struct analysis_reply *r, int status);
+
 /* The end of a streamed answer: a result or error event, then the end of
- * the chunked body. */
+ * the chunked body. A stream that already showed a stale result ends
+ * without an error event when its refresh fails: the stale result stands,
+ * as it does for every other reader. */
 static void
 sse_finish(struct http_call *c, const struct analysis_reply *r)
 {
 	if (!c->streaming)
 		sse_start(c, r->cache_status, r->version, r->contact_id, r->type);
+	if (c->following && r->status != 200) {
+		sse_end(c, r, 200);
+		return;
+	}
 	if (r->status == 200) {
 		sse_send(c, "result", r->body);
 	} else {
@@ -565,7 +578,14 @@ sse_finish(struct http_call *c, const struct analysis_reply *r)
 		free(text);
 		json_decref(e);
 	}
-	log_analysis(c, r, r->status);
+	sse_end(c, r, r->status);
+}
+
+/* The stream's log line, then the end of the chunked body. */
+static void
+sse_end(struct http_call *c, const struct analysis_reply *r, int status)
+{
+	log_analysis(c, r, status);
 	if (c->deltas_skipped)
 		log_event(LOG_INFO, "slow stream reader", LOG_S("req_id", c->req_id),
 		          LOG_I("deltas_skipped", c->deltas_skipped), LOG_END);
@@ -589,6 +609,19 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	http_server *s = c->srv;
 	struct evhttp_request *req = c->req;
 	c->wait = NULL;
+	if (c->sse && r->status == 200 && !c->following && strcmp(r->cache_status, "stale") == 0) {
+		/* The stale result at once, then the refreshed one when it comes
+		 * (text as the model writes it, or a revalidated result). */
+		if (!c->streaming)
+			sse_start(c, r->cache_status, r->version, r->contact_id, r->type);
+		sse_send(c, "result", r->body);
+		c->following = true;
+		c->wait = analysis_get(s->d.analysis, r->contact_id, r->type, ANALYSIS_JOIN,
+		                       on_analysis_reply, on_analysis_delta, c);
+		if (!c->wait)          /* no refresh runs (one failed a moment ago) */
+			sse_end(c, r, 200);
+		return;
+	}
 	if (c->sse && (c->streaming || r->status == 200)) {
 		sse_finish(c, r);
 		return;
@@ -612,14 +645,24 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	char v[256];
 	evhttp_add_header(h, "ETag", r->etag);
-	long max_age = r->remaining_ms > 0 ? (long)(r->remaining_ms / 1000) : 0;
-	snprintf(v, sizeof v, "private, max-age=%ld", max_age);
+	bool stale = strcmp(r->cache_status, "stale") == 0;
+	long left_s = r->remaining_ms > 0 ? (long)(r->remaining_ms / 1000) : 0;
+	long age_s = (long)(r->age_ms / 1000);
+	if (stale)             /* past its freshness; usable for the grace left */
+		snprintf(v, sizeof v, "private, max-age=0, stale-while-revalidate=%ld", left_s);
+	else if (r->grace_ms > 0 && left_s > 0)
+		/* max-age counts from generation, as Age does: age + what is left */
+		snprintf(v, sizeof v, "private, max-age=%ld, stale-while-revalidate=%ld",
+		         age_s + left_s, (long)(r->grace_ms / 1000));
+	else
+		snprintf(v, sizeof v, "private, max-age=%ld", left_s > 0 ? age_s + left_s : 0);
 	evhttp_add_header(h, "Cache-Control", v);
-	snprintf(v, sizeof v, "%ld", (long)(r->age_ms / 1000));
+	snprintf(v, sizeof v, "%ld", age_s);
 	evhttp_add_header(h, "Age", v);
 	evhttp_add_header(h, "X-Cache", x_cache(r->cache_status));
-	if (strcmp(r->cache_status, "hit") == 0)
-		snprintf(v, sizeof v, "cache;desc=\"hit\", total;dur=%.3f", r->total_ms);
+	if (strcmp(r->cache_status, "hit") == 0 || stale)
+		snprintf(v, sizeof v, "cache;desc=\"%s\", total;dur=%.3f", r->cache_status,
+		         r->total_ms);
 	else
 		snprintf(v, sizeof v, "db;dur=%.3f, script;dur=%.3f, llm;dur=%.3f, total;dur=%.3f",
 		         r->db_ms, r->script_ms, r->llm_ms, r->total_ms);

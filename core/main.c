@@ -211,12 +211,28 @@ app_start_core(struct app *app)
 		fprintf(stderr, "rapport: RAPPORT_ORPHAN_POLICY must be finish or cancel\n");
 		return false;
 	}
-	app->cache = cache_create(cfg->cache_bytes);
+	bool ttl_only = strcmp(cfg->freshness, "ttl") == 0;
+	if (!ttl_only && strcmp(cfg->freshness, "full") != 0) {
+		fprintf(stderr, "rapport: RAPPORT_FRESHNESS must be full (grace and fingerprints) or "
+		        "ttl (ttl only)\n");
+		return false;
+	}
+	char *end;
+	double ttl_scale = strtod(cfg->ttl_scale, &end);
+	if (end == cfg->ttl_scale || *end || !(ttl_scale > 0) || ttl_scale > 1000) {
+		fprintf(stderr, "rapport: RAPPORT_TTL_SCALE must be a number above 0 and at most 1000 "
+		        "(got '%s')\n", cfg->ttl_scale);
+		return false;
+	}
+	/* Under the full policy entries past their grace stay (until evicted)
+	 * for their fingerprint: a refresh can still re-arm them. */
+	app->cache = cache_create(cfg->cache_bytes, !ttl_only);
 	struct analysis_deps ad = {
 		.base = app->base, .db = app->db, .llm = app->llm, .cache = app->cache,
 		.scripts = app->scripts, .llm_timeout_ms = cfg->llm_timeout_ms,
 		.llm_first_token_ms = cfg->llm_first_token_ms, .limiter = app->limiter,
 		.breaker = app->breaker, .acct = app->acct, .cancel_orphans = cancel_orphans,
+		.ttl_only = ttl_only, .ttl_scale = ttl_scale,
 	};
 	app->analysis = analysis_create(&ad);
 	return true;
@@ -287,9 +303,8 @@ on_contact_changed(void *arg, const char *payload)
 		suppressed = 0;
 		return;
 	}
-	int n = cache_drop_contact(app->cache, id, NULL);
-	analysis_contact_changed(app->analysis, id);
-	log_event(LOG_DEBUG, "invalidated", LOG_I("contact", id), LOG_I("dropped", n), LOG_END);
+	int n = analysis_invalidate(app->analysis, id);
+	log_event(LOG_DEBUG, "invalidated", LOG_I("contact", id), LOG_I("entries", n), LOG_END);
 }
 
 /* The listener was not listening for a while: changes made meanwhile went
@@ -298,12 +313,9 @@ static void
 on_listen_reset(void *arg)
 {
 	struct app *app = arg;
-	struct cache_stats st;
-	cache_stats(app->cache, &st);
-	cache_clear(app->cache);
-	analysis_contact_changed(app->analysis, -1);
+	int n = analysis_invalidate(app->analysis, -1);
 	log_event(LOG_INFO, "cache reset", LOG_S("reason", "invalidation listener reconnected"),
-	          LOG_I("dropped", st.entries), LOG_END);
+	          LOG_I("entries", n), LOG_END);
 }
 
 static int

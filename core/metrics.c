@@ -158,7 +158,13 @@ gather_cache(metrics *m, const cache *c)
 		const char *name, *help;
 		enum metrics_type type;
 	} f[] = {
-		{ "rapport_cache_hits_total", "Cache lookups that found an entry.", METRICS_COUNTER },
+		{ "rapport_cache_hits_total", "Cache lookups that found a fresh entry.", METRICS_COUNTER },
+		{ "rapport_cache_stale_hits_total", "Cache lookups that found a stale entry (past its ttl "
+		  "or its data changed, within its grace).", METRICS_COUNTER },
+		{ "rapport_cache_rearms_total", "Entries made fresh again without a new result.",
+		  METRICS_COUNTER },
+		{ "rapport_cache_marked_stale_total", "Entries made stale by a data change.",
+		  METRICS_COUNTER },
 		{ "rapport_cache_misses_total", "Cache lookups that found none.", METRICS_COUNTER },
 		{ "rapport_cache_evictions_total", "LRU evictions.", METRICS_COUNTER },
 		{ "rapport_cache_expired_total", "Entries found expired at lookup.", METRICS_COUNTER },
@@ -166,7 +172,8 @@ gather_cache(metrics *m, const cache *c)
 		{ "rapport_cache_bytes", "Bytes the entries take now.", METRICS_GAUGE },
 		{ "rapport_cache_max_bytes", "The cache's bound in bytes.", METRICS_GAUGE },
 	};
-	long long v[] = { cs.hits, cs.misses, cs.evictions, cs.expired, cs.entries,
+	long long v[] = { cs.hits, cs.stale_hits, cs.rearms, cs.marked_stale, cs.misses,
+	                  cs.evictions, cs.expired, cs.entries,
 	                  (long long)cs.bytes, (long long)cs.max_bytes };
 	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
 		metrics_family(m, f[i].name, f[i].help, f[i].type);
@@ -309,6 +316,31 @@ gather_analysis(metrics *m, const analysis *a)
 	metrics_family(m, "rapport_analysis_coalesced_total", "Requests that joined a generation.",
 	               METRICS_COUNTER);
 	metrics_int(m, as.coalesced, NULL);
+	static const struct {
+		const char *name, *help;
+	} f[] = {
+		{ "rapport_analysis_stale_served_total",
+		  "Replies from a stale entry, at once, while its refresh runs." },
+		{ "rapport_analysis_refreshes_total", "Background refreshes started by a stale reply." },
+		{ "rapport_analysis_refresh_failures_total",
+		  "Background refreshes that failed (the entry stays stale until its grace ends)." },
+		{ "rapport_analysis_revalidated_total",
+		  "Refreshes whose model request was unchanged: re-armed, no model call (calls saved)." },
+		{ "rapport_analysis_saved_prompt_tokens_total",
+		  "Prompt tokens the revalidated refreshes did not spend." },
+		{ "rapport_analysis_saved_completion_tokens_total",
+		  "Completion tokens the revalidated refreshes did not spend." },
+	};
+	long long v[] = { as.stale_served, as.refreshes, as.refresh_failures, as.revalidated,
+	                  as.saved_prompt_tokens, as.saved_completion_tokens };
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		metrics_family(m, f[i].name, f[i].help, METRICS_COUNTER);
+		metrics_int(m, v[i], NULL);
+	}
+	metrics_family(m, "rapport_analysis_saved_cost_usd_total",
+	               "What the revalidated refreshes' model calls would have cost, at the price "
+	               "table of their original generation.", METRICS_COUNTER);
+	metrics_real(m, as.saved_cost_usd, NULL);
 }
 
 void

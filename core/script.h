@@ -53,6 +53,7 @@ struct script_info {
 	const char *path;
 	const char *model;
 	double ttl_ms;
+	double stale_ttl_ms;         /* grace after ttl (default: the ttl) */
 	double temperature;          /* < 0 when not set */
 	long max_tokens;             /* 0 when not set */
 	const struct script_query *queries;

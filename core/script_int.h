@@ -34,7 +34,7 @@ struct script {
 	int refs;
 	lua_State *L;
 	char *name, *path, *description, *model, *version;
-	double ttl_ms, temperature;
+	double ttl_ms, stale_ttl_ms, temperature;
 	long max_tokens;
 	struct script_query queries[MAX_QUERIES];
 	int nqueries;

@@ -324,6 +324,19 @@ validate_decl(lua_State *L)
 		return luaL_error(L, "%s: 'ttl' must be a number of seconds from 1 to 2592000 (30 days)",
 		                  s->path);
 	lua_pop(L, 1);
+	/* The grace after ttl in which the old result is served at once while
+	 * one refresh runs. Default: as long as the ttl, so a type's results
+	 * are refreshed in the background for as long again as the author
+	 * found them fresh; 0 turns it off. */
+	ty = script_rawfield(L, t, "stale_ttl");
+	if (ty == LUA_TNUMBER && lua_tonumber(L, -1) >= 0 && lua_tonumber(L, -1) <= 30 * 86400)
+		s->stale_ttl_ms = lua_tonumber(L, -1) * 1000.0;
+	else if (ty == LUA_TNIL)
+		s->stale_ttl_ms = s->ttl_ms;
+	else
+		return luaL_error(L, "%s: 'stale_ttl' must be a number of seconds from 0 to 2592000 "
+		                  "(30 days)", s->path);
+	lua_pop(L, 1);
 
 	ty = script_rawfield(L, t, "model");
 	if (ty == LUA_TSTRING) {
@@ -487,6 +500,7 @@ script_load(script_registry *r, const char *name, char **error)
 	s->info = (struct script_info){
 		.name = s->name, .description = s->description, .version = s->version,
 		.path = s->path, .model = s->model, .ttl_ms = s->ttl_ms,
+		.stale_ttl_ms = s->stale_ttl_ms,
 		.temperature = s->temperature, .max_tokens = s->max_tokens,
 		.queries = s->queries, .nqueries = s->nqueries, .schema = s->schema,
 		.has_post = s->has_post, .has_fallback = s->has_fallback, .has_run = s->has_run,

@@ -189,6 +189,7 @@ script_registry_describe(const script_registry *r)
 			json_object_set_new(t, "description", json_string(si->description));
 			json_object_set_new(t, "model", json_string(si->model));
 			json_object_set_new(t, "ttl", json_real(si->ttl_ms / 1000.0));
+			json_object_set_new(t, "stale_ttl", json_real(si->stale_ttl_ms / 1000.0));
 			json_t *qs = json_array();
 			for (int k = 0; k < si->nqueries; k++)
 				json_array_append_new(qs, json_string(si->queries[k].name));

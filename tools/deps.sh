@@ -11,6 +11,7 @@ PACKAGES=(
     libevent-dev libcurl4-openssl-dev libpq-dev     # HTTP server, upstream client, PostgreSQL client
     liblua5.4-dev lua5.4 lua-cjson-dev libjansson-dev
     libreadline-dev                                 # line editing and history in `rapport console`
+    libssl-dev                                      # SHA-256 of model requests (cache fingerprints)
     ca-certificates                                 # TLS to the real upstream (not pulled in without recommends)
     postgresql postgresql-client                    # server 15 (private cluster) and psql
     python3 python3-pytest                          # test driver (Debian's python3, stdlib only)

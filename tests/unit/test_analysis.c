@@ -82,7 +82,7 @@ struct env {
 static void
 env_open(struct env *e, const struct opts *o)
 {
-	e->cache = cache_create(1 << 20);
+	e->cache = cache_create(1 << 20, true);
 	e->limiter = limiter_create(o->max_in_flight ? o->max_in_flight : 4, o->max_queue);
 	struct breaker_config bc = {
 		.failure_threshold = o->breaker_failures ? o->breaker_failures : 5,

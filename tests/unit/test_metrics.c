@@ -94,7 +94,7 @@ static void
 test_gather_reads_each_part_given(void)
 {
 	struct metrics_http h = { .requests = 12, .responses_by_class = { 0, 0, 7, 0, 4, 1 } };
-	cache *c = cache_create(4096);
+	cache *c = cache_create(4096, false);
 	cache_get(c, "nope", 0);
 	accounting *a = acct_create();
 	acct_record(a, "smart_tips", "gpt-4o-mini", 1000, 200);
@@ -115,7 +115,7 @@ test_gather_reads_each_part_given(void)
 	   "a part not given adds no family");
 	ok(json_integer_value(json_object_get(j, "rapport_http_responses_total{class=\"4xx\"}")) == 4,
 	   "the JSON has the same sample under the text's name");
-	ok(json_matches_text(j, t) && json_object_size(j) == 6 + 7 + 6,   /* http, cache, one accounting row */
+	ok(json_matches_text(j, t) && json_object_size(j) == 6 + 10 + 6,   /* http, cache, one accounting row */
 	   "every JSON value is the text's, and every sample is in the JSON");
 	json_decref(j);
 	free(t);
