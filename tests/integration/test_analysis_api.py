@@ -155,7 +155,9 @@ def test_result_document_has_the_designed_shape_and_headers(server, fake):
     st = r.headers["Server-Timing"]
     for phase in ("db;dur=", "script;dur=", "llm;dur=", "total;dur="):
         assert phase in st
-    assert re.fullmatch(r"private, max-age=\d+", r.headers["Cache-Control"])
+    # The default grace (stale_ttl) is the ttl: a fresh result says so.
+    assert r.headers["Cache-Control"] == "private, max-age=%d, stale-while-revalidate=%d" % (
+        types[TYPE]["ttl"], types[TYPE]["stale_ttl"])
     assert r.headers["ETag"].startswith('"') and r.headers["X-Request-Id"]
 
 
@@ -235,9 +237,13 @@ def test_rows_reach_lua_typed_and_lists_stay_lists(custom, fake, pg):
     assert r.json()["result"]["ndeals"] == 0 and r.json()["result"]["deals_is_array"] is True
 
 
-def test_a_short_ttl_expires_and_the_next_request_regenerates(custom, fake):
-    srv = custom(ttl=1)
-    assert analysis(srv, 1, "echo").headers["X-Cache"] == "MISS"
+def test_a_short_ttl_expires_and_the_next_request_regenerates_under_the_ttl_policy(custom, fake):
+    """RAPPORT_FRESHNESS=ttl, the seed's policy kept for comparison: no
+    grace, no fingerprint, so an expired entry is a miss and a model call."""
+    srv = custom(ttl=1, RAPPORT_FRESHNESS="ttl")
+    first = analysis(srv, 1, "echo")
+    assert first.headers["X-Cache"] == "MISS"
+    assert first.headers["Cache-Control"] == "private, max-age=1"
     assert analysis(srv, 1, "echo").headers["X-Cache"] == "HIT"
     time.sleep(1.2)
     r = analysis(srv, 1, "echo")
