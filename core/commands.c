@@ -93,7 +93,8 @@ cache_walk_one(void *arg, const struct cache_entry *e)
 		return;
 	/* The key is contact:type:version. */
 	const char *version = strrchr(e->key, ':');
-	double left = e->expires_ms - w->now_ms;
+	double left = e->fresh_until_ms - w->now_ms, grace_left = e->expires_ms - w->now_ms;
+	const char *state = grace_left <= 0 ? "expired" : e->stale || left <= 0 ? "stale" : "fresh";
 	json_t *o = json_object();
 	json_object_set_new(o, "key", json_string(e->key));
 	json_object_set_new(o, "contact_id", json_integer(e->contact_id));
@@ -101,8 +102,11 @@ cache_walk_one(void *arg, const struct cache_entry *e)
 	json_object_set_new(o, "version", json_string(version ? version + 1 : ""));
 	json_object_set_new(o, "age_ms", json_integer((json_int_t)(w->now_ms - e->created_ms)));
 	json_object_set_new(o, "ttl_left_ms", json_integer(left > 0 ? (json_int_t)left : 0));
+	json_object_set_new(o, "grace_left_ms",
+	                    json_integer(grace_left > 0 && left <= 0 ? (json_int_t)grace_left : 0));
+	json_object_set_new(o, "state", json_string(state));
 	json_object_set_new(o, "bytes", json_integer((json_int_t)e->bytes));
-	if (left <= 0)
+	if (grace_left <= 0)
 		json_object_set_new(o, "expired", json_true());
 	json_array_append_new(w->entries, o);
 }
