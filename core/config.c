@@ -400,6 +400,8 @@ config_free(struct config *c)
 	free(c->admin_socket);
 	free(c->prices);
 	free(c->orphan_policy);
+	free(c->freshness);
+	free(c->ttl_scale);
 	free_keys(c);
 	memset(c, 0, sizeof *c);
 }
