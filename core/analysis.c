@@ -466,10 +466,14 @@ prompt_begin(struct flight *f)
 	f->request = req;
 	/* What is sent to the model, exactly: messages, model, temperature,
 	 * max tokens, the schema. Keys sorted, so the order a script builds
-	 * its tables in does not matter. */
-	char *text = json_dumps(req, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
-	f->has_fp = text && EVP_Digest(text, strlen(text), f->fp, NULL, EVP_sha256(), NULL) == 1;
-	free(text);
+	 * its tables in does not matter. The ttl policy never compares
+	 * fingerprints: no second encoding of the request then. */
+	if (!f->a->d.ttl_only) {
+		char *text = json_dumps(req, JSON_COMPACT | JSON_SORT_KEYS | JSON_REAL_PRECISION(17));
+		f->has_fp = text &&
+		            EVP_Digest(text, strlen(text), f->fp, NULL, EVP_sha256(), NULL) == 1;
+		free(text);
+	}
 	if (f->has_fp && f->prior && !f->stale &&
 	    memcmp(f->prior->meta.fingerprint, f->fp, CACHE_FP_LEN) == 0) {
 		revalidate(f);
@@ -980,7 +984,7 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 	double now = util_now_ms();
 	if (!f->stale && !fallback) {
 		struct cache_meta meta = {
-			.has_fingerprint = f->has_fp && !si->has_run,
+			.has_fingerprint = f->has_fp,   /* only prompt() computes one, never run(ctx) */
 			.prompt_tokens = f->prompt_tokens, .completion_tokens = f->completion_tokens,
 			.cost_usd = f->cost_usd,
 		};

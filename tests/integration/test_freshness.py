@@ -125,6 +125,22 @@ def until_stale(srv, cid, typ, timeout=5.0):
         time.sleep(0.02)
 
 
+def notified(srv, cid):
+    """Waits for the server to have heard the change's NOTIFY."""
+    srv.wait_for_log(lambda l: l.get("msg") == "invalidated" and l.get("contact") == cid,
+                     timeout=5.0)
+
+
+def stream(srv, cid, typ):
+    """The whole SSE answer of one streamed GET, as a list of events."""
+    conn, resp = srv.open_stream("/v1/contacts/%d/analyses/%s" % (cid, typ))
+    try:
+        assert resp.status == 200
+        return parse_sse(resp.read())
+    finally:
+        conn.close()
+
+
 # ---- 1. stale-while-revalidate -------------------------------------------------
 
 def test_past_its_ttl_an_entry_is_served_stale_at_once_with_one_refresh(start, fake, pg):
@@ -288,15 +304,8 @@ def test_a_streamed_view_of_a_changed_contact_shows_the_old_result_stale_then_th
     cached(srv, cid, "acts")
     fake.config(latency_ms=300, chunk_delay_ms=20, chunks=4)
     add_activity(pg, cid, "streamed change")
-    wait_until(lambda: srv.wait_for_log(lambda l: l.get("msg") == "invalidated"
-                                        and l.get("contact") == cid, timeout=5.0),
-               "the NOTIFY")
-    conn, resp = srv.open_stream("/v1/contacts/%d/analyses/acts" % cid)
-    try:
-        assert resp.status == 200
-        events = parse_sse(resp.read())
-    finally:
-        conn.close()
+    notified(srv, cid)
+    events = stream(srv, cid, "acts")
     kinds = [e["event"] for e in events]
     assert kinds[0] == "meta" and json.loads(events[0]["data"])["cache"] == "stale"
     assert kinds[1] == "result", kinds
@@ -316,15 +325,8 @@ def test_a_streamed_view_of_an_unchanged_stale_entry_ends_with_the_revalidated_r
     first = get(srv, cid, "acts")
     cached(srv, cid, "acts")
     move_deal(pg, cid, "closed_won")      # acts does not read deals
-    wait_until(lambda: srv.wait_for_log(lambda l: l.get("msg") == "invalidated"
-                                        and l.get("contact") == cid, timeout=5.0),
-               "the NOTIFY")
-    conn, resp = srv.open_stream("/v1/contacts/%d/analyses/acts" % cid)
-    try:
-        assert resp.status == 200
-        events = parse_sse(resp.read())
-    finally:
-        conn.close()
+    notified(srv, cid)
+    events = stream(srv, cid, "acts")
     assert [e["event"] for e in events] == ["meta", "result", "result"], events
     stale, again = json.loads(events[1]["data"]), json.loads(events[2]["data"])
     assert stale["cache"]["status"] == "stale"
