@@ -128,10 +128,15 @@ static const char sql_cancel[] =
 	"        WHERE job IN (SELECT id FROM j) AND state IN ('pending', 'running'))"
 	"SELECT (SELECT count(*) FROM j), (SELECT state FROM rapport.jobs WHERE id = $1)";
 
-/* $1 owner, $2 lease seconds. */
+/* $1 owner, $2 lease seconds, $3 jobs[], $4 contacts[], $5 types[]: the
+ * items this runner has out now, and only those. An item whose claim or
+ * record was lost with the connection is ours in the table but not here:
+ * its lease must lapse so that it is claimed again. */
 static const char sql_renew[] =
-	"UPDATE rapport.job_items SET lease_until = now() + make_interval(secs => $2::int)"
-	" WHERE lease_owner = $1 AND state = 'running'";
+	"UPDATE rapport.job_items i SET lease_until = now() + make_interval(secs => $2::int)"
+	"  FROM unnest($3::bigint[], $4::bigint[], $5::text[]) AS k(job, contact, type)"
+	" WHERE i.job = k.job AND i.contact = k.contact AND i.type = k.type"
+	"   AND i.lease_owner = $1 AND i.state = 'running'";
 
 /* $1 max attempts. */
 static const char sql_give_up[] =
@@ -996,11 +1001,41 @@ beat_next(jobs *j)
 	char lease[16], attempts[16];
 	snprintf(lease, sizeof lease, "%d", j->c.lease_s);
 	snprintf(attempts, sizeof attempts, "%d", JOBS_MAX_ATTEMPTS);
-	const char *renew[] = { j->owner, lease }, *give_up[] = { attempts }, *close[] = { NULL };
+	const char *give_up[] = { attempts }, *close[] = { NULL };
 	switch (j->beat) {
-	case B_RENEW:
-		j->beat_st = state_send(j->d.state, sql_renew, 2, renew, on_beat, j);
+	case B_RENEW: {
+		int n = 0;
+		struct run_item *it;
+		LIST_FOREACH(it, &j->items, link)
+			n += it->phase == I_RUNNING;
+		if (n == 0) {
+			j->beat = B_GIVE_UP;
+			beat_next(j);
+			return;
+		}
+		int64_t *jobs_v = xcalloc((size_t)n, sizeof(int64_t));
+		int64_t *contacts_v = xcalloc((size_t)n, sizeof(int64_t));
+		char **types_v = xcalloc((size_t)n, sizeof(char *));
+		int k = 0;
+		LIST_FOREACH(it, &j->items, link) {
+			if (it->phase != I_RUNNING)
+				continue;
+			jobs_v[k] = it->job;
+			contacts_v[k] = it->contact;
+			types_v[k++] = it->type;
+		}
+		char *ja = int_array(jobs_v, n), *ca = int_array(contacts_v, n);
+		char *ta = text_array(types_v, n);
+		const char *renew[] = { j->owner, lease, ja, ca, ta };
+		j->beat_st = state_send(j->d.state, sql_renew, 5, renew, on_beat, j);
+		free(ja);
+		free(ca);
+		free(ta);
+		free(jobs_v);
+		free(contacts_v);
+		free(types_v);
 		break;
+	}
 	case B_GIVE_UP:
 		j->beat_st = state_send(j->d.state, sql_give_up, 1, give_up, on_beat, j);
 		break;

@@ -493,3 +493,51 @@ def test_rapport_warm_local_runs_a_job_in_process(pg, fake, state):
     assert calls(fake) == 2
     row = state_sql(pg, state, "select origin, state from rapport.jobs")
     assert row == [["cli", "done"]]
+
+
+@pytest.mark.timeout(180)
+def test_a_job_survives_its_state_database_going_down_and_finishes_when_it_is_back(
+        make_server, fake):
+    from helpers.pg import PgCluster
+    own = PgCluster()
+    try:
+        own.start()
+        url = own.dsn(dbname="postgres")
+        fake.config(latency_ms=300)
+        srv = warm_server(make_server, url, RAPPORT_LLM_MAX_IN_FLIGHT=4, RAPPORT_WARM_LEASE_S=2)
+        job = post_warm(srv, {"contacts": list(range(140, 152)), "types": [TYPE]}).json()["job"]
+        wait_until(lambda: get_job(srv, job["id"])["completed"] >= 2, "2 items done", 20)
+        own.stop()
+        wait_until(lambda: srv.get("/readyz").json()["state"] != "up", "the state to go down", 10)
+        assert srv.get("/v1/jobs/%d" % job["id"]).status == 503
+        assert srv.get("/v1/contacts/1/analyses/%s" % TYPE).status == 200
+        time.sleep(1)
+        own.start()
+        state_up(srv, timeout=30)
+        final = wait_job(srv, job["id"], timeout=90)
+        assert final["state"] == "done" and final["failed"] == 0, final
+        # An item whose outcome could not be recorded ran again: a hit then.
+        assert final["done"] + final["skipped"]["fresh"] == 12, final
+        assert 12 <= calls(fake) <= 13
+        srv.stop()
+    finally:
+        own.destroy()
+
+
+def test_a_periodic_job_warms_the_top_n_once_a_period_across_instances(
+        make_server, fake, pg, state):
+    env = dict(RAPPORT_WARM_EVERY=3, RAPPORT_WARM_TOP=4, RAPPORT_WARM_LEASE_S=5)
+    a = warm_server(make_server, state, **env)
+    b = warm_server(make_server, state, **env)
+
+    def periodic():
+        return state_sql(pg, state, "select id, period_slot, state, total from rapport.jobs "
+                                    "where origin = 'periodic' order by id")
+    wait_until(lambda: len(periodic()) >= 2, "two periodic jobs", 20)
+    rows = periodic()
+    slots = [r[1] for r in rows]
+    assert len(slots) == len(set(slots)), "two jobs for one period: %r" % rows
+    types = len([t for t in a.get("/v1/analysis-types").json()["types"] if not t.get("error")])
+    assert all(int(r[3]) == 4 * types for r in rows), rows
+    wait_until(lambda: periodic()[0][2] == "done", "the first periodic job to finish", 30)
+    b.stop()
