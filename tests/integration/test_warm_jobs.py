@@ -541,3 +541,12 @@ def test_a_periodic_job_warms_the_top_n_once_a_period_across_instances(
     assert all(int(r[3]) == 4 * types for r in rows), rows
     wait_until(lambda: periodic()[0][2] == "done", "the first periodic job to finish", 30)
     b.stop()
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "abc", "-0.1"])
+def test_a_bad_warm_share_is_a_start_up_error_naming_the_setting(make_server, value):
+    srv = make_server(start=False, RAPPORT_WARM_SHARE=value)
+    with pytest.raises(AssertionError):
+        srv.start(timeout=5)
+    assert srv.returncode == 2
+    assert "RAPPORT_WARM_SHARE" in srv.stderr_text() and "at most 1" in srv.stderr_text()
