@@ -268,7 +268,13 @@ migrate_send(state_db *s)
 		conn_send(s, "BEGIN;"
 		             "SELECT pg_advisory_xact_lock(" STATE_MIGRATION_LOCK ");"
 		             "SET LOCAL client_min_messages = warning;"
-		             "CREATE SCHEMA IF NOT EXISTS rapport;"
+		             /* Not CREATE SCHEMA IF NOT EXISTS: that needs CREATE on
+		              * the database even when the schema exists, and a role
+		              * given only its own schema has not. */
+		             "DO $$ BEGIN"
+		             "  IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'rapport')"
+		             "  THEN CREATE SCHEMA rapport; END IF;"
+		             " END $$;"
 		             "CREATE TABLE IF NOT EXISTS rapport.schema_migrations ("
 		             "  version    integer PRIMARY KEY,"
 		             "  name       text NOT NULL,"

@@ -3,8 +3,8 @@
  * `rapport`): one connection of its own, never one of the scripts'
  * read-only pool, on the libevent loop, never blocking.
  *
- * On every (re)connect it first migrates the schema: CREATE SCHEMA IF NOT
- * EXISTS rapport, the table rapport.schema_migrations(version, name,
+ * On every (re)connect it first migrates the schema: the schema rapport if
+ * it does not exist, the table rapport.schema_migrations(version, name,
  * applied_at), then every numbered migration newer than the highest version
  * recorded, in order, all in one transaction under pg_advisory_xact_lock, so
  * several instances starting at once apply each migration once. The

@@ -550,3 +550,87 @@ def test_a_bad_warm_share_is_a_start_up_error_naming_the_setting(make_server, va
         srv.start(timeout=5)
     assert srv.returncode == 2
     assert "RAPPORT_WARM_SHARE" in srv.stderr_text() and "at most 1" in srv.stderr_text()
+
+
+def _pty_warm(srv, contacts, answer):
+    """Runs `rapport warm` as the session leader of a new pty (so /dev/tty is
+    that pty), presses Ctrl-C once the job runs, answers the prompt with
+    `answer`; returns (exit status, everything it wrote)."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("RAPPORT_", "OPENAI_"))}
+    e.update({"RAPPORT_LISTEN": srv.address, "RAPPORT_ADMIN_SOCKET": "off"})
+    argv = [str(rapport_binary()), "warm", "--contacts", contacts, "--types", TYPE]
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.chdir(str(REPO))
+        os.execve(argv[0], argv, e)
+    out = b""
+    state = "wait_bar"
+    deadline = time.monotonic() + 60
+    status = None
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            out += chunk
+        if state == "wait_bar" and b"running" in out:
+            os.write(fd, b"\x03")           # Ctrl-C: the terminal sends SIGINT
+            state = "wait_prompt"
+        elif state == "wait_prompt" and b"[y/N]" in out:
+            os.write(fd, answer)
+            state = "answered"
+        wpid, st = os.waitpid(pid, os.WNOHANG)
+        if wpid:
+            status = os.waitstatus_to_exitcode(st)
+            break
+    if status is None:
+        try:
+            while True:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    break
+                out += chunk
+        except OSError:
+            pass
+        _, st = os.waitpid(pid, 0)
+        status = os.waitstatus_to_exitcode(st)
+    os.close(fd)
+    return status, out.decode("utf-8", "replace")
+
+
+def test_ctrl_c_on_a_terminal_asks_before_cancelling(make_server, fake, state):
+    fake.config(latency_ms=400)
+    srv = warm_server(make_server, state, RAPPORT_LLM_MAX_IN_FLIGHT=4)
+    ids = ",".join(str(i) for i in range(60, 80))
+    status, out = _pty_warm(srv, ids, b"y\n")
+    assert status == 130, out
+    m = re.search(r"cancel job (\d+)\? \[y/N\]", out)
+    assert m, out
+    assert get_job(srv, int(m.group(1)))["state"] == "cancelled"
+    # "no" leaves the job running on the server.
+    status, out = _pty_warm(srv, ",".join(str(i) for i in range(80, 100)), b"\n")
+    assert status == 130, out
+    m = re.search(r"cancel job (\d+)\? \[y/N\]", out)
+    assert m and "keeps running on the server" in out, out
+    assert get_job(srv, int(m.group(1)))["state"] == "running"
+    srv.delete("/v1/jobs/%s" % m.group(1))
+
+
+def test_a_state_role_that_owns_only_the_schema_is_enough(make_server, fake, pg, state):
+    role = "state_" + uuid.uuid4().hex[:8]
+    dbname = re.search(r"dbname=(\S+)", state).group(1)
+    pg.sql('create role "%s" login; create schema rapport authorization "%s";'
+           % (role, role), dbname=dbname)
+    try:
+        url = pg.dsn(dbname=dbname, user=role)
+        srv = warm_server(make_server, url)
+        job = post_warm(srv, {"contacts": [1], "types": [TYPE]}).json()["job"]
+        assert wait_job(srv, job["id"])["state"] == "done"
+        srv.stop()
+    finally:
+        pg.sql('drop schema rapport cascade; drop owned by "%s"; drop role "%s"'
+               % (role, role), dbname=dbname)
