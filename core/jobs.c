@@ -138,6 +138,15 @@ static const char sql_renew[] =
 	" WHERE i.job = k.job AND i.contact = k.contact AND i.type = k.type"
 	"   AND i.lease_owner = $1 AND i.state = 'running'";
 
+/* $1 owner, $2 jobs[], $3 contacts[], $4 types[]: hands the items this
+ * runner has out back (a graceful stop), without counting the attempt. */
+static const char sql_release[] =
+	"UPDATE rapport.job_items i SET state = 'pending', lease_owner = NULL, lease_until = NULL,"
+	"       attempts = greatest(i.attempts - 1, 0)"
+	"  FROM unnest($2::bigint[], $3::bigint[], $4::text[]) AS k(job, contact, type)"
+	" WHERE i.job = k.job AND i.contact = k.contact AND i.type = k.type"
+	"   AND i.lease_owner = $1 AND i.state = 'running'";
+
 /* $1 max attempts. */
 static const char sql_give_up[] =
 	"UPDATE rapport.job_items SET state = 'failed',"
@@ -196,6 +205,8 @@ struct jobs {
 	bool more;                   /* the last claim was full: claim again soon */
 	int claim_asked;             /* items the claim out asked for */
 	int64_t only_job;            /* > 0: claim this job's items only; < 0: none; 0: any */
+	bool draining;               /* stopping: claim nothing more */
+	state_stmt *release_st;      /* the drain's hand-back */
 	LIST_HEAD(, jobs_op) ops;
 	LIST_HEAD(, run_item) items;
 	state_stmt *claim_st;
@@ -942,7 +953,8 @@ on_claimed(void *arg, const PGresult *res, const char *err)
 static void
 claim(jobs *j)
 {
-	if (j->claim_st || j->active >= j->slots || !state_is_up(j->d.state) || j->only_job < 0)
+	if (j->claim_st || j->active >= j->slots || !state_is_up(j->d.state) || j->only_job < 0 ||
+	    j->draining)
 		return;
 	char owner_n[16], attempts[16], lease[16], only[24];
 	snprintf(only, sizeof only, "%lld", (long long)j->only_job);
@@ -969,6 +981,37 @@ on_poll(evutil_socket_t fd, short what, void *arg)
 /* ---- the beat: leases, abandoned items, closing, stats --------------------- */
 
 static void beat_next(jobs *j);
+
+/* The keys of the items out now, as three array parameters; false when
+ * there are none. The caller frees the three strings. */
+static bool
+running_keys(jobs *j, char **jobs_a, char **contacts_a, char **types_a)
+{
+	int n = 0;
+	struct run_item *it;
+	LIST_FOREACH(it, &j->items, link)
+		n += it->phase == I_RUNNING;
+	if (n == 0)
+		return false;
+	int64_t *jv = xcalloc((size_t)n, sizeof(int64_t));
+	int64_t *cv = xcalloc((size_t)n, sizeof(int64_t));
+	char **tv = xcalloc((size_t)n, sizeof(char *));
+	int k = 0;
+	LIST_FOREACH(it, &j->items, link) {
+		if (it->phase != I_RUNNING)
+			continue;
+		jv[k] = it->job;
+		cv[k] = it->contact;
+		tv[k++] = it->type;
+	}
+	*jobs_a = int_array(jv, n);
+	*contacts_a = int_array(cv, n);
+	*types_a = text_array(tv, n);
+	free(jv);
+	free(cv);
+	free(tv);
+	return true;
+}
 
 static void
 on_beat(void *arg, const PGresult *res, const char *err)
@@ -1004,36 +1047,17 @@ beat_next(jobs *j)
 	const char *give_up[] = { attempts }, *close[] = { NULL };
 	switch (j->beat) {
 	case B_RENEW: {
-		int n = 0;
-		struct run_item *it;
-		LIST_FOREACH(it, &j->items, link)
-			n += it->phase == I_RUNNING;
-		if (n == 0) {
+		char *ja, *ca, *ta;
+		if (!running_keys(j, &ja, &ca, &ta)) {
 			j->beat = B_GIVE_UP;
 			beat_next(j);
 			return;
 		}
-		int64_t *jobs_v = xcalloc((size_t)n, sizeof(int64_t));
-		int64_t *contacts_v = xcalloc((size_t)n, sizeof(int64_t));
-		char **types_v = xcalloc((size_t)n, sizeof(char *));
-		int k = 0;
-		LIST_FOREACH(it, &j->items, link) {
-			if (it->phase != I_RUNNING)
-				continue;
-			jobs_v[k] = it->job;
-			contacts_v[k] = it->contact;
-			types_v[k++] = it->type;
-		}
-		char *ja = int_array(jobs_v, n), *ca = int_array(contacts_v, n);
-		char *ta = text_array(types_v, n);
 		const char *renew[] = { j->owner, lease, ja, ca, ta };
 		j->beat_st = state_send(j->d.state, sql_renew, 5, renew, on_beat, j);
 		free(ja);
 		free(ca);
 		free(ta);
-		free(jobs_v);
-		free(contacts_v);
-		free(types_v);
 		break;
 	}
 	case B_GIVE_UP:
@@ -1169,12 +1193,48 @@ jobs_destroy(jobs *j)
 		state_cancel(j->claim_st);
 	if (j->beat_st)
 		state_cancel(j->beat_st);
+	if (j->release_st)
+		state_cancel(j->release_st);
 	event_free(j->kick);
 	event_free(j->poll);
 	event_free(j->beat_timer);
 	if (j->period_timer)
 		event_free(j->period_timer);
 	free(j);
+}
+
+static void
+on_released(void *arg, const PGresult *res, const char *err)
+{
+	jobs *j = arg;
+	j->release_st = NULL;
+	log_event(res ? LOG_INFO : LOG_WARN, "warm items handed back",
+	          LOG_S("count", res ? PQcmdTuples((PGresult *)res) : "0"),
+	          LOG_S("error", err ? err : ""), LOG_END);
+}
+
+void
+jobs_drain(jobs *j)
+{
+	if (!j || j->draining)
+		return;
+	j->draining = true;
+	char *ja, *ca, *ta;
+	if (running_keys(j, &ja, &ca, &ta)) {
+		const char *p[] = { j->owner, ja, ca, ta };
+		j->release_st = state_send(j->d.state, sql_release, 4, p, on_released, j);
+		free(ja);
+		free(ca);
+		free(ta);
+	}
+	/* Their analyses go on to the end of the process (and are not
+	 * recorded): another server takes the items now. */
+	struct run_item *it, *next;
+	for (it = LIST_FIRST(&j->items); it; it = next) {
+		next = LIST_NEXT(it, link);
+		if (it->phase == I_RUNNING)
+			item_free(it);
+	}
 }
 
 void

@@ -122,6 +122,10 @@ void jobs_op_cancel(jobs_op *op);
  * caller frees with free(); names borrowed from the registry). */
 const char **jobs_loaded_types(script_registry *r, int *n);
 
+/* A graceful stop (SIGTERM): claim nothing more, and hand the items out
+ * now back to the database at once (pending again, the attempt not
+ * counted) so another server takes them without waiting for the lease. */
+void jobs_drain(jobs *j);
 /* Claims this job's items only, from now on (`rapport warm --local`). */
 void jobs_run_only(jobs *j, int64_t id);
 int jobs_slot_count(const jobs *j);

@@ -129,6 +129,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	/* Answer what is waiting, then give the loop a moment to write it. */
 	if (app->http)
 		http_server_drain(app->http);
+	jobs_drain(app->jobs);
 	struct timeval grace = { 0, 300 * 1000 };
 	event_base_loopexit(app->base, &grace);
 }

@@ -634,3 +634,18 @@ def test_a_state_role_that_owns_only_the_schema_is_enough(make_server, fake, pg,
     finally:
         pg.sql('drop schema rapport cascade; drop owned by "%s"; drop role "%s"'
                % (role, role), dbname=dbname)
+
+
+def test_a_graceful_stop_hands_its_items_back_without_waiting_for_the_lease(
+        make_server, fake, pg, state):
+    fake.config(latency_ms=600)
+    env = dict(RAPPORT_LLM_MAX_IN_FLIGHT=4, RAPPORT_WARM_LEASE_S=600)   # a lease never lapsing here
+    a = warm_server(make_server, state, **env)
+    job = post_warm(a, {"contacts": list(range(160, 166)), "types": [TYPE]}).json()["job"]
+    wait_until(lambda: get_job(a, job["id"])["running"] == 1, "an item out", 20)
+    a.stop()
+    a.wait_for_log(lambda l: l.get("msg") == "warm items handed back", timeout=1)
+    b = warm_server(make_server, state, **env)
+    final = wait_job(b, job["id"], timeout=60)
+    assert final["state"] == "done" and final["done"] == 6, final
+    assert {r[3] for r in items(pg, state, job["id"])} == {1}, "a hand-back counted an attempt"
