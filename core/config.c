@@ -15,7 +15,7 @@
 #include <strings.h>
 
 /* One setting: its environment/file name, its flag, and how to store it. */
-enum kind { K_STR, K_INT, K_SIZE, K_KEYS, K_LEVEL, K_BOOL };
+enum kind { K_STR, K_INT, K_SIZE, K_KEYS, K_LEVEL, K_BOOL, K_SHARE };
 struct setting {
 	const char *env;
 	const char *flag;
@@ -73,6 +73,10 @@ static const struct setting settings[] = {
 	{ "RAPPORT_METRICS_PUBLIC", NULL, K_BOOL, OFF(metrics_public), 0 },
 	{ "RAPPORT_REFRESH_PER_MIN", NULL, K_INT, OFF(refresh_per_min), 0 },
 	{ "RAPPORT_REFRESH_BURST", NULL, K_INT, OFF(refresh_burst), 0 },
+	{ "RAPPORT_WARM_SHARE", NULL, K_SHARE, OFF(warm_share), 0 },
+	{ "RAPPORT_WARM_EVERY", NULL, K_INT, OFF(warm_every_s), 30 * 86400 },
+	{ "RAPPORT_WARM_TOP", NULL, K_INT, OFF(warm_top), 10000 },
+	{ "RAPPORT_WARM_LEASE_S", NULL, K_INT, OFF(warm_lease_s), 3600 },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -113,6 +117,9 @@ set_defaults(struct config *c)
 	c->log_level = LOG_INFO;
 	c->refresh_per_min = 10;
 	c->refresh_burst = 10;
+	c->warm_share = 0.25;
+	c->warm_top = 100;
+	c->warm_lease_s = 30;
 }
 
 static void
@@ -203,6 +210,18 @@ apply(struct config *c, const struct setting *s, const char *value, char **err)
 		*err = xasprintf("%s: expected 1 or 0 (true/false, yes/no, on/off), got \"%s\"", s->env,
 		                 value);
 		return false;
+	}
+	case K_SHARE: {
+		char *end;
+		errno = 0;
+		double v = strtod(value, &end);
+		if (errno || end == value || *end || !(v > 0 && v <= 1)) {
+			*err = xasprintf("%s: expected a fraction above 0 and at most 1, like 0.25, got \"%s\"",
+			                 s->env, value);
+			return false;
+		}
+		*(double *)(base + s->offset) = v;
+		return true;
 	}
 	case K_LEVEL: {
 		static const char *names[] = { "debug", "info", "warn", "error" };

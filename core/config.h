@@ -13,8 +13,8 @@
 struct config {
 	char *listen;              /* RAPPORT_LISTEN "host:port" */
 	char *database_url;        /* DATABASE_URL: the scripts' connections; a read-only role */
-	char *state_url;           /* RAPPORT_STATE_URL (DATABASE_URL): rapport's own writes,
-	                            * on connections of their own; nothing writes yet */
+	char *state_url;           /* RAPPORT_STATE_URL (DATABASE_URL): rapport's own schema
+	                            * (warm jobs), on a connection of its own (state.h) */
 	char *openai_api_key;      /* OPENAI_API_KEY: never logged */
 	char *openai_base_url;     /* OPENAI_BASE_URL */
 	char *upstream_ca_file;    /* RAPPORT_UPSTREAM_CA_FILE: extra CA bundle for a private upstream */
@@ -59,6 +59,11 @@ struct config {
 	int refresh_per_min;       /* RAPPORT_REFRESH_PER_MIN (10): forced regenerations per
 	                            * client key a minute; 0 = no limit */
 	int refresh_burst;         /* RAPPORT_REFRESH_BURST (10): how many at once */
+	double warm_share;         /* RAPPORT_WARM_SHARE (0.25): warm items' share of the
+	                            * upstream in-flight cap, in (0, 1] */
+	int warm_every_s;          /* RAPPORT_WARM_EVERY (0 = off): a periodic warm job */
+	int warm_top;              /* RAPPORT_WARM_TOP (100): its N (warm_candidates) */
+	int warm_lease_s;          /* RAPPORT_WARM_LEASE_S (30): an item's lease */
 };
 
 /* Parses argv flags (--listen, --database-url, --scripts, --prompts,

@@ -17,6 +17,7 @@
 #include "http_api.h"
 #include "http_conn.h"
 #include "http_guard.h"
+#include "jobs.h"
 #include "log.h"
 #include "ratelimit.h"
 #include "sse.h"
@@ -48,6 +49,8 @@ struct http_call {
 	struct evhttp_request *req;
 	struct event *peek;
 	analysis_wait *wait;
+	http_call_gone_cb *gone;      /* a deferred call's owner (http_call_defer) */
+	void *gone_arg;
 	bool sse;                     /* answering as Server-Sent Events */
 	bool streaming;               /* the 200 and headers are out */
 	bool following;               /* showed a stale result; now waits for its refresh */
@@ -115,6 +118,7 @@ reason(int status)
 	case 401: return "Unauthorized";
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
+	case 409: return "Conflict";
 	case 501: return "Not Implemented";
 	case 505: return "HTTP Version Not Supported";
 	case 413: return "Payload Too Large";
@@ -297,6 +301,9 @@ call_client_gone(struct http_call *c, const char *how)
 	if (c->wait)
 		analysis_wait_cancel(c->wait);
 	c->wait = NULL;
+	if (c->gone)
+		c->gone(c->gone_arg);
+	c->gone = NULL;
 	struct evhttp_request *req = c->req;
 	http_server *s = c->srv;
 	char id[24];
@@ -342,6 +349,9 @@ on_conn_close_cb(struct evhttp_connection *evcon, void *arg)
 	if (c->wait)
 		analysis_wait_cancel(c->wait);
 	c->wait = NULL;
+	if (c->gone)
+		c->gone(c->gone_arg);
+	c->gone = NULL;
 	c->req = NULL;
 	log_event(LOG_INFO, "client gone", LOG_S("req_id", c->req_id), LOG_S("path", c->path),
 	          LOG_S("how", "connection closed"), LOG_END);
@@ -841,12 +851,19 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	int loaded = loaded_scripts(s, &errors);
 	bool db_up = db_pool_is_up(s->d.db);
 	bool ready = db_up && loaded > 0;
-	char body[256];
-	int n = snprintf(body, sizeof body,
-	                 "{\"status\":\"%s\",\"database\":\"%s\",\"scripts_loaded\":%d,"
-	                 "\"script_errors\":%d}",
-	                 ready ? "ready" : "not_ready", db_up ? "up" : "down", loaded, errors);
-	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
+	/* rapport's own state only carries warm jobs: its status is shown, and
+	 * a state database that is down does not make analyses unready. */
+	const char *state_err = "";
+	const char *state = state_status(s->d.state, &state_err);
+	json_t *doc = json_pack("{s:s, s:s, s:i, s:i, s:s}", "status", ready ? "ready" : "not_ready",
+	                        "database", db_up ? "up" : "down", "scripts_loaded", loaded,
+	                        "script_errors", errors, "state", state);
+	if (*state_err)
+		json_object_set_new(doc, "state_error", json_string(state_err));
+	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+	json_decref(doc);
+	send_json(s, req, req_id, ready ? 200 : 503, text, strlen(text), head);
+	free(text);
 }
 
 /* The numbers of /metrics: this server's counters and the parts it was
@@ -864,6 +881,7 @@ http_server_metrics(http_server *s, metrics *m)
 		.analysis = s->d.analysis,
 	};
 	metrics_gather(m, &src);
+	jobs_metrics(s->d.jobs, m);
 }
 
 static void
@@ -1013,6 +1031,8 @@ route(struct evhttp_request *req, void *arg)
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
 	if (v1 && !authorized(s, req)) {
 		unauthorized(s, req, req_id, head);
+	} else if (v1 && http_jobs_route(s, &s->d, req, req_id, path, n, seg)) {
+		status_logged = 1;    /* logged by its answer */
 	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
@@ -1042,6 +1062,55 @@ logged:
 done:
 	evhttp_clear_headers(&query);
 	http_path_clear(&segs);
+}
+
+/* ---- deferred calls (http_jobs.c) ---------------------------------------- */
+
+http_call *
+http_call_defer(http_server *s, struct evhttp_request *req, const char *req_id, const char *path,
+                http_call_gone_cb *gone, void *arg)
+{
+	struct http_call *c = call_new(s, req, req_id, path);
+	c->gone = gone;
+	c->gone_arg = arg;
+	call_watch(c);
+	return c;
+}
+
+void
+http_call_reply(http_call *c, int status, const char *body, size_t len,
+                const char *const *headers)
+{
+	http_server *s = c->srv;
+	struct evhttp_request *req = c->req;
+	char id[24], method[8];
+	snprintf(id, sizeof id, "%s", c->req_id);
+	snprintf(method, sizeof method, "%s", c->method);
+	char *path = c->path;
+	c->path = NULL;
+	double t_start = c->t_start;
+	bool head = c->head;
+	c->gone = NULL;
+	call_free(c);
+	for (int i = 0; headers && headers[i] && headers[i + 1]; i += 2)
+		evhttp_add_header(evhttp_request_get_output_headers(req), headers[i], headers[i + 1]);
+	send_json(s, req, id, status, body, len, head);
+	log_simple(s, id, method, path, status, t_start);
+	free(path);
+}
+
+void
+http_call_error(http_call *c, int status, const char *code, const char *message,
+                const char *const *headers)
+{
+	json_t *doc = json_pack("{s:{s:s, s:s}, s:s}", "error", "code", code, "message",
+	                        message ? message : reason(status), "request_id", c->req_id);
+	char *text = doc ? json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+	json_decref(doc);
+	if (!text)
+		text = xstrdup("{\"error\":{\"code\":\"internal_error\",\"message\":\"cannot encode error\"}}");
+	http_call_reply(c, status, text, strlen(text), headers);
+	free(text);
 }
 
 /* ---- lifecycle ----------------------------------------------------------- */
@@ -1104,6 +1173,9 @@ call_abort(struct http_call *c, int status, const char *code, const char *messag
 	if (c->wait)
 		analysis_wait_cancel(c->wait);
 	c->wait = NULL;
+	if (c->gone)
+		c->gone(c->gone_arg);
+	c->gone = NULL;
 	if (c->streaming && c->req) {
 		struct analysis_reply r = {
 			.status = status, .error_code = code, .error_message = message,

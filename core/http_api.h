@@ -18,9 +18,12 @@
 #include "llm.h"
 #include "metrics.h"
 #include "script.h"
+#include "state.h"
 
 struct event_base;
+typedef struct jobs jobs;
 struct evbuffer;
+struct evhttp_request;
 typedef struct http_server http_server;
 
 struct http_deps {
@@ -34,6 +37,8 @@ struct http_deps {
 	limiter *limiter;
 	breaker *breaker;
 	accounting *acct;
+	state_db *state;             /* rapport's own state (may be NULL) */
+	jobs *jobs;                  /* warm jobs (http_jobs.c; may be NULL) */
 };
 
 /* Binds cfg->listen; NULL with *err set (caller frees) on failure. */
@@ -48,5 +53,25 @@ void http_server_destroy(http_server *s);
  * counters and those of the parts it was built with. GET /metrics prints
  * them as Prometheus text, the admin socket's `metrics` as JSON. */
 void http_server_metrics(http_server *s, metrics *m);
+
+/* For routes answered later by other files (http_jobs.c): a deferred call
+ * notices a client that leaves and a shutdown, and then runs gone(arg) and
+ * frees itself (the owner must not answer it after that). Answering sends
+ * the reply, logs the request line and frees the call. headers: NULL or
+ * name, value pairs ended by NULL. */
+typedef struct http_call http_call;
+typedef void http_call_gone_cb(void *arg);
+http_call *http_call_defer(http_server *s, struct evhttp_request *req, const char *req_id,
+                           const char *path, http_call_gone_cb *gone, void *arg);
+void http_call_reply(http_call *c, int status, const char *body, size_t len,
+                     const char *const *headers);
+void http_call_error(http_call *c, int status, const char *code, const char *message,
+                     const char *const *headers);
+
+/* http_jobs.c: POST /v1/warm, GET /v1/jobs[/{id}], DELETE /v1/jobs/{id}.
+ * True when the path is one of them (the request is then answered, now or
+ * later, and its line logged by the answer). */
+bool http_jobs_route(http_server *s, const struct http_deps *d, struct evhttp_request *req,
+                     const char *req_id, const char *path, int nseg, char **seg);
 
 #endif

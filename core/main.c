@@ -10,8 +10,8 @@
  * The database: DATABASE_URL is where scripts' SQL runs, so its role must
  * only read; app_start_core checks it (db_role_check) and refuses a role that
  * may write unless RAPPORT_DB_ALLOW_WRITE=1, and the pool checks every new
- * session again. rapport's own writes (none yet) belong on RAPPORT_STATE_URL,
- * on a pool of their own created next to app->db with the role check off.
+ * session again. rapport's own writes (warm jobs) go to RAPPORT_STATE_URL, on
+ * the state connection of its own (state.h), never through app->db.
  */
 #include "admin.h"
 #include "analysis.h"
@@ -22,11 +22,14 @@
 #include "db.h"
 #include "db_listen.h"
 #include "http_api.h"
+#include "jobs.h"
 #include "llm.h"
 #include "log.h"
 #include "luajson.h"
 #include "script.h"
+#include "state.h"
 #include "util.h"
+#include "warm_cli.h"
 #include "watch.h"
 
 #include <signal.h>
@@ -46,6 +49,8 @@ static const char usage[] =
 	"  analyze <contact> <type>  run one analysis now and print its JSON\n"
 	"  console [-e CODE] [FILE]  Lua REPL on this process's pool, upstream and cache\n"
 	"  console --attach [SOCKET] the same, on a running server's admin socket\n"
+	"  warm --top N | --contacts 1,2,3 [--types a,b] [--url URL] [--key KEY] [--local]\n"
+	"                            start a warm job on the running server and show its progress\n"
 	"  --help                    this text\n"
 	"\n"
 	"options (each also an environment variable; flags win):\n"
@@ -63,7 +68,8 @@ static const char usage[] =
 	"environment only: OPENAI_API_KEY (never logged), RAPPORT_API_KEYS (comma-separated\n"
 	"client keys; empty = no auth), RAPPORT_LLM_TIMEOUT_MS, RAPPORT_DB_TIMEOUT_MS,\n"
 	"RAPPORT_HTTP_TIMEOUT, RAPPORT_MAX_BODY, RAPPORT_LLM_RETRIES, RAPPORT_DB_ALLOW_WRITE,\n"
-	"RAPPORT_DB_MAX_ROWS, RAPPORT_DB_MAX_BYTES, RAPPORT_STATE_URL.\n";
+	"RAPPORT_DB_MAX_ROWS, RAPPORT_DB_MAX_BYTES, RAPPORT_STATE_URL, RAPPORT_WARM_SHARE,\n"
+	"RAPPORT_WARM_EVERY, RAPPORT_WARM_TOP, RAPPORT_WARM_LEASE_S.\n";
 
 /* Everything one process runs, in creation order. */
 struct app {
@@ -78,6 +84,8 @@ struct app {
 	accounting *acct;        /* tokens and cost */
 	cache *cache;
 	analysis *analysis;
+	state_db *state;         /* rapport's own schema (serve, warm --local) */
+	jobs *jobs;              /* warm jobs' runner */
 	http_server *http;
 	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
@@ -121,6 +129,7 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	/* Answer what is waiting, then give the loop a moment to write it. */
 	if (app->http)
 		http_server_drain(app->http);
+	jobs_drain(app->jobs);
 	struct timeval grace = { 0, 300 * 1000 };
 	event_base_loopexit(app->base, &grace);
 }
@@ -243,6 +252,8 @@ app_stop(struct app *app)
 {
 	admin_destroy(app->admin);
 	http_server_destroy(app->http);
+	jobs_destroy(app->jobs);          /* its items wait on the pipeline */
+	state_destroy(app->state);
 	analysis_destroy(app->analysis);
 	watch_destroy(app->watch);
 	if (app->sig_int)
@@ -318,6 +329,31 @@ on_listen_reset(void *arg)
 	          LOG_I("entries", n), LOG_END);
 }
 
+/* rapport's own state connection and the warm-job runner. The server
+ * starts without the state database (jobs answer 503 until it is up). */
+static bool
+app_start_jobs(struct app *app, bool local)
+{
+	struct config *cfg = &app->cfg;
+	app->state = state_create(app->base, cfg->state_url, cfg->db_timeout_ms);
+	if (!app->state) {
+		fprintf(stderr, "rapport: cannot create the state connection: check RAPPORT_STATE_URL\n");
+		return false;
+	}
+	struct jobs_deps jd = {
+		.base = app->base, .state = app->state, .analysis = app->analysis,
+		.scripts = app->scripts, .db = app->db,
+	};
+	struct jobs_config jc = {
+		.share = cfg->warm_share, .upstream_cap = cfg->llm_max_in_flight,
+		.lease_s = cfg->warm_lease_s, .poll_ms = 1000,
+		.every_s = local ? 0 : cfg->warm_every_s, .top = cfg->warm_top,
+		.own_jobs_only = local,
+	};
+	app->jobs = jobs_create(&jd, &jc);
+	return true;
+}
+
 static int
 cmd_serve(struct app *app)
 {
@@ -332,10 +368,12 @@ cmd_serve(struct app *app)
 		fprintf(stderr, "rapport: cannot create the invalidation listener\n");
 		return 1;
 	}
+	if (!app_start_jobs(app, false))
+		return 1;
 	struct http_deps hd = {
 		.base = app->base, .cfg = cfg, .analysis = app->analysis, .scripts = app->scripts,
 		.db = app->db, .llm = app->llm, .cache = app->cache, .limiter = app->limiter,
-		.breaker = app->breaker, .acct = app->acct,
+		.breaker = app->breaker, .acct = app->acct, .state = app->state, .jobs = app->jobs,
 	};
 	char *err = NULL;
 	app->http = http_server_create(&hd, &err);
@@ -462,6 +500,28 @@ cmd_console(struct app *app, const struct console_opts *co, char **args, int nar
 	return console_main(&cd, co, args, nargs);
 }
 
+/* Remote: nothing of this process but its settings. --local: the pipeline,
+ * the state connection and a runner that takes only this job's items. */
+static int
+cmd_warm(struct app *app, const struct warm_opts *wo, int nrest)
+{
+	if (nrest != 0) {
+		fprintf(stderr, "usage: rapport warm --top N | --contacts 1,2,3 [--types a,b] "
+		                "[--url URL] [--key KEY] [--local]\n");
+		return 2;
+	}
+	if (app->cfg.log_level == LOG_INFO)
+		log_set_level(LOG_WARN);    /* the progress is the interface */
+	if (!wo->local)
+		return warm_main(&app->cfg, wo, NULL);
+	if (!app_start_core(app) || !app_start_jobs(app, true))
+		return 1;
+	struct warm_local wl = {
+		.base = app->base, .jobs = app->jobs, .state = app->state, .scripts = app->scripts,
+	};
+	return warm_main(&app->cfg, wo, &wl);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -484,6 +544,13 @@ main(int argc, char **argv)
 	int nrest = 0, nargs = argc - 2;
 	struct console_opts copts = { 0 };
 	bool lint = true;
+	struct warm_opts wopts = { 0 };
+	if (strcmp(cmd, "warm") == 0 && !warm_take_flags(&nargs, argv + 2, &wopts, &err)) {
+		fprintf(stderr, "rapport warm: %s\n", err);
+		free(err);
+		warm_opts_free(&wopts);
+		return 2;
+	}
 	if (strcmp(cmd, "console") == 0)
 		nargs = console_take_flags(nargs, argv + 2, &copts);
 	if (strcmp(cmd, "check") == 0)
@@ -506,6 +573,8 @@ main(int argc, char **argv)
 		rc = cmd_analyze(&app, rest, nrest);
 	else if (strcmp(cmd, "console") == 0)
 		rc = cmd_console(&app, &copts, rest, nrest);
+	else if (strcmp(cmd, "warm") == 0)
+		rc = cmd_warm(&app, &wopts, nrest);
 	else {
 		fprintf(stderr, "rapport: unknown command or extra arguments: %s\n%s", cmd, usage);
 		rc = 2;
@@ -513,6 +582,7 @@ main(int argc, char **argv)
 	app_stop(&app);
 	curl_global_cleanup();
 	free(rest);
+	warm_opts_free(&wopts);
 	config_free(&app.cfg);
 	return rc;
 }

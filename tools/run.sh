@@ -160,7 +160,9 @@ if ulimit -Sn "$NOFILE_HARD" 2>/dev/null; then
 else
     say "descriptor limit: $(ulimit -Sn) (could not raise it to $NOFILE_HARD)"
 fi
-export DATABASE_URL RAPPORT_LISTEN=$LISTEN
+# rapport's own schema (warm jobs) needs a role that may create it: the owner here.
+RAPPORT_STATE_URL=$(tools/pg.sh url "$PG_DIR" "$PG_PORT")
+export DATABASE_URL RAPPORT_STATE_URL RAPPORT_LISTEN=$LISTEN
 say "starting rapport serve on $LISTEN"
 "$RAPPORT_BIN" serve </dev/null &
 RAPPORT_PID=$!

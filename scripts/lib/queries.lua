@@ -144,4 +144,19 @@ return {
            min(occurred_at)                                               AS first_activity_at
       FROM a
   ]] },
+
+  -- Not a contact query: the server's own, for warm jobs' {"top": N}
+  -- (POST /v1/warm, RAPPORT_WARM_TOP, `rapport warm --top N`). $1 is N; the
+  -- first column is a contact id, best candidates first. By default the
+  -- contacts with the most recent activity (then the rest, newest first).
+  -- Change what "top" means here: e.g. open deals, an owner's book.
+  warm_candidates = { sql = [[
+    SELECT c.id
+      FROM contacts c
+      LEFT JOIN LATERAL (SELECT max(a.occurred_at) AS last_at
+                           FROM activities a
+                          WHERE a.contact_id = c.id) l ON true
+     ORDER BY l.last_at DESC NULLS LAST, c.id DESC
+     LIMIT $1
+  ]] },
 }

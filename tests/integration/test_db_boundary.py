@@ -148,8 +148,10 @@ def test_a_run_script_cannot_change_the_crm_through_set_config_a_writable_cte_or
 def test_allow_write_starts_on_the_owner_with_a_warning_and_writes_still_fail(
         make_server, tmp_path, pg, allow):
     before = crm_state(pg)
+    # RAPPORT_STATE_URL would default to the owner too, and rapport would
+    # create its own schema in the shared CRM database.
     srv = make_server(DATABASE_URL=pg.owner_url, RAPPORT_DB_ALLOW_WRITE=allow, RAPPORT_DB_POOL=1,
-                      **scripts(tmp_path, writer=WRITER))
+                      RAPPORT_STATE_URL=pg.url, **scripts(tmp_path, writer=WRITER))
     warn = srv.wait_for_log(lambda l: "RAPPORT_DB_ALLOW_WRITE=1" in l.get("msg", ""))
     assert warn["level"] == "warn" and "superuser" in warn["error"]
     r = analysis(srv, "writer")
