@@ -221,6 +221,8 @@ held(const limiter *l, double now_ms)
 	return now_ms < l->hold_until_ms;
 }
 
+static void arm_wake(limiter *l, double now_ms);
+
 /* No grant before until_ms (a later hold wins over an earlier one). */
 static void
 hold(limiter *l, double now_ms, double until_ms)
@@ -232,6 +234,7 @@ hold(limiter *l, double now_ms, double until_ms)
 	if (!held(l, now_ms))
 		l->holds++;
 	l->hold_until_ms = until_ms;
+	arm_wake(l, now_ms);
 }
 
 static int
@@ -287,13 +290,12 @@ may_grant(const limiter *l, bool background, double now_ms)
 	return !background || (!l->fg.head && l->bg.in_flight < bg_slots(l));
 }
 
-/* Asks the owner for a tick at the end of a hold that keeps someone
- * waiting; once per hold end. */
+/* Asks the owner for a tick at the end of a hold, once per hold end: the
+ * waiters go then, and the stats see the hold end even if nobody waits. */
 static void
 arm_wake(limiter *l, double now_ms)
 {
-	if (!l->wake || !held(l, now_ms) || (!l->fg.head && !l->bg.head) ||
-	    l->wake_at_ms == l->hold_until_ms)
+	if (!l->wake || !held(l, now_ms) || l->wake_at_ms == l->hold_until_ms)
 		return;
 	l->wake_at_ms = l->hold_until_ms;
 	l->wake(l->wake_arg, l->hold_until_ms - now_ms);
@@ -353,7 +355,6 @@ acquire(limiter *l, limiter_waiter *w, bool background, limiter_ready_cb *cb, vo
 	queue_push(l, w);
 	if (!background)
 		l->queued_total++;
-	arm_wake(l, now_ms);
 	return LIMITER_QUEUED;
 }
 

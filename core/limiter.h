@@ -143,8 +143,9 @@ void limiter_set_ceiling(limiter *l, int ceiling);
 /* The background lane's share of the cap, within [0, 1] (default 0.25);
  * 0 gives it no slot at all. Its queue is as long as the interactive one. */
 void limiter_set_background_share(limiter *l, double share);
-/* See the header comment; NULL (the default) means nobody wakes it, and a
- * hold then ends at the next acquire, release or observe. */
+/* See the header comment: cb is asked once per hold, for its end. NULL
+ * (the default) means nobody wakes it, and a hold then ends for the
+ * waiters at the next acquire, release or observe. */
 void limiter_set_wake(limiter *l, limiter_wake_cb *cb, void *arg);
 
 /* w must be idle. cb is needed only if the verdict is LIMITER_QUEUED. A new
