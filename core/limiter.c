@@ -15,9 +15,10 @@
  *     all come from calls sent under the same cap, so they are one signal,
  *     not one per call (TCP halves once per window of loss, for the same
  *     reason). A round is "calls granted since the last decrease".
- *   - growth only while the cap binds (someone queued, or every slot taken):
- *     successes under a cap nobody reaches say nothing about the provider's
- *     room (TCP's congestion window validation, RFC 7661).
+ *   - growth only while the cap binds (every slot taken when the call is
+ *     answered): successes under a cap nobody reaches, or with slots left
+ *     free by a hold, say nothing about the provider's room (TCP's
+ *     congestion window validation, RFC 7661).
  *   - slow start until the first 429 (+1 per success, so it doubles per
  *     round), then +1 per cap's worth of successes: a burst bigger than the
  *     start cap reaches its size in one round when the provider has room,
@@ -437,8 +438,9 @@ limiter_observe(limiter *l, const limiter_waiter *w, const struct limiter_signal
 			l->decreases++;
 		}
 	} else if (s->ok) {
-		bool binding = l->fg.head || l->bg.head ||
-		               total_in_flight(l) >= cap_slots(l);
+		/* w still counts: every slot was taken when it was answered.
+		 * Waiters kept by a hold say nothing about the cap. */
+		bool binding = total_in_flight(l) >= cap_slots(l);
 		if (binding && l->cap < l->cap_ceiling) {
 			if (l->cap < l->ssthresh || ++l->acked >= cap_slots(l)) {
 				l->cap += 1;

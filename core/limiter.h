@@ -28,8 +28,7 @@
  * The cap adapts (AIMD, as TCP's congestion window): it starts at the
  * configured value, halves on a 429 from the provider (at most once per
  * round: calls sent before the last decrease share its 429s), and grows on
- * success, only while the cap is what limits us (calls queued or every slot
- * taken): +1 per success until the first 429 (slow start: it doubles per
+ * success, only while the cap is what limits us (every slot taken): +1 per success until the first 429 (slow start: it doubles per
  * round), then +1 per cap's worth of successes. It stays within
  * [1, ceiling]. The provider's rate-limit headers (limiter_observe) say how
  * many calls the current window still has room for: with none left beyond

@@ -448,6 +448,37 @@ test_grows_on_success(void)
 }
 
 static void
+test_no_growth_while_held(void)
+{
+	int order[64], n = 0;
+	limiter *l = limiter_create(4, 50);
+	limiter_set_ceiling(l, 40);
+	struct req r[12];
+	req_init(r, 12, l, order, &n);
+	acq(&r[0], 0);
+	acq(&r[1], 0);
+	struct limiter_signal s = {
+		.ok = true, .has_remaining_requests = true, .remaining_requests = 0,
+		.has_reset_requests = true, .reset_requests_ms = 5000,
+	};
+	limiter_observe(l, &r[0].w, &s, 10);
+	limiter_release(l, &r[0].w, 10);
+	fill(l, &r[2], 8, 20);
+	ok(st_of(l).held && st_of(l).queued == 8 && st_of(l).in_flight == 1,
+	   "held: 8 wait though 3 slots are free");
+	for (int i = 0; i < 5; i++)
+		limiter_observe(l, &r[1].w, &SIG_OK, 30 + i);
+	ok(st_of(l).max_in_flight == 4 && st_of(l).increases_total == 0,
+	   "successes while a hold keeps calls waiting do not grow the cap (%d)",
+	   st_of(l).max_in_flight);
+	for (int i = 0; i < 12; i++) {
+		limiter_cancel(l, &r[i].w);
+		limiter_release(l, &r[i].w, 40);
+	}
+	limiter_destroy(l);
+}
+
+static void
 test_ceiling_below_start(void)
 {
 	limiter *l = limiter_create(8, 0);
@@ -725,6 +756,7 @@ main(void)
 	test_averages_and_retry_after();
 	test_shrinks_on_429_once_per_round();
 	test_grows_on_success();
+	test_no_growth_while_held();
 	test_ceiling_below_start();
 	test_holds_until_reset();
 	test_credit_and_refill();
