@@ -199,7 +199,7 @@ def main():
             log("loading %d demo contacts..." % n)
             pg.sql_file(REPO / "sql" / "demo.sql", vars={"contacts": n})
         fake = FakeOpenAI(binary=os.environ.get("FAKE_BIN", str(REPO / "build" / "fake_openai")),
-                          latency_ms=args.latency_ms, chunk_delay_ms=0, extra_args=["--quiet"])
+                          latency_ms=args.latency_ms, chunk_delay_ms=0, extra_args=["--quiet"] if not os.environ.get("BURST_FAKE_LOG") else [])
         fake.start()
         want = set(args.only.split(",")) if args.only else None
 
@@ -227,6 +227,8 @@ def main():
             run("room/baseline", fake, {}, binary=args.baseline_bin)
     finally:
         if fake:
+            if os.environ.get("BURST_FAKE_LOG"):
+                Path(os.environ["BURST_FAKE_LOG"]).write_text(fake.log())
             fake.stop()
         pg.stop()
 

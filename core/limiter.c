@@ -33,6 +33,9 @@
  *     more: without that, the first moment of every window would go to the
  *     cap alone, and a cap above the limit would be refused there each
  *     time. A reply about a window already over says nothing of the room.
+ *     A window that still has room paces the calls by itself, so while
+ *     replies say so the cap regrows at slow start's pace after a 429;
+ *     without such replies, TCP's +1 per cap's worth.
  *     Tokens count as calls at the average tokens per call seen so far.
  *
  * The averages are exponential moving averages (weight 1/5 for the newest
@@ -52,6 +55,10 @@
 #define DECREASE_DIVISOR   2
 #define HOLD_MAX_MS        60000.0  /* never believe a longer reset */
 #define RESET_UNKNOWN_MS   1000.0   /* "none left" without a reset header */
+/* Our clock starts a call's window before the provider admits it (the
+ * loop tick, the request on the wire): a reset counted from the grant is a
+ * little early, and a call sent right then would land in the old window. */
+#define RESET_GUARD_MS     20.0
 #define BG_SHARE_DEFAULT   0.25
 
 struct lane {
@@ -81,6 +88,8 @@ struct limiter {
 	long token_samples;
 	limiter_wake_cb *wake;
 	void *wake_arg;
+	limiter_pending_cb *pending;
+	void *pending_arg;
 	double wake_at_ms;            /* the hold end the wake was asked for */
 	/* Counters. */
 	long acquired, queued_total, rejected, cancelled;
@@ -142,6 +151,20 @@ void
 limiter_set_background_share(limiter *l, double share)
 {
 	l->bg_share = !(share >= 0) ? 0 : share > 1 ? 1 : share;
+}
+
+void
+limiter_set_pending(limiter *l, limiter_pending_cb *cb, void *arg)
+{
+	l->pending = cb;
+	l->pending_arg = arg;
+}
+
+static long
+pending(const limiter *l)
+{
+	long n = l->pending ? l->pending(l->pending_arg) : 0;
+	return n > 0 ? n : 0;
 }
 
 void
@@ -244,14 +267,22 @@ total_in_flight(const limiter *l)
 	return l->fg.in_flight + l->bg.in_flight;
 }
 
+static void window_full(limiter *l, double now_ms);
+
 /* The window the credit counted for is over (or its hold is): a new one
- * has the limit's room, as far as we know. */
+ * has the limit's room, as far as we know, less the retries about to go
+ * into it. */
 static void
 window_turn(limiter *l, double now_ms)
 {
 	if (now_ms >= l->credit_until_ms || (l->credit == 0 && !held(l, now_ms))) {
-		l->credit = l->window_calls > 0 ? l->window_calls : -1;
 		l->credit_until_ms = INFINITY;
+		l->credit = -1;
+		if (l->window_calls > 0) {
+			l->credit = l->window_calls - pending(l);
+			if (l->credit <= 0)
+				window_full(l, now_ms);
+		}
 	}
 }
 
@@ -401,14 +432,15 @@ window_room(const limiter *l, const struct limiter_signal *s, long later, double
 	bool known = false;
 	if (s->has_remaining_requests) {
 		*room = s->remaining_requests - later;
-		*reset_at_ms = base_ms + (s->has_reset_requests ? s->reset_requests_ms
-		                                                : RESET_UNKNOWN_MS);
+		*reset_at_ms = base_ms + RESET_GUARD_MS +
+		               (s->has_reset_requests ? s->reset_requests_ms : RESET_UNKNOWN_MS);
 		known = true;
 	}
 	if (s->has_remaining_tokens) {
 		double per_call = l->avg_tokens >= 1 ? l->avg_tokens : 1;
 		long r = (long)floor((double)s->remaining_tokens / per_call) - later;
-		double at = base_ms + (s->has_reset_tokens ? s->reset_tokens_ms : RESET_UNKNOWN_MS);
+		double at = base_ms + RESET_GUARD_MS +
+		            (s->has_reset_tokens ? s->reset_tokens_ms : RESET_UNKNOWN_MS);
 		if (!known || r < *room) {
 			*room = r;
 			*reset_at_ms = at;
@@ -427,6 +459,32 @@ limiter_observe(limiter *l, const limiter_waiter *w, const struct limiter_signal
 	if (s->ok && s->tokens > 0)
 		ewma(&l->avg_tokens, &l->token_samples, (double)s->tokens);
 
+	/* The provider's window. */
+	long calls = window_limit(l, s);
+	if (calls > 0)
+		l->window_calls = calls;
+	if (s->throttled > 0 && s->has_retry_after)
+		hold(l, now_ms, now_ms + s->retry_after_ms);
+	long later = (mine ? l->grants - w->grant_seq - 1 : total_in_flight(l)) + pending(l);
+	long room = 0;
+	double reset_at = 0;
+	bool window_has_room = false;
+	double base = s->sent_ms > 0 && s->sent_ms <= now_ms ? s->sent_ms
+	              : mine ? w->since_ms : now_ms;
+	if (window_room(l, s, later, base, &room, &reset_at) &&
+	    reset_at > now_ms) {
+		/* The newest room replaces the older: it counts what went out
+		 * since. Every reset is a little early (see RESET_GUARD_MS), a
+		 * later estimate of the same window's less so: keep the latest. */
+		if (l->credit_until_ms == INFINITY || reset_at > l->credit_until_ms)
+			l->credit_until_ms = reset_at;
+		if (room <= 0)
+			window_full(l, now_ms);
+		else
+			l->credit = room;
+		window_has_room = room > 0;
+	}
+
 	/* The cap. */
 	l->throttled += s->throttled;
 	if (s->throttled > 0) {
@@ -439,10 +497,13 @@ limiter_observe(limiter *l, const limiter_waiter *w, const struct limiter_signal
 		}
 	} else if (s->ok) {
 		/* w still counts: every slot was taken when it was answered.
-		 * Waiters kept by a hold say nothing about the cap. */
+		 * Waiters kept by a hold say nothing about the cap. A window
+		 * that still has room paces the calls itself: then the cap
+		 * regrows at slow start's pace even after a 429. */
 		bool binding = total_in_flight(l) >= cap_slots(l);
 		if (binding && l->cap < l->cap_ceiling) {
-			if (l->cap < l->ssthresh || ++l->acked >= cap_slots(l)) {
+			if (l->cap < l->ssthresh || window_has_room ||
+			    ++l->acked >= cap_slots(l)) {
 				l->cap += 1;
 				l->acked = 0;
 				l->increases++;
@@ -451,25 +512,6 @@ limiter_observe(limiter *l, const limiter_waiter *w, const struct limiter_signal
 	}
 	cap_seen(l);
 
-	/* The provider's window. */
-	long calls = window_limit(l, s);
-	if (calls > 0)
-		l->window_calls = calls;
-	if (s->throttled > 0 && s->has_retry_after)
-		hold(l, now_ms, now_ms + s->retry_after_ms);
-	long later = mine ? l->grants - w->grant_seq - 1 : total_in_flight(l);
-	long room = 0;
-	double reset_at = 0;
-	if (window_room(l, s, later, mine ? w->since_ms : now_ms, &room, &reset_at) &&
-	    reset_at > now_ms) {
-		/* The newest word replaces the older one: it counts what went
-		 * out since. */
-		l->credit_until_ms = reset_at;
-		if (room <= 0)
-			window_full(l, now_ms);
-		else
-			l->credit = room;
-	}
 	/* A bigger cap or an ended hold may let waiters go (not w: it holds). */
 	dispatch(l, now_ms);
 }

@@ -102,6 +102,9 @@ struct limiter_signal {
 	double reset_requests_ms;      /* x-ratelimit-reset-requests */
 	double reset_tokens_ms;        /* x-ratelimit-reset-tokens */
 	double retry_after_ms;         /* retry-after-ms, else retry-after */
+	double sent_ms;                /* when the last attempt went out (the
+	                                  limiter's clock), 0 unknown: the
+	                                  resets count from about then */
 };
 
 struct limiter_stats {
@@ -142,6 +145,11 @@ void limiter_set_ceiling(limiter *l, int ceiling);
 /* The background lane's share of the cap, within [0, 1] (default 0.25);
  * 0 gives it no slot at all. Its queue is as long as the interactive one. */
 void limiter_set_background_share(limiter *l, double share);
+/* How many calls holding a slot are retrying (the upstream client's): their
+ * attempts take room in the provider's window that no grant accounts for.
+ * NULL (the default): none. */
+typedef long limiter_pending_cb(void *arg);
+void limiter_set_pending(limiter *l, limiter_pending_cb *cb, void *arg);
 /* See the header comment: cb is asked once per hold, for its end. NULL
  * (the default) means nobody wakes it, and a hold then ends for the
  * waiters at the next acquire, release or observe. */

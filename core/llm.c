@@ -132,6 +132,9 @@ struct llm_call {
 	double retry_after_ms;     /* server's hint, < 0 when none */
 	struct limiter_signal rate; /* this attempt's x-ratelimit-* */
 	int throttled;             /* attempts refused with 429 (not quota) */
+	bool retrying;             /* counted in stats.retrying until freed */
+	double attempt_start_ms;   /* when this attempt was added to the multi */
+	double sent_ms;            /* when the last attempt's request went out */
 	int should_retry;          /* x-should-retry: -1 absent, 0, 1 */
 	char *request_id;
 	struct buf body_in;        /* non-SSE reply bytes */
@@ -398,6 +401,8 @@ free_call(llm_call *call)
 	if (call->next)
 		call->next->prev = call->prev;
 	event_free(call->timer);
+	if (call->retrying)
+		c->stats.retrying--;
 	sse_reader_free(&call->sse);
 	buf_free(&call->body_in);
 	buf_free(&call->content);
@@ -452,6 +457,7 @@ finish(llm_call *call, enum llm_status st)
 	res.rate = call->rate;
 	res.rate.ok = st == LLM_OK;
 	res.rate.throttled = call->throttled;
+	res.rate.sent_ms = call->sent_ms;
 	res.rate.tokens = (call->prompt_tokens > 0 ? call->prompt_tokens : 0) +
 	                  (call->completion_tokens > 0 ? call->completion_tokens : 0);
 	if (call->retry_after_ms >= 0) {
@@ -955,6 +961,15 @@ attempt_done(llm_call *call, CURLcode res)
 		decide_mode(call); /* no body came: write_cb never ran */
 	if (call->http_status)
 		call->last_http = call->http_status;
+	/* When the request went out (connect and TLS done): the provider's
+	 * window counts from about then, not from when we asked for it. */
+	curl_off_t pre_us = 0;
+	if (call->easy &&
+	    curl_easy_getinfo(call->easy, CURLINFO_PRETRANSFER_TIME_T, &pre_us) == CURLE_OK &&
+	    pre_us > 0)
+		call->sent_ms = call->attempt_start_ms + (double)pre_us / 1000.0;
+	else
+		call->sent_ms = call->attempt_start_ms;
 	release_easy(call);
 
 	if (call->cancelled) {
@@ -992,6 +1007,10 @@ attempt_done(llm_call *call, CURLcode res)
 			          LOG_END);
 			free(reason);
 			arm_timer(call->timer, delay);
+			if (!call->retrying) {
+				call->retrying = true;
+				c->stats.retrying++;
+			}
 			return;
 		}
 		/* The retry could not finish in time: report what happened,
@@ -1089,6 +1108,7 @@ start_attempt(llm_call *call)
 	}
 	call->attempts++;
 	c->stats.attempts++;
+	call->attempt_start_ms = util_now_ms();
 	return true;
 }
 

@@ -112,6 +112,7 @@ struct llm_stats {
 	long in_flight;
 	long connections;    /* new connections opened (curl's num_connects) */
 	long http2;          /* attempts that ran over HTTP/2 */
+	long retrying;       /* live calls that are retrying (armed or sent) */
 };
 void llm_client_stats(const llm_client *c, struct llm_stats *out);
 

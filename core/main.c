@@ -176,6 +176,16 @@ limiter_wake(void *arg, double delay_ms)
 	evtimer_add(app->limiter_wake, &tv);
 }
 
+/* Retries waiting in the upstream client will take room in the provider's
+ * window that the limiter granted nothing for. */
+static long
+limiter_pending(void *arg)
+{
+	struct llm_stats st;
+	llm_client_stats(arg, &st);
+	return st.retrying;
+}
+
 static bool
 app_start_core(struct app *app)
 {
@@ -217,6 +227,7 @@ app_start_core(struct app *app)
 	limiter_set_background_share(app->limiter, cfg->llm_background_pct / 100.0);
 	app->limiter_wake = evtimer_new(app->base, on_limiter_wake, app);
 	limiter_set_wake(app->limiter, limiter_wake, app);
+	limiter_set_pending(app->limiter, limiter_pending, app->llm);
 	struct breaker_config bc = {
 		.name = "upstream", .failure_threshold = cfg->breaker_failures,
 		.open_ms = cfg->breaker_open_ms, .max_open_ms = 120000, .half_open_probes = 1,

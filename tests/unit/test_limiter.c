@@ -518,17 +518,17 @@ test_holds_until_reset(void)
 	};
 	limiter_observe(l, &r[0].w, &s, 100);
 	struct limiter_stats st = st_of(l);
-	ok(st.held && st.holds_total == 1 && NEAR(st.hold_remaining_ms, 400),
-	   "remaining 1 with one more call out: held until the reset, 400 ms from now (%.0f)",
+	ok(st.held && st.holds_total == 1 && NEAR(st.hold_remaining_ms, 420),
+	   "remaining 1 with one more call out: held until the reset and its 20 ms guard (%.0f)",
 	   st.hold_remaining_ms);
-	ok(wakes == 1 && NEAR(wake_delay, 400), "the owner is asked to wake it at the reset (%.0f ms)",
+	ok(wakes == 1 && NEAR(wake_delay, 420), "the owner is asked to wake it at the reset (%.0f ms)",
 	   wake_delay);
 	limiter_release(l, &r[0].w, 100);
 	ok(acq(&r[2], 110) == LIMITER_QUEUED, "while held a free slot is not used: the call waits");
 	ok(acq(&r[3], 120) == LIMITER_QUEUED && wakes == 1, "one wake per hold, however many wait");
 	limiter_tick(l, 300);
 	ok(n == 0 && r[2].w.state == LIMITER_WAITING, "a tick before the reset grants nothing");
-	limiter_tick(l, 500);
+	limiter_tick(l, 520);
 	ok(n == 2 && order[0] == 2 && order[1] == 3 && !st_of(l).held,
 	   "at the reset the waiters go, in order");
 	for (int i = 1; i < 4; i++)
@@ -587,7 +587,7 @@ test_credit_and_refill(void)
 	int go = fill(l, &r[1], 10, 810);
 	ok(go == 3 && st_of(l).queued == 7 && st_of(l).held,
 	   "3 go, the rest wait for the window's reset (%d went)", go);
-	limiter_tick(l, 1000);
+	limiter_tick(l, 1020);
 	go = 0;
 	for (int i = 1; i <= 10; i++)
 		go += r[i].w.state == LIMITER_HOLDING;
@@ -606,6 +606,103 @@ test_credit_and_refill(void)
 	   "remaining 0 from a window that ended (810 + 100 ms) holds nothing");
 	for (int i = 1; i <= 10; i++)
 		limiter_release(l, &r[i].w, 3100);
+	limiter_destroy(l);
+}
+
+static void
+test_reset_counts_from_when_the_call_went_out(void)
+{
+	int order[64], n = 0;
+	limiter *l = limiter_create(8, 50);
+	struct req r[8];
+	req_init(r, 8, l, order, &n);
+	acq(&r[0], 0);
+	/* granted at 0, on the wire at 150 (a slow connect): the window it
+	 * speaks of resets 500 ms after 150, not after 0 */
+	struct limiter_signal s = {
+		.ok = true, .has_remaining_requests = true, .remaining_requests = 0,
+		.has_reset_requests = true, .reset_requests_ms = 500, .sent_ms = 150,
+	};
+	limiter_observe(l, &r[0].w, &s, 400);
+	ok(st_of(l).held && NEAR(st_of(l).hold_remaining_ms, 150 + 500 + 20 - 400),
+	   "held until sent + reset + guard (%.0f ms left)", st_of(l).hold_remaining_ms);
+	limiter_release(l, &r[0].w, 400);
+	limiter_destroy(l);
+}
+
+static void
+test_regrows_fast_while_the_window_has_room(void)
+{
+	int order[64], n = 0;
+	limiter *l = limiter_create(8, 50);
+	limiter_set_ceiling(l, 32);
+	static struct req r[40];
+	req_init(r, 40, l, order, &n);
+	fill(l, r, 30, 0);
+	limiter_observe(l, &r[0].w, &SIG_429, 1);
+	ok(st_of(l).max_in_flight == 4, "a 429 halves 8 to 4");
+	/* in flight 8 > cap 4: every slot taken; the window says 50 left */
+	struct limiter_signal room = {
+		.ok = true, .has_remaining_requests = true, .remaining_requests = 50,
+		.has_reset_requests = true, .reset_requests_ms = 60000,
+	};
+	for (int i = 1; i < 4; i++)
+		limiter_observe(l, &r[i].w, &room, 10);
+	ok(st_of(l).max_in_flight == 7, "with room in the window: +1 per success after a 429 (%d)",
+	   st_of(l).max_in_flight);
+	for (int i = 4; i < 7; i++)
+		limiter_observe(l, &r[i].w, &SIG_OK, 11);
+	ok(st_of(l).max_in_flight == 7, "without a word on the window: additive again (%d)",
+	   st_of(l).max_in_flight);
+	for (int i = 0; i < 40; i++) {
+		limiter_cancel(l, &r[i].w);
+		limiter_release(l, &r[i].w, 20);
+	}
+	limiter_destroy(l);
+}
+
+static long pending_now;
+
+static long
+pending_probe(void *arg)
+{
+	return pending_now;
+}
+
+static void
+test_pending_retries_take_window_room(void)
+{
+	int order[64], n = 0;
+	limiter *l = limiter_create(20, 50);
+	limiter_set_pending(l, pending_probe, NULL);
+	struct req r[30];
+	req_init(r, 30, l, order, &n);
+	acq(&r[0], 0);
+	acq(&r[1], 0);
+	acq(&r[2], 0);
+	/* Two of our calls were refused and wait to retry: the window's 5
+	 * left are 3 for new calls (r1, r2 were granted after r0). */
+	pending_now = 2;
+	struct limiter_signal s = {
+		.ok = true, .has_limit_requests = true, .limit_requests = 6,
+		.has_remaining_requests = true, .remaining_requests = 7,
+		.has_reset_requests = true, .reset_requests_ms = 1000,
+	};
+	limiter_observe(l, &r[0].w, &s, 100);
+	limiter_release(l, &r[0].w, 100);
+	ok(st_of(l).credit == 3, "remaining 7, 2 granted later, 2 retries pending: room 3 (%ld)",
+	   st_of(l).credit);
+	ok(fill(l, &r[3], 10, 110) == 3, "3 go before the reset");
+	limiter_tick(l, 1020);
+	int go = 0;
+	for (int i = 3; i < 13; i++)
+		go += r[i].w.state == LIMITER_HOLDING;
+	ok(go == 3 + 4, "at the reset the limit (6) less the 2 retries go (%d)", go);
+	pending_now = 0;
+	for (int i = 0; i < 30; i++) {
+		limiter_cancel(l, &r[i].w);
+		limiter_release(l, &r[i].w, 1100);
+	}
 	limiter_destroy(l);
 }
 
@@ -629,7 +726,7 @@ test_tokens_window(void)
 	limiter_release(l, &r[0].w, 100);
 	ok(st_of(l).credit == 2, "250 tokens left at 100 a call: room for 2 (%ld)", st_of(l).credit);
 	ok(fill(l, &r[1], 5, 110) == 2 && st_of(l).held &&
-	   NEAR(st_of(l).hold_remaining_ms, 590),
+	   NEAR(st_of(l).hold_remaining_ms, 610),
 	   "2 go, then held until the tokens' reset (%.0f ms left)", st_of(l).hold_remaining_ms);
 	for (int i = 0; i < 20; i++) {
 		limiter_cancel(l, &r[i].w);
@@ -761,6 +858,9 @@ main(void)
 	test_holds_until_reset();
 	test_credit_and_refill();
 	test_tokens_window();
+	test_pending_retries_take_window_room();
+	test_reset_counts_from_when_the_call_went_out();
+	test_regrows_fast_while_the_window_has_room();
 	test_background_share();
 	test_background_share_follows_cap();
 	return tap_done();

@@ -912,6 +912,8 @@ test_edge(void)
 	edge_run(c, &o, 0, 5000);
 	ok(o.status == LLM_OK && o.rate.ok && o.rate.throttled == 0 && o.rate.tokens == 12,
 	   "rate: ok, not throttled, 12 tokens used (%ld)", o.rate.tokens);
+	ok(o.rate.sent_ms >= o.started_ms && o.rate.sent_ms <= o.done_ms,
+	   "rate: sent_ms is when the request went out, between start and done");
 	ok(o.rate.has_limit_requests && o.rate.limit_requests == 500 && o.rate.has_limit_tokens &&
 	   o.rate.limit_tokens == 30000, "x-ratelimit-limit-* parsed");
 	ok(o.rate.has_remaining_requests && o.rate.remaining_requests == 499 &&
