@@ -5,7 +5,8 @@ that the burst exceeds.
 
     bench/burst.py [--requests 1000] [--at-once 100] [--latency-ms 800]
                    [--limit-requests 60] [--limit-window-ms 1000]
-                   [--node] [--baseline-bin PATH]
+                   [--node] [--baseline-bin PATH] [--only NAME,...]
+                   [--fake-log PATH]
 
 Scenarios (each on a fresh rapport, so every request is a cold miss):
   room/adaptive  the project's fake, no limit, RAPPORT_LLM_MAX_IN_FLIGHT
@@ -184,6 +185,7 @@ def main():
     ap.add_argument("--node", action="store_true", help="also against the Node fake")
     ap.add_argument("--baseline-bin", help="another rapport build for the limit scenario")
     ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--fake-log", help="keep the project fake's log (not --quiet) in this file")
     args = ap.parse_args()
 
     pg = PgCluster(directory=REPO / "var" / "bench-pg",
@@ -199,7 +201,8 @@ def main():
             log("loading %d demo contacts..." % n)
             pg.sql_file(REPO / "sql" / "demo.sql", vars={"contacts": n})
         fake = FakeOpenAI(binary=os.environ.get("FAKE_BIN", str(REPO / "build" / "fake_openai")),
-                          latency_ms=args.latency_ms, chunk_delay_ms=0, extra_args=["--quiet"] if not os.environ.get("BURST_FAKE_LOG") else [])
+                          latency_ms=args.latency_ms, chunk_delay_ms=0,
+                          extra_args=[] if args.fake_log else ["--quiet"])
         fake.start()
         want = set(args.only.split(",")) if args.only else None
 
@@ -227,8 +230,8 @@ def main():
             run("room/baseline", fake, {}, binary=args.baseline_bin)
     finally:
         if fake:
-            if os.environ.get("BURST_FAKE_LOG"):
-                Path(os.environ["BURST_FAKE_LOG"]).write_text(fake.log())
+            if args.fake_log:
+                Path(args.fake_log).write_text(fake.log())
             fake.stop()
         pg.stop()
 
