@@ -749,6 +749,7 @@ on_llm_done(void *arg, const struct llm_result *res)
 {
 	struct flight *f = arg;
 	f->llm = NULL;            /* the client frees the call after this */
+	limiter_observe(f->a->d.limiter, &f->lw, &res->rate, util_now_ms());
 	gate_release(f, upstream_healthy(res) ? GATE_HEALTHY : GATE_FAILING);
 	model_answered(f, res);
 }

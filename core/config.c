@@ -55,6 +55,8 @@ static const struct setting settings[] = {
 	{ "RAPPORT_LLM_FIRST_TOKEN_MS", NULL, K_INT, OFF(llm_first_token_ms), 0 },
 	{ "RAPPORT_LLM_MAX_IN_FLIGHT", NULL, K_INT, OFF(llm_max_in_flight), 0 },
 	{ "RAPPORT_LLM_QUEUE", NULL, K_INT, OFF(llm_max_queue), 0 },
+	{ "RAPPORT_LLM_MAX_IN_FLIGHT_CEILING", NULL, K_INT, OFF(llm_max_in_flight_ceiling), 100000 },
+	{ "RAPPORT_LLM_BACKGROUND_PCT", NULL, K_INT, OFF(llm_background_pct), 100 },
 	{ "RAPPORT_BREAKER_FAILURES", NULL, K_INT, OFF(breaker_failures), 0 },
 	{ "RAPPORT_BREAKER_OPEN_MS", NULL, K_INT, OFF(breaker_open_ms), 0 },
 	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices), 0 },
@@ -102,6 +104,8 @@ set_defaults(struct config *c)
 	c->llm_first_token_ms = 20000;
 	c->llm_max_in_flight = 64;
 	c->llm_max_queue = 256;
+	c->llm_max_in_flight_ceiling = 0;   /* 4 × RAPPORT_LLM_MAX_IN_FLIGHT, in config_load */
+	c->llm_background_pct = 25;
 	c->breaker_failures = 5;
 	c->breaker_open_ms = 5000;
 	c->orphan_policy = xstrdup("finish");
@@ -392,6 +396,19 @@ config_load(struct config *c, int argc, char **argv, char ***rest, int *nrest, c
 			goto fail;
 	}
 	finish_admin_socket(c);
+	/* The adaptive cap grows up to 4× its start unless told: room for a
+	 * burst when the provider has it, yet a bound on sockets and spend. */
+	if (c->llm_max_in_flight < 1)
+		c->llm_max_in_flight = 1;
+	if (c->llm_max_in_flight_ceiling == 0) {
+		c->llm_max_in_flight_ceiling = c->llm_max_in_flight <= 25000
+		        ? 4 * c->llm_max_in_flight : 100000;
+	} else if (c->llm_max_in_flight_ceiling < c->llm_max_in_flight) {
+		*err = xasprintf("RAPPORT_LLM_MAX_IN_FLIGHT_CEILING (%d) is below "
+		                 "RAPPORT_LLM_MAX_IN_FLIGHT (%d)", c->llm_max_in_flight_ceiling,
+		                 c->llm_max_in_flight);
+		goto fail;
+	}
 	/* rapport's own writes default to the CRM's database (on connections
 	 * of their own, when there are any). */
 	if (!c->state_url)

@@ -36,6 +36,8 @@ struct config {
 	int llm_first_token_ms;    /* RAPPORT_LLM_FIRST_TOKEN_MS (20000): stalled-stream cut-off */
 	int llm_max_in_flight;     /* RAPPORT_LLM_MAX_IN_FLIGHT (64): upstream calls at once */
 	int llm_max_queue;         /* RAPPORT_LLM_QUEUE (256): waiting beyond that → 429 */
+	int llm_max_in_flight_ceiling; /* RAPPORT_LLM_MAX_IN_FLIGHT_CEILING (4 × the start) */
+	int llm_background_pct;    /* RAPPORT_LLM_BACKGROUND_PCT (25): warm calls' share of the cap */
 	int breaker_failures;      /* RAPPORT_BREAKER_FAILURES (5): consecutive, to open */
 	int breaker_open_ms;       /* RAPPORT_BREAKER_OPEN_MS (5000): first open period */
 	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */

@@ -441,7 +441,9 @@ on_sweep(evutil_socket_t fd, short what, void *arg)
 static int
 fd_reserve(const struct config *cfg)
 {
-	return 32 + cfg->db_pool_size + cfg->llm_max_in_flight;
+	int upstream = cfg->llm_max_in_flight_ceiling > cfg->llm_max_in_flight
+	        ? cfg->llm_max_in_flight_ceiling : cfg->llm_max_in_flight;
+	return 32 + cfg->db_pool_size + upstream;
 }
 
 static void

@@ -130,6 +130,11 @@ struct llm_call {
 	bool sse_mode;             /* this body is parsed as SSE */
 	bool done_seen;            /* "data: [DONE]" arrived */
 	double retry_after_ms;     /* server's hint, < 0 when none */
+	struct limiter_signal rate; /* this attempt's x-ratelimit-* */
+	int throttled;             /* attempts refused with 429 (not quota) */
+	bool retrying;             /* counted in stats.retrying until freed */
+	double attempt_start_ms;   /* when this attempt was added to the multi */
+	double sent_ms;            /* when the last attempt's request went out */
 	int should_retry;          /* x-should-retry: -1 absent, 0, 1 */
 	char *request_id;
 	struct buf body_in;        /* non-SSE reply bytes */
@@ -366,6 +371,7 @@ reset_attempt(llm_call *call)
 	call->sse_mode = false;
 	call->done_seen = false;
 	call->retry_after_ms = -1;
+	memset(&call->rate, 0, sizeof call->rate);
 	call->should_retry = -1;
 	set_str(&call->request_id, NULL);
 	call->body_in.len = 0;
@@ -395,6 +401,8 @@ free_call(llm_call *call)
 	if (call->next)
 		call->next->prev = call->prev;
 	event_free(call->timer);
+	if (call->retrying)
+		c->stats.retrying--;
 	sse_reader_free(&call->sse);
 	buf_free(&call->body_in);
 	buf_free(&call->content);
@@ -446,6 +454,16 @@ finish(llm_call *call, enum llm_status st)
 	res.request_id = call->request_id;
 	res.attempts = call->attempts;
 	res.elapsed_ms = util_now_ms() - call->start_ms;
+	res.rate = call->rate;
+	res.rate.ok = st == LLM_OK;
+	res.rate.throttled = call->throttled;
+	res.rate.sent_ms = call->sent_ms;
+	res.rate.tokens = (call->prompt_tokens > 0 ? call->prompt_tokens : 0) +
+	                  (call->completion_tokens > 0 ? call->completion_tokens : 0);
+	if (call->retry_after_ms >= 0) {
+		res.rate.has_retry_after = true;
+		res.rate.retry_after_ms = call->retry_after_ms;
+	}
 
 	log_event(st == LLM_OK ? LOG_INFO : LOG_WARN, "llm call",
 	          LOG_S("status", llm_status_name(st)),
@@ -612,6 +630,88 @@ on_sse_event(void *arg, const struct sse_event *ev)
 	return stop || call->cancelled;
 }
 
+bool
+llm_parse_duration_ms(const char *s, double *ms)
+{
+	static const struct { const char *unit; double ms; } units[] = {
+		/* longest first: "ms" before "m" and "s" */
+		{ "ms", 1 }, { "us", 1e-3 }, { "\xc2\xb5s", 1e-3 }, { "ns", 1e-6 },
+		{ "h", 3600e3 }, { "m", 60e3 }, { "s", 1e3 },
+	};
+	double total = 0;
+	const char *p = s;
+
+	if (!s || !*s)
+		return false;
+	while (*p) {
+		/* digits[.digits]: no sign, exponent or hex (strtod takes those) */
+		const char *num = p;
+		double v = 0, scale = 1;
+		bool digits = false;
+		for (; *p >= '0' && *p <= '9'; p++, digits = true)
+			v = v * 10 + (*p - '0');
+		if (*p == '.')
+			for (p++; *p >= '0' && *p <= '9'; p++, digits = true)
+				v += (*p - '0') * (scale /= 10);
+		if (!digits)
+			return false;
+		if (!*p && num == s) {
+			total = v * 1e3;       /* a bare number: seconds */
+			break;
+		}
+		size_t i, n = sizeof units / sizeof units[0];
+		for (i = 0; i < n; i++) {
+			size_t ul = strlen(units[i].unit);
+			if (strncmp(p, units[i].unit, ul) == 0) {
+				total += v * units[i].ms;
+				p += ul;
+				break;
+			}
+		}
+		if (i == n)
+			return false;
+	}
+	if (!isfinite(total))
+		return false;
+	*ms = total;
+	return true;
+}
+
+static bool
+parse_count(const char *value, long *out)
+{
+	char *e;
+	long v;
+
+	if (*value < '0' || *value > '9')
+		return false;
+	v = strtol(value, &e, 10);
+	if (*e != '\0' || v < 0)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* x-ratelimit-<rest>: value into the attempt's rate-limit fields. */
+static void
+take_ratelimit(struct limiter_signal *r, const char *rest, size_t n, const char *value)
+{
+#define R(name) (n == sizeof(name) - 1 && strncasecmp(rest, name, n) == 0)
+	if (R("limit-requests"))
+		r->has_limit_requests = parse_count(value, &r->limit_requests);
+	else if (R("limit-tokens"))
+		r->has_limit_tokens = parse_count(value, &r->limit_tokens);
+	else if (R("remaining-requests"))
+		r->has_remaining_requests = parse_count(value, &r->remaining_requests);
+	else if (R("remaining-tokens"))
+		r->has_remaining_tokens = parse_count(value, &r->remaining_tokens);
+	else if (R("reset-requests"))
+		r->has_reset_requests = llm_parse_duration_ms(value, &r->reset_requests_ms);
+	else if (R("reset-tokens"))
+		r->has_reset_tokens = llm_parse_duration_ms(value, &r->reset_tokens_ms);
+#undef R
+}
+
 /* CURLOPT_HEADERFUNCTION: one header line at a time, including the status
  * line of every response (1xx too), which starts a fresh set. */
 static size_t
@@ -626,6 +726,7 @@ header_cb(char *line, size_t size, size_t n, void *arg)
 		return 0; /* aborts the transfer */
 	if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
 		call->retry_after_ms = -1;
+		memset(&call->rate, 0, sizeof call->rate);
 		call->should_retry = -1;
 		set_str(&call->request_id, NULL);
 		return len;
@@ -646,7 +747,9 @@ header_cb(char *line, size_t size, size_t n, void *arg)
 	value[end - v] = '\0';
 
 #define IS(name) (nlen == sizeof(name) - 1 && strncasecmp(line, name, nlen) == 0)
-	if (IS("x-request-id")) {
+	if (nlen > 12 && strncasecmp(line, "x-ratelimit-", 12) == 0) {
+		take_ratelimit(&call->rate, line + 12, nlen - 12, value);
+	} else if (IS("x-request-id")) {
 		set_str(&call->request_id, value);
 	} else if (IS("x-should-retry")) {
 		if (strcasecmp(value, "true") == 0)
@@ -858,6 +961,15 @@ attempt_done(llm_call *call, CURLcode res)
 		decide_mode(call); /* no body came: write_cb never ran */
 	if (call->http_status)
 		call->last_http = call->http_status;
+	/* When the request went out (connect and TLS done): the provider's
+	 * window counts from about then, not from when we asked for it. */
+	curl_off_t pre_us = 0;
+	if (call->easy &&
+	    curl_easy_getinfo(call->easy, CURLINFO_PRETRANSFER_TIME_T, &pre_us) == CURLE_OK &&
+	    pre_us > 0)
+		call->sent_ms = call->attempt_start_ms + (double)pre_us / 1000.0;
+	else
+		call->sent_ms = call->attempt_start_ms;
 	release_easy(call);
 
 	if (call->cancelled) {
@@ -865,6 +977,8 @@ attempt_done(llm_call *call, CURLcode res)
 		return;
 	}
 	retry = classify(call, res);
+	if (call->http_status == 429 && !call->quota_exhausted)
+		call->throttled++;
 	if (call->err == LLM_OK) {
 		if (call->stream && !call->sse_mode) {
 			/* Asked for a stream, got a whole completion: the caller
@@ -893,6 +1007,10 @@ attempt_done(llm_call *call, CURLcode res)
 			          LOG_END);
 			free(reason);
 			arm_timer(call->timer, delay);
+			if (!call->retrying) {
+				call->retrying = true;
+				c->stats.retrying++;
+			}
 			return;
 		}
 		/* The retry could not finish in time: report what happened,
@@ -990,6 +1108,7 @@ start_attempt(llm_call *call)
 	}
 	call->attempts++;
 	c->stats.attempts++;
+	call->attempt_start_ms = util_now_ms();
 	return true;
 }
 

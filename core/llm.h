@@ -16,6 +16,8 @@
 #include <stdbool.h>
 #include <jansson.h>
 
+#include "limiter.h"   /* struct limiter_signal: what we tell the limiter */
+
 struct event_base;
 typedef struct llm_client llm_client;
 typedef struct llm_call llm_call;
@@ -50,6 +52,12 @@ struct llm_result {
 	const char *request_id;    /* x-request-id, or NULL */
 	int attempts;              /* HTTP attempts made (1 = no retry) */
 	double elapsed_ms;         /* from llm_chat() to on_done */
+	/* The provider's rate-limit word, from the last attempt's headers
+	 * (x-ratelimit-{limit,remaining,reset}-{requests,tokens},
+	 * retry-after-ms / retry-after), for every outcome, errors included;
+	 * plus ok, the 429s over all attempts and the tokens used. Ready to
+	 * hand to limiter_observe(). */
+	struct limiter_signal rate;
 };
 
 /* Streamed text as it arrives: each call carries one upstream chunk's
@@ -92,12 +100,19 @@ void llm_cancel(llm_call *call);
  * "upstream_bad_reply". */
 const char *llm_status_name(enum llm_status st);
 
+/* A duration as OpenAI writes x-ratelimit-reset-*: Go's format, one or
+ * more <number><unit> with units h, m, s, ms, us (µs), ns ("1s", "6m0s",
+ * "20ms", "1h2m3.5s"); a bare number is seconds (as retry-after). False,
+ * *ms untouched, for anything else. */
+bool llm_parse_duration_ms(const char *s, double *ms);
+
 struct llm_stats {
 	long calls;          /* llm_chat() calls */
 	long attempts;       /* HTTP requests sent */
 	long in_flight;
 	long connections;    /* new connections opened (curl's num_connects) */
 	long http2;          /* attempts that ran over HTTP/2 */
+	long retrying;       /* live calls that are retrying (armed or sent) */
 };
 void llm_client_stats(const llm_client *c, struct llm_stats *out);
 

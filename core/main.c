@@ -80,6 +80,7 @@ struct app {
 	db_listener *listener;   /* cache invalidation (serve only) */
 	llm_client *llm;
 	limiter *limiter;        /* upstream calls in flight */
+	struct event *limiter_wake; /* ends the limiter's rate-limit holds */
 	breaker *breaker;        /* upstream health */
 	accounting *acct;        /* tokens and cost */
 	cache *cache;
@@ -166,6 +167,34 @@ check_db_role(const struct config *cfg)
 }
 
 /* Creates the parts every command that runs analyses needs. */
+/* The limiter asks to be ticked when a hold for the provider's window
+ * ends; it has no clock of its own. */
+static void
+on_limiter_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct app *app = arg;
+	limiter_tick(app->limiter, util_now_ms());
+}
+
+static void
+limiter_wake(void *arg, double delay_ms)
+{
+	struct app *app = arg;
+	long us = delay_ms > 0 ? (long)(delay_ms * 1000.0) + 1000 : 0;
+	struct timeval tv = { us / 1000000, us % 1000000 };
+	evtimer_add(app->limiter_wake, &tv);
+}
+
+/* Retries waiting in the upstream client will take room in the provider's
+ * window that the limiter granted nothing for. */
+static long
+limiter_pending(void *arg)
+{
+	struct llm_stats st;
+	llm_client_stats(arg, &st);
+	return st.retrying;
+}
+
 static bool
 app_start_core(struct app *app)
 {
@@ -203,6 +232,11 @@ app_start_core(struct app *app)
 		return false;
 	}
 	app->limiter = limiter_create(cfg->llm_max_in_flight, cfg->llm_max_queue);
+	limiter_set_ceiling(app->limiter, cfg->llm_max_in_flight_ceiling);
+	limiter_set_background_share(app->limiter, cfg->llm_background_pct / 100.0);
+	app->limiter_wake = evtimer_new(app->base, on_limiter_wake, app);
+	limiter_set_wake(app->limiter, limiter_wake, app);
+	limiter_set_pending(app->limiter, limiter_pending, app->llm);
 	struct breaker_config bc = {
 		.name = "upstream", .failure_threshold = cfg->breaker_failures,
 		.open_ms = cfg->breaker_open_ms, .max_open_ms = 120000, .half_open_probes = 1,
@@ -266,6 +300,8 @@ app_stop(struct app *app)
 		llm_client_destroy(app->llm);
 	if (app->limiter)
 		limiter_destroy(app->limiter);
+	if (app->limiter_wake)
+		event_free(app->limiter_wake);
 	if (app->breaker)
 		breaker_destroy(app->breaker);
 	if (app->acct)

@@ -227,6 +227,38 @@ gather_limiter(metrics *m, const limiter *l)
 	metrics_family(m, "rapport_upstream_rejected_total", "429 overloaded verdicts.",
 	               METRICS_COUNTER);
 	metrics_int(m, st.rejected_total, NULL);
+	/* The adaptive cap and the provider's window (limiter.h). */
+	static const struct {
+		const char *name, *help;
+		enum metrics_type type;
+	} f[] = {
+		{ "rapport_upstream_cap", "Upstream calls allowed at once now (adaptive).", METRICS_GAUGE },
+		{ "rapport_upstream_cap_start", "RAPPORT_LLM_MAX_IN_FLIGHT.", METRICS_GAUGE },
+		{ "rapport_upstream_cap_ceiling", "RAPPORT_LLM_MAX_IN_FLIGHT_CEILING.", METRICS_GAUGE },
+		{ "rapport_upstream_cap_min", "Lowest cap so far.", METRICS_GAUGE },
+		{ "rapport_upstream_cap_max", "Highest cap so far.", METRICS_GAUGE },
+		{ "rapport_upstream_cap_decreases_total", "Halvings of the cap on a 429 round.",
+		  METRICS_COUNTER },
+		{ "rapport_upstream_cap_increases_total", "Steps of +1 of the cap.", METRICS_COUNTER },
+		{ "rapport_upstream_throttled_total", "429s the provider sent (attempts).",
+		  METRICS_COUNTER },
+		{ "rapport_upstream_held", "1 while new calls wait for the provider's window.",
+		  METRICS_GAUGE },
+		{ "rapport_upstream_holds_total", "Holds for the provider's window.", METRICS_COUNTER },
+		{ "rapport_upstream_background_in_flight", "Background (warm) calls running.",
+		  METRICS_GAUGE },
+		{ "rapport_upstream_background_cap", "Background calls allowed at once now.",
+		  METRICS_GAUGE },
+		{ "rapport_upstream_background_queued", "Background calls waiting.", METRICS_GAUGE },
+	};
+	long long v[] = { st.max_in_flight, st.cap_start, st.cap_ceiling, st.cap_min_seen,
+	                  st.cap_max_seen, st.decreases_total, st.increases_total,
+	                  st.throttled_total, st.held, st.holds_total, st.bg_in_flight,
+	                  st.bg_max_in_flight, st.bg_queued };
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		metrics_family(m, f[i].name, f[i].help, f[i].type);
+		metrics_int(m, v[i], NULL);
+	}
 }
 
 static void

@@ -145,8 +145,9 @@ class FakeOpenAI:
         return json.loads(raw)
 
     def stats(self):
-        """chat_calls, stream_calls, in_flight, max_in_flight, connections,
-        last_request, last_authorization_present."""
+        """chat_calls, stream_calls, rate_limited (429s of the rate-limit
+        mode), in_flight, max_in_flight, connections, last_request,
+        last_authorization_present."""
         return self._call("GET", "/_fake/stats")
 
     def reset(self):
@@ -155,8 +156,9 @@ class FakeOpenAI:
         return self._call("POST", "/_fake/reset", {})
 
     def config(self, **kw):
-        """Merge latency_ms, chunk_delay_ms, chunks, content (str or None)
-        and fail (list, appended) into the live settings; returns them."""
+        """Merge latency_ms, chunk_delay_ms, chunks, content (str or None),
+        rate_limit ({"requests", "tokens", "window_ms"} or None) and fail
+        (list, appended) into the live settings; returns them."""
         return self._call("POST", "/_fake/config", kw)
 
     def fail(self, *entries):

@@ -3,7 +3,8 @@
 rapport's integration tests, benchmarks and no-key demo trust this program to
 speak OpenAI's chat completions protocol; these tests pin that down: reply and
 chunk shapes, usage, the SSE framing, schema-shaped content, the scripted
-failures, the counters, and that it frees what a vanished client leaves behind.
+failures, the counters, the rate-limit mode (x-ratelimit-* headers, OpenAI's
+429), and that it frees what a vanished client leaves behind.
 """
 
 import http.client
@@ -739,3 +740,120 @@ def test_many_concurrent_streams_all_complete(fake_proc):
     st = fake_proc.stats()
     assert st["in_flight"] == 0 and st["max_in_flight"] > 1
     assert st["stream_calls"] == 20
+
+
+# ---- rate-limit mode --------------------------------------------------------
+
+RL_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-limit-tokens",
+              "x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens",
+              "x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+
+GO_DURATION = r"^(\d+h)?(\d+m)?(\d+(\.\d+)?(ms|s))$|^0s$"
+
+
+def test_every_reply_carries_the_six_rate_limit_headers(fake_proc):
+    import re
+    for mode in (None, {"requests": 100, "tokens": 100000, "window_ms": 60000}):
+        fake_proc.config(rate_limit=mode)
+        status, hdrs, _ = chat(fake_proc, chat_body())
+        assert status == 200
+        for h in RL_HEADERS:
+            assert h in hdrs, (mode, h)
+        for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+            assert re.match(GO_DURATION, hdrs[h]), hdrs[h]
+        status, hdrs, _ = chat(fake_proc, {"model": "x"})   # a 400
+        assert status == 400 and all(h in hdrs for h in RL_HEADERS)
+
+
+def test_rate_limit_counts_requests_down_then_refuses_with_openai_429(
+        fake_proc):
+    fake_proc.config(rate_limit={"requests": 3, "window_ms": 60000})
+    seen = []
+    for _ in range(3):
+        status, hdrs, _ = chat(fake_proc, chat_body())
+        assert status == 200
+        assert hdrs["x-ratelimit-limit-requests"] == "3"
+        seen.append(int(hdrs["x-ratelimit-remaining-requests"]))
+    assert seen == [2, 1, 0]
+    status, hdrs, r = chat(fake_proc, chat_body())
+    assert status == 429
+    assert hdrs["x-ratelimit-remaining-requests"] == "0"
+    assert 50 <= int(hdrs["retry-after"]) <= 60
+    assert 0 < int(hdrs["retry-after-ms"]) <= 60000
+    err = r["error"]
+    assert err["type"] == "requests" and err["code"] == "rate_limit_exceeded"
+    assert err["param"] is None
+    assert ("on requests per min (RPM): Limit 3, Used 3, Requested 1. "
+            "Please try again in ") in err["message"]
+    st = fake_proc.stats()
+    assert st["rate_limited"] == 1 and st["chat_calls"] == 4
+
+
+def test_rate_limit_window_resets_and_the_reset_header_counts_down(fake_proc):
+    fake_proc.config(rate_limit={"requests": 1, "window_ms": 400})
+    status, hdrs, _ = chat(fake_proc, chat_body())
+    assert status == 200
+    assert hdrs["x-ratelimit-reset-requests"].endswith("ms")
+    assert 0 < int(hdrs["x-ratelimit-reset-requests"][:-2]) <= 400
+    status, hdrs, _ = chat(fake_proc, chat_body())
+    assert status == 429
+    time.sleep(int(hdrs["retry-after-ms"]) / 1000.0 + 0.05)
+    status, hdrs, _ = chat(fake_proc, chat_body())
+    assert status == 200, "a new window takes calls again"
+    assert hdrs["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_rate_limit_on_tokens_refuses_with_type_tokens(fake_proc):
+    fake_proc.config(rate_limit={"tokens": 150, "window_ms": 60000})
+    status, hdrs, r = chat(fake_proc, chat_body())
+    used = r["usage"]["total_tokens"]
+    assert status == 200 and used < 150 <= 2 * used, used
+    assert int(hdrs["x-ratelimit-remaining-tokens"]) == 150 - used
+    assert hdrs["x-ratelimit-limit-tokens"] == "150"
+    status, hdrs, r = chat(fake_proc, chat_body())
+    assert status == 429
+    assert r["error"]["type"] == "tokens"
+    assert "on tokens per min (TPM): Limit 150, Used %d" % used \
+        in r["error"]["message"]
+
+
+def test_rate_limit_refusal_is_immediate_even_with_latency(fake_proc):
+    fake_proc.config(latency_ms=1500, rate_limit={"requests": 1})
+    status, _, _ = chat(fake_proc, chat_body(), timeout=10)
+    assert status == 200
+    t0 = time.monotonic()
+    status, _, _ = chat(fake_proc, dict(chat_body(), stream=True))
+    assert status == 429
+    assert time.monotonic() - t0 < 1.0, "a 429 does not wait for the latency"
+
+
+def test_rate_limit_setting_is_validated_and_reset_turns_it_off(fake_proc):
+    for bad in ({"requests": -1}, {"window_ms": 0}, {"nope": 1}, 5):
+        status, _, _, _ = post(fake_proc,
+                               json.dumps({"rate_limit": bad}).encode(),
+                               path="/_fake/config")
+        assert status == 400, bad
+    assert fake_proc.config()["rate_limit"] is None
+    fake_proc.config(rate_limit={"requests": 1})
+    assert fake_proc.config()["rate_limit"] == {"requests": 1, "tokens": 0,
+                                                "window_ms": 60000}
+    chat(fake_proc, chat_body())
+    assert chat(fake_proc, chat_body())[0] == 429
+    fake_proc.reset()
+    assert fake_proc.config()["rate_limit"] is None
+    assert chat(fake_proc, chat_body())[0] == 200
+
+
+def test_rate_limit_from_the_command_line():
+    f = FakeOpenAI(binary=fake_binary(), latency_ms=0,
+                   extra_args=["--rate-limit-requests", "1",
+                               "--rate-limit-window-ms", "60000"])
+    f.start()
+    try:
+        assert chat(f, chat_body())[0] == 200
+        assert chat(f, chat_body())[0] == 429
+        f.reset()      # back to the command line's values, a new window
+        assert chat(f, chat_body())[0] == 200
+        assert chat(f, chat_body())[0] == 429
+    finally:
+        assert_clean_exit(f)

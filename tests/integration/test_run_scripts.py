@@ -134,7 +134,8 @@ def test_a_runaway_run_is_stopped_by_the_budget_and_the_server_serves_on(srv, fa
 
 def test_model_calls_from_run_obey_the_in_flight_cap(make_server, fake, tmp_path):
     env = make_scripts(tmp_path / "s2", extra={"brief.lua": BRIEF})
-    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=10, **env)
+    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_MAX_IN_FLIGHT_CEILING=1,
+                      RAPPORT_LLM_QUEUE=10, **env)
     fake.config(latency_ms=150)
     out = []
     ts = [threading.Thread(target=lambda c=c: out.append(get(srv, c, "brief"))) for c in (6, 7, 8)]

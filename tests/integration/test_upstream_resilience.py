@@ -69,7 +69,8 @@ def test_a_bad_api_key_is_a_502_that_says_so_without_the_key(make_server, tmp_pa
 
 
 def test_the_in_flight_cap_answers_429_with_retry_after(make_server, fake):
-    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=0)
+    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_MAX_IN_FLIGHT_CEILING=1,
+                      RAPPORT_LLM_QUEUE=0)
     fake.config(latency_ms=1500)
     first = {}
     t = threading.Thread(target=lambda: first.setdefault("r", analysis(srv, 44)))
@@ -86,7 +87,8 @@ def test_the_in_flight_cap_answers_429_with_retry_after(make_server, fake):
 
 
 def test_requests_beyond_the_cap_wait_in_the_queue_and_all_succeed(make_server, fake):
-    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_QUEUE=10)
+    srv = make_server(RAPPORT_LLM_MAX_IN_FLIGHT=1, RAPPORT_LLM_MAX_IN_FLIGHT_CEILING=1,
+                      RAPPORT_LLM_QUEUE=10)
     fake.config(latency_ms=200)
     out = []
     ts = [threading.Thread(target=lambda c=c: out.append(analysis(srv, c))) for c in (46, 47, 48)]

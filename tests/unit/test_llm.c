@@ -60,6 +60,7 @@ struct outcome {
 	long prompt_tokens, completion_tokens;
 	int attempts;
 	double elapsed_ms;
+	struct limiter_signal rate;
 	/* streaming */
 	int ndeltas;
 	char *deltas;              /* all delta texts concatenated */
@@ -150,6 +151,7 @@ on_done(void *arg, const struct llm_result *r)
 	o->completion_tokens = r->completion_tokens;
 	o->attempts = r->attempts;
 	o->elapsed_ms = r->elapsed_ms;
+	o->rate = r->rate;
 	if (o->cancel_on_done) {
 		llm_cancel(o->cancel_on_done);
 		o->cancel_on_done = NULL;
@@ -676,7 +678,7 @@ edge_handler(struct evhttp_request *req, void *arg)
 	evhttp_add_header(out, "Content-Type", c->ctype);
 	for (const char *h = c->headers; h && *h;) {
 		const char *nl = strchr(h, '\n'), *colon = strchr(h, ':');
-		char name[64], value[128];
+		char name[64], value[160];
 		snprintf(name, sizeof name, "%.*s", (int)(colon - h), h);
 		snprintf(value, sizeof value, "%.*s", (int)(nl - colon - 2), colon + 2);
 		evhttp_add_header(out, name, value);
@@ -900,6 +902,69 @@ test_edge(void)
 		free(b);
 	}
 
+	/* The provider's rate-limit headers, on a success and on errors. */
+	edge_script(1, (struct canned[]){ { 200, "application/json",
+		"x-ratelimit-limit-requests: 500\nx-ratelimit-limit-tokens: 30000\n"
+		"x-ratelimit-remaining-requests: 499\nx-ratelimit-remaining-tokens: 29000\n"
+		"x-ratelimit-reset-requests: 120ms\nx-ratelimit-reset-tokens: 1m2.5s\n",
+		"{\"choices\":[{\"message\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}],"
+		"\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":5}}", 0 } });
+	edge_run(c, &o, 0, 5000);
+	ok(o.status == LLM_OK && o.rate.ok && o.rate.throttled == 0 && o.rate.tokens == 12,
+	   "rate: ok, not throttled, 12 tokens used (%ld)", o.rate.tokens);
+	ok(o.rate.sent_ms >= o.started_ms && o.rate.sent_ms <= o.done_ms,
+	   "rate: sent_ms is when the request went out, between start and done");
+	ok(o.rate.has_limit_requests && o.rate.limit_requests == 500 && o.rate.has_limit_tokens &&
+	   o.rate.limit_tokens == 30000, "x-ratelimit-limit-* parsed");
+	ok(o.rate.has_remaining_requests && o.rate.remaining_requests == 499 &&
+	   o.rate.has_remaining_tokens && o.rate.remaining_tokens == 29000,
+	   "x-ratelimit-remaining-* parsed");
+	ok(o.rate.has_reset_requests && o.rate.reset_requests_ms == 120 && o.rate.has_reset_tokens &&
+	   o.rate.reset_tokens_ms == 62500 && !o.rate.has_retry_after,
+	   "x-ratelimit-reset-* in Go durations: 120ms, 1m2.5s (%.1f, %.1f)",
+	   o.rate.reset_requests_ms, o.rate.reset_tokens_ms);
+	outcome_free(&o);
+	edge_script(2, (struct canned[]){
+		{ 429, "application/json",
+		  "retry-after-ms: 20\nx-ratelimit-remaining-requests: 0\nx-ratelimit-reset-requests: 20ms\n",
+		  ERR_JSON("Rate limit reached", "requests", "\"rate_limit_exceeded\""), 0 },
+		{ 429, "application/json",
+		  "retry-after: 1\nx-ratelimit-remaining-requests: 0\nx-ratelimit-reset-requests: 6m0s\n"
+		  "x-ratelimit-remaining-tokens: junk\n",
+		  ERR_JSON("Rate limit reached", "requests", "\"rate_limit_exceeded\""), 0 } });
+	edge_run(c0, &o, 0, 5000);
+	ok(o.status == LLM_ERR_HTTP && !o.rate.ok && o.rate.throttled == 1 &&
+	   o.rate.has_remaining_requests && o.rate.remaining_requests == 0 &&
+	   o.rate.reset_requests_ms == 20 && o.rate.has_retry_after && o.rate.retry_after_ms == 20,
+	   "a 429 carries its headers too: remaining 0, reset 20ms, retry-after-ms 20");
+	outcome_free(&o);
+	edge_script(1, (struct canned[]){
+		{ 429, "application/json",
+		  "retry-after: 1\nx-ratelimit-remaining-requests: 0\nx-ratelimit-reset-requests: 6m0s\n"
+		  "x-ratelimit-remaining-tokens: junk\n",
+		  ERR_JSON("Rate limit reached", "requests", "\"rate_limit_exceeded\""), 0 } });
+	edge_run(c0, &o, 0, 5000);
+	ok(o.rate.reset_requests_ms == 360000 && o.rate.retry_after_ms == 1000 &&
+	   !o.rate.has_remaining_tokens,
+	   "6m0s is 360 s, retry-after 1 is 1000 ms, a malformed count is left out");
+	outcome_free(&o);
+	edge_script(2, (struct canned[]){
+		{ 429, "application/json", "retry-after-ms: 5\n",
+		  ERR_JSON("Rate limit reached", "requests", "\"rate_limit_exceeded\""), 0 },
+		{ 200, "application/json", "x-ratelimit-remaining-requests: 7\n",
+		  "{\"choices\":[{\"message\":{\"content\":\"ok\"},\"finish_reason\":\"stop\"}]}", 0 } });
+	edge_run(c, &o, 0, 5000);
+	ok(o.status == LLM_OK && o.attempts == 2 && o.rate.ok && o.rate.throttled == 1 &&
+	   o.rate.remaining_requests == 7 && !o.rate.has_retry_after,
+	   "429 then success: throttled counts the 429, headers are the last attempt's");
+	outcome_free(&o);
+	edge_script(1, (struct canned[]){ { 429, "application/json", "x-ratelimit-remaining-requests: 3\n",
+		ERR_JSON("You exceeded your current quota", "insufficient_quota", "\"insufficient_quota\""), 0 } });
+	edge_run(c, &o, 0, 5000);
+	ok(o.rate.throttled == 0 && o.rate.remaining_requests == 3,
+	   "429 insufficient_quota is not a rate limit: throttled stays 0");
+	outcome_free(&o);
+
 	/* A deadline already over when a retry would start. */
 	edge_script(1, (struct canned[]){ { 503, "application/json", "retry-after-ms: 400\n",
 		ERR_JSON("busy", "server_error", "null"), 0 } });
@@ -911,6 +976,35 @@ test_edge(void)
 	llm_client_destroy(c);
 	llm_client_destroy(c0);
 	llm_client_destroy(anon);
+}
+
+/* Go's duration format, as OpenAI writes x-ratelimit-reset-*. No fake
+ * needed. */
+static void
+test_durations(void)
+{
+	static const struct { const char *s; double ms; } good[] = {
+		{ "1s", 1000 }, { "6m0s", 360000 }, { "20ms", 20 }, { "1h2m3.5s", 3723500 },
+		{ "0s", 0 }, { "0", 0 }, { "1.5", 1500 }, { "2.25ms", 2.25 }, { "500us", 0.5 },
+		{ "500\xc2\xb5s", 0.5 }, { "1000000ns", 1 }, { "17m", 1020000 }, { ".5s", 500 },
+	};
+	static const char *bad[] = {
+		"", "s", "1x", "-1s", "+1s", "1e3s", "0x10s", "1 s", "1s ", "1m30", "ms", "inf",
+		"nan", "1..2s", "1h-2m",
+	};
+	for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+		double ms = -1;
+		bool r = llm_parse_duration_ms(good[i].s, &ms);
+		ok(r && fabs(ms - good[i].ms) < 1e-9, "duration \"%s\" = %g ms (%g)", good[i].s,
+		   good[i].ms, ms);
+	}
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		double ms = -7;
+		ok(!llm_parse_duration_ms(bad[i], &ms) && ms == -7,
+		   "duration \"%s\" refused, output untouched", bad[i]);
+	}
+	double ms = -7;
+	ok(!llm_parse_duration_ms(NULL, &ms) && ms == -7, "NULL refused");
 }
 
 int
@@ -936,6 +1030,7 @@ main(void)
 	}
 	json_decref(probe);
 
+	test_durations();
 	c = new_client(base_url, 2);
 	test_plain(c);
 	test_stream(c);

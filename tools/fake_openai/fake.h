@@ -9,7 +9,9 @@
  *   fake_chat.c    POST /v1/chat/completions: validation, the per-request
  *                  context, latency and chunk timers, streaming, failure modes;
  *   fake_content.c what the "model" says: plain text, json_object, and JSON
- *                  shaped by a json_schema, deterministic per prompt.
+ *                  shaped by a json_schema, deterministic per prompt;
+ *   fake_ratelimit.c the rate-limit mode: requests and tokens per window,
+ *                  x-ratelimit-* headers, 429 rate_limit_exceeded.
  */
 #ifndef FAKE_OPENAI_H
 #define FAKE_OPENAI_H
@@ -32,6 +34,27 @@ struct fake_settings {
 	int chunk_delay_ms;	/* gap between streamed chunks */
 	int chunks;		/* content pieces per streamed reply */
 	char *content;		/* fixed reply text, NULL = generated; owned */
+	/* Rate-limit mode (fake_ratelimit.c): 0 = no limit on that count;
+	 * both 0 = mode off. */
+	int rl_requests;	/* calls per window */
+	int rl_tokens;		/* tokens (prompt + completion) per window */
+	int rl_window_ms;	/* the window's length */
+};
+
+/* The x-ratelimit-* values of one reply, as of its call's admission. */
+struct fake_rl_view {
+	bool on;
+	int limit_requests, limit_tokens;
+	long remaining_requests, remaining_tokens;
+	long reset_requests_ms, reset_tokens_ms;
+};
+
+/* Why a call was refused, for OpenAI's message. */
+struct fake_rl_refusal {
+	const char *kind;	/* "requests" | "tokens"; NULL = admitted */
+	const char *unit;	/* "requests per min (RPM)" … */
+	long limit, used, requested;
+	long retry_ms;		/* until the window resets */
 };
 
 struct fake {
@@ -50,6 +73,9 @@ struct fake {
 	/* What /_fake/stats reports. */
 	uint64_t chat_calls;
 	uint64_t stream_calls;
+	uint64_t rl_refused;		/* 429s of the rate-limit mode */
+	double rl_window_start;		/* CLOCK_MONOTONIC ms */
+	long rl_used_requests, rl_used_tokens;
 	uint64_t connections;
 	int in_flight;
 	int max_in_flight;
@@ -74,9 +100,10 @@ void fake_reply_json(struct evhttp_request *req, int status, json_t *body);
 void fake_reply_error(struct evhttp_request *req, int status,
     const char *message, const char *type, const char *param,
     const char *code);
-/* Adds the headers every OpenAI reply carries (x-request-id and friends). */
-void fake_add_openai_headers(struct evhttp_request *req, const char *req_id,
-    long processing_ms);
+/* Adds the headers every OpenAI reply carries (x-request-id and friends,
+ * x-ratelimit-* as of `rl`, or as of now when rl is NULL). */
+void fake_add_openai_headers(struct fake *f, struct evhttp_request *req,
+    const char *req_id, long processing_ms, const struct fake_rl_view *rl);
 /* Parses a request body as a JSON object; NULL (and err->text set) if it is
  * not one. */
 json_t *fake_body_json(struct evhttp_request *req, json_error_t *err);
@@ -91,6 +118,18 @@ void chat_handle(struct fake *f, struct evhttp_request *req);
 void chat_shutdown_all(struct fake *f);
 /* Validates one failure-queue entry; false with a message in err. */
 bool chat_fail_entry_valid(json_t *entry, char *err, size_t errlen);
+
+/* ---- fake_ratelimit.c -------------------------------------------------- */
+
+bool fake_rl_on(const struct fake *f);
+/* Counts a call of `tokens` tokens into the window and fills *v (true), or
+ * refuses it (false) with *why; *v is the state either way. */
+bool fake_rl_admit(struct fake *f, long tokens, struct fake_rl_view *v,
+    struct fake_rl_refusal *why);
+void fake_rl_headers(struct fake *f, struct evhttp_request *req,
+    const struct fake_rl_view *snapshot);
+/* Go's duration format, as OpenAI writes resets: "20ms", "1.5s", "1m0s". */
+void fake_rl_format_duration(long ms, char *out, size_t n);
 
 /* ---- fake_content.c ---------------------------------------------------- */
 

@@ -112,6 +112,9 @@ struct chat {
 	size_t off;			/* content bytes already streamed */
 	int npieces, pieces_sent;
 	int trip_at;			/* cut / stream_error after this many */
+
+	struct fake_rl_view rl;		/* x-ratelimit-* as of the arrival */
+	struct fake_rl_refusal refused;	/* kind != NULL: answer 429 at once */
 };
 
 /* A validated request, borrowed from the parsed body. */
@@ -599,7 +602,7 @@ check_auth(struct fake *f, struct evhttp_request *req, const char *auth,
 			;
 	if (key && strcmp(key, f->require_key) == 0)
 		return true;
-	fake_add_openai_headers(req, req_id, 0);
+	fake_add_openai_headers(f, req, req_id, 0, NULL);
 	if (key == NULL || *key == '\0') {
 		fake_reply_error(req, 401, "You didn't provide an API key. You "
 		    "need to provide your API key in an Authorization header "
@@ -853,10 +856,35 @@ add_retry_header(struct evhttp_request *req, json_t *fail, const char *key,
 	}
 }
 
+/* Over the rate limit: OpenAI's 429, with retry-after (whole seconds,
+ * rounded up) and retry-after-ms. */
+static void
+send_rate_limited(struct chat *c)
+{
+	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
+	const struct fake_rl_refusal *r = &c->refused;
+	char msg[512], wait[32], num[32];
+
+	fake_rl_format_duration(r->retry_ms, wait, sizeof(wait));
+	snprintf(msg, sizeof(msg), "Rate limit reached for %s in organization "
+	    "org-fake on %s: Limit %ld, Used %ld, Requested %ld. Please try "
+	    "again in %s. Visit https://platform.openai.com/account/"
+	    "rate-limits to learn more.", c->model, r->unit, r->limit, r->used,
+	    r->requested, wait);
+	fake_add_openai_headers(c->f, c->req, c->req_id, elapsed_ms(&c->t0),
+	    &c->rl);
+	snprintf(num, sizeof(num), "%ld", (r->retry_ms + 999) / 1000);
+	evhttp_add_header(h, "retry-after", num);
+	snprintf(num, sizeof(num), "%ld", r->retry_ms);
+	evhttp_add_header(h, "retry-after-ms", num);
+	chat_finish_json(c, 429, fake_error_body(msg, r->kind, NULL,
+	    "rate_limit_exceeded"));
+}
+
 static void
 send_status_failure(struct chat *c, int status)
 {
-	fake_add_openai_headers(c->req, c->req_id, elapsed_ms(&c->t0));
+	fake_add_openai_headers(c->f, c->req, c->req_id, elapsed_ms(&c->t0), &c->rl);
 	add_retry_header(c->req, c->fail, "retry_after", "retry-after");
 	add_retry_header(c->req, c->fail, "retry_after_ms", "retry-after-ms");
 	chat_finish_json(c, status, error_json(c, status));
@@ -898,7 +926,7 @@ send_cut_completion(struct chat *c, json_t *body)
 
 	json_decref(body);
 	snprintf(cl, sizeof(cl), "%zu", len);
-	fake_add_openai_headers(c->req, c->req_id, elapsed_ms(&c->t0));
+	fake_add_openai_headers(c->f, c->req, c->req_id, elapsed_ms(&c->t0), &c->rl);
 	evhttp_add_header(evhttp_request_get_output_headers(c->req),
 	    "Content-Type", "application/json");
 	evhttp_add_header(evhttp_request_get_output_headers(c->req),
@@ -982,7 +1010,7 @@ stream_begin(struct chat *c)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(c->req);
 
-	fake_add_openai_headers(c->req, c->req_id, elapsed_ms(&c->t0));
+	fake_add_openai_headers(c->f, c->req, c->req_id, elapsed_ms(&c->t0), &c->rl);
 	evhttp_add_header(h, "Content-Type", "text/event-stream; charset=utf-8");
 	evhttp_add_header(h, "Cache-Control", "no-cache");
 	evhttp_send_reply_start(c->req, 200, "OK");
@@ -1046,6 +1074,10 @@ static void
 chat_first_byte(struct chat *c)
 {
 	drop_peek(c);
+	if (c->refused.kind) {
+		send_rate_limited(c);
+		return;
+	}
 	switch (c->kind) {
 	case FAIL_STATUS:
 		send_status_failure(c, (int)json_integer_value(
@@ -1069,7 +1101,7 @@ chat_first_byte(struct chat *c)
 	} else if (c->kind == FAIL_CUT) {
 		send_cut_completion(c, completion_json(c));
 	} else {
-		fake_add_openai_headers(c->req, c->req_id, elapsed_ms(&c->t0));
+		fake_add_openai_headers(c->f, c->req, c->req_id, elapsed_ms(&c->t0), &c->rl);
 		chat_finish_json(c, 200, completion_json(c));
 	}
 }
@@ -1232,6 +1264,12 @@ chat_start(struct fake *f, struct evhttp_request *req, const
 		latency = (int)json_integer_value(json_object_get(c->fail,
 		    "latency_ms"));
 	chat_content(c, r);
+	/* The provider decides at arrival: a refusal is answered at once. */
+	if (!fake_rl_admit(f, c->prompt_tokens + c->completion_tokens, &c->rl,
+	    &c->refused)) {
+		latency = 0;
+		c->kind = FAIL_NONE;	/* the limit wins over a scripted one */
+	}
 
 	/* About `chunks` pieces; stream_next moves each end forward to a
 	 * character boundary, so count them the same way. */
@@ -1302,7 +1340,7 @@ chat_handle(struct fake *f, struct evhttp_request *req)
 		snprintf(msg, sizeof(msg), "Invalid method for URL (%s %s)",
 		    fake_method_name(req), evhttp_uri_get_path(
 		    evhttp_request_get_evhttp_uri(req)));
-		fake_add_openai_headers(req, req_id, 0);
+		fake_add_openai_headers(f, req, req_id, 0, NULL);
 		fake_reply_error(req, 405, msg, "invalid_request_error", NULL,
 		    NULL);
 		return;
@@ -1319,7 +1357,7 @@ chat_handle(struct fake *f, struct evhttp_request *req)
 	if (!check_auth(f, req, auth, req_id))
 		goto out;
 	if (body == NULL) {
-		fake_add_openai_headers(req, req_id, 0);
+		fake_add_openai_headers(f, req, req_id, 0, NULL);
 		fake_reply_error(req, 400, "We could not parse the JSON body of "
 		    "your request. (HINT: This likely means you aren't using "
 		    "your HTTP library correctly. The OpenAI API expects a "
@@ -1330,7 +1368,7 @@ chat_handle(struct fake *f, struct evhttp_request *req)
 		goto out;
 	}
 	if (!check_request(body, &r, &bad)) {
-		fake_add_openai_headers(req, req_id, 0);
+		fake_add_openai_headers(f, req, req_id, 0, NULL);
 		fake_reply_error(req, 400, bad.message,
 		    "invalid_request_error", bad.param[0] ? bad.param : NULL,
 		    bad.code);

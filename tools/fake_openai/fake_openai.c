@@ -8,7 +8,8 @@
  *
  *   build/fake_openai [--listen HOST:PORT] [--port-file PATH]
  *       [--latency-ms N] [--chunk-delay-ms N] [--chunks N]
- *       [--require-key KEY] [--quiet]
+ *       [--rate-limit-requests N] [--rate-limit-tokens N]
+ *       [--rate-limit-window-ms N] [--require-key KEY] [--quiet]
  */
 #include <errno.h>
 #include <getopt.h>
@@ -171,8 +172,8 @@ fake_reply_error(struct evhttp_request *req, int status, const char *message,
 }
 
 void
-fake_add_openai_headers(struct evhttp_request *req, const char *req_id,
-    long processing_ms)
+fake_add_openai_headers(struct fake *f, struct evhttp_request *req,
+    const char *req_id, long processing_ms, const struct fake_rl_view *rl)
 {
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	char ms[32];
@@ -182,13 +183,7 @@ fake_add_openai_headers(struct evhttp_request *req, const char *req_id,
 	evhttp_add_header(h, "openai-processing-ms", ms);
 	evhttp_add_header(h, "openai-version", "2020-10-01");
 	evhttp_add_header(h, "openai-organization", "user-fake");
-	/* Generous, never-exhausted limits; Go-style durations like the API. */
-	evhttp_add_header(h, "x-ratelimit-limit-requests", "30000");
-	evhttp_add_header(h, "x-ratelimit-limit-tokens", "150000000");
-	evhttp_add_header(h, "x-ratelimit-remaining-requests", "29999");
-	evhttp_add_header(h, "x-ratelimit-remaining-tokens", "149999000");
-	evhttp_add_header(h, "x-ratelimit-reset-requests", "2ms");
-	evhttp_add_header(h, "x-ratelimit-reset-tokens", "0s");
+	fake_rl_headers(f, req, rl);
 }
 
 json_t *
@@ -241,13 +236,18 @@ settings_copy(struct fake_settings *dst, const struct fake_settings *src)
 static json_t *
 settings_json(struct fake *f)
 {
-	return json_pack("{s:i, s:i, s:i, s:s?, s:O, s:i}",
+	json_t *rl = fake_rl_on(f) ? json_pack("{s:i, s:i, s:i}",
+	    "requests", f->live.rl_requests, "tokens", f->live.rl_tokens,
+	    "window_ms", f->live.rl_window_ms) : json_null();
+
+	return json_pack("{s:i, s:i, s:i, s:s?, s:O, s:i, s:o}",
 	    "latency_ms", f->live.latency_ms,
 	    "chunk_delay_ms", f->live.chunk_delay_ms,
 	    "chunks", f->live.chunks,
 	    "content", f->live.content,
 	    "fail", f->fail_queue,
-	    "fail_head_used", f->fail_head_used);
+	    "fail_head_used", f->fail_head_used,
+	    "rate_limit", rl);
 }
 
 static void
@@ -259,9 +259,10 @@ handle_stats(struct fake *f, struct evhttp_request *req)
 		return;
 	}
 	fake_reply_json(req, 200, json_pack(
-	    "{s:I, s:I, s:i, s:i, s:I, s:O, s:b, s:f}",
+	    "{s:I, s:I, s:I, s:i, s:i, s:I, s:O, s:b, s:f}",
 	    "chat_calls", (json_int_t)f->chat_calls,
 	    "stream_calls", (json_int_t)f->stream_calls,
+	    "rate_limited", (json_int_t)f->rl_refused,
 	    "in_flight", f->in_flight,
 	    "max_in_flight", f->max_in_flight,
 	    "connections", (json_int_t)f->connections,
@@ -279,6 +280,8 @@ handle_reset(struct fake *f, struct evhttp_request *req)
 		return;
 	}
 	f->chat_calls = f->stream_calls = f->connections = 0;
+	f->rl_refused = 0;
+	f->rl_used_requests = f->rl_used_tokens = 0;
 	/* in_flight is a gauge of live requests, not a counter: zeroing it
 	 * would drive it negative when they finish. */
 	f->max_in_flight = f->in_flight;
@@ -298,6 +301,44 @@ int_setting(json_t *v, int lo, int hi, int *out)
 	    json_integer_value(v) > hi)
 		return false;
 	*out = (int)json_integer_value(v);
+	return true;
+}
+
+/* "rate_limit": {"requests": N, "tokens": M, "window_ms": W} (each key
+ * optional: requests/tokens 0 = no limit on that count, window 60000 by
+ * default), or null to turn the mode off. */
+static bool
+rate_limit_setting(json_t *v, struct fake_settings *next, char *err,
+    size_t errlen)
+{
+	const char *k;
+	json_t *x;
+
+	if (json_is_null(v)) {
+		next->rl_requests = next->rl_tokens = 0;
+		return true;
+	}
+	if (!json_is_object(v)) {
+		snprintf(err, errlen, "rate_limit must be an object or null");
+		return false;
+	}
+	next->rl_requests = next->rl_tokens = 0;
+	next->rl_window_ms = 60000;
+	json_object_foreach(v, k, x) {
+		int *slot = strcmp(k, "requests") == 0 ? &next->rl_requests :
+		    strcmp(k, "tokens") == 0 ? &next->rl_tokens :
+		    strcmp(k, "window_ms") == 0 ? &next->rl_window_ms : NULL;
+
+		if (slot == NULL) {
+			snprintf(err, errlen, "unknown rate_limit key '%s'", k);
+			return false;
+		}
+		if (!int_setting(x, slot == &next->rl_window_ms ? 1 : 0,
+		    slot == &next->rl_window_ms ? MAX_MS : INT_MAX, slot)) {
+			snprintf(err, errlen, "bad rate_limit.%s", k);
+			return false;
+		}
+	}
 	return true;
 }
 
@@ -344,6 +385,9 @@ handle_config(struct fake *f, struct evhttp_request *req)
 			if (!json_is_string(v) && !json_is_null(v))
 				snprintf(err, sizeof(err),
 				    "content must be a string or null");
+		} else if (strcmp(key, "rate_limit") == 0) {
+			if (!rate_limit_setting(v, &next, err, sizeof(err)))
+				break;
 		} else if (strcmp(key, "fail") == 0) {
 			if (!json_is_array(v)) {
 				snprintf(err, sizeof(err),
@@ -370,6 +414,13 @@ handle_config(struct fake *f, struct evhttp_request *req)
 	f->live.latency_ms = next.latency_ms;
 	f->live.chunk_delay_ms = next.chunk_delay_ms;
 	f->live.chunks = next.chunks;
+	if (f->live.rl_requests != next.rl_requests ||
+	    f->live.rl_tokens != next.rl_tokens ||
+	    f->live.rl_window_ms != next.rl_window_ms)
+		f->rl_used_requests = f->rl_used_tokens = 0; /* a new window */
+	f->live.rl_requests = next.rl_requests;
+	f->live.rl_tokens = next.rl_tokens;
+	f->live.rl_window_ms = next.rl_window_ms;
 	if ((v = json_object_get(body, "content")) != NULL) {
 		free(f->live.content);
 		f->live.content = json_is_string(v) ?
@@ -494,6 +545,8 @@ usage(FILE *out)
 {
 	fputs("usage: fake_openai [--listen HOST:PORT] [--port-file PATH]\n"
 	    "         [--latency-ms N] [--chunk-delay-ms N] [--chunks N]\n"
+	    "         [--rate-limit-requests N] [--rate-limit-tokens N]\n"
+	    "         [--rate-limit-window-ms N]\n"
 	    "         [--require-key KEY] [--quiet]\n"
 	    "An OpenAI chat completions stand-in for tests and demos.\n"
 	    "Control: GET /_fake/stats, POST /_fake/reset, "
@@ -564,13 +617,16 @@ main(int argc, char **argv)
 		{ "chunk-delay-ms",	required_argument, NULL, 'd' },
 		{ "chunks",		required_argument, NULL, 'c' },
 		{ "require-key",	required_argument, NULL, 'k' },
+		{ "rate-limit-requests", required_argument, NULL, 'R' },
+		{ "rate-limit-tokens",	required_argument, NULL, 'T' },
+		{ "rate-limit-window-ms", required_argument, NULL, 'W' },
 		{ "quiet",		no_argument,	   NULL, 'q' },
 		{ "help",		no_argument,	   NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
 	struct fake f = {
 		.defaults = { .latency_ms = 20, .chunk_delay_ms = 5,
-		    .chunks = 8 },
+		    .chunks = 8, .rl_window_ms = 60000 },
 		.timeout_sec = TIMEOUT_SEC,
 	};
 	const char *listen_addr = "127.0.0.1:0", *port_file = NULL;
@@ -601,6 +657,18 @@ main(int argc, char **argv)
 			    &f.defaults.chunks);
 			break;
 		case 'k': f.require_key = optarg; break;
+		case 'R':
+			bad = parse_int(optarg, 0, INT_MAX,
+			    &f.defaults.rl_requests);
+			break;
+		case 'T':
+			bad = parse_int(optarg, 0, INT_MAX,
+			    &f.defaults.rl_tokens);
+			break;
+		case 'W':
+			bad = parse_int(optarg, 1, MAX_MS,
+			    &f.defaults.rl_window_ms);
+			break;
 		case 'q': f.quiet = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
