@@ -114,6 +114,7 @@ struct flight {
 	bool stale;                   /* the data changed under us: don't cache */
 	bool repaired;                /* the one schema repair attempt is used */
 	bool background;              /* a stale entry's refresh: no orphan cancel */
+	bool interactive;             /* someone waits at a screen: the front lane */
 	struct prior *prior;          /* NULL: no revalidation, the model is called */
 	unsigned char fp[CACHE_FP_LEN];   /* the fingerprint of the model request */
 	bool has_fp;
@@ -173,6 +174,7 @@ static void run_begin(struct flight *f);
 static void run_advance(struct flight *f, enum script_step st, const struct script_wait *w,
                         json_t *result, const char *err);
 static void model_call(struct flight *f);
+static void flight_promote(struct flight *f);
 static void model_refused(struct flight *f, enum gate_refusal why);
 static void gate_release(struct flight *f, enum gate_verdict v);
 static void model_answered(struct flight *f, const struct llm_result *res);
@@ -359,14 +361,17 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	w->on_delta = on_delta;
 	w->arg = arg;
 	w->t_start = t_start;
+	bool promote = false;
 	if (f) {
 		w->cache_status = "coalesced";
 		a->st.coalesced++;
 		/* A forced refresh wants a new result, not a re-armed one. */
 		if (flags & ANALYSIS_REFRESH)
 			flight_drop_prior(f);
+		promote = !(flags & ANALYSIS_WARM) && !f->interactive;
 	} else {
 		f = *slot = flight_new(a, key, h, contact_id, s);
+		f->interactive = !(flags & ANALYSIS_WARM);
 		if (e)
 			flight_set_prior(f, e);   /* stale (a warm item) or past its grace */
 		w->cache_status = "miss";
@@ -374,6 +379,8 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	w->f = f;
 	TAILQ_INSERT_TAIL(&f->waiters, w, link);
 	a->st.waiters++;
+	if (promote)
+		flight_promote(f);       /* after w is in: gate_go may call back later */
 	return w;
 }
 
@@ -615,7 +622,12 @@ model_call(struct flight *f)
 		model_refused(f, GATE_BREAKER);
 		return;
 	}
-	switch (limiter_acquire(a->d.limiter, &f->lw, on_gate_slot, f, now)) {
+	/* Refreshes and warm items take the background lane, so a night's
+	 * warm job never makes a click wait for a slot. */
+	enum limiter_verdict v = f->interactive
+		? limiter_acquire(a->d.limiter, &f->lw, on_gate_slot, f, now)
+		: limiter_acquire_background(a->d.limiter, &f->lw, on_gate_slot, f, now);
+	switch (v) {
 	case LIMITER_GO:
 		gate_go(f);
 		return;
@@ -624,6 +636,32 @@ model_call(struct flight *f)
 		return;
 	case LIMITER_FULL:
 		model_refused(f, GATE_FULL);
+		return;
+	}
+}
+
+/* A click joined a flight queued in the background lane: it moves to the
+ * front lane's tail. Should that queue be full it keeps its background
+ * place instead (re-queued at that lane's tail, which has room since we
+ * just left it), so a join never fails a flight others wait on. */
+static void
+flight_promote(struct flight *f)
+{
+	analysis *a = f->a;
+	f->interactive = true;
+	if (f->state != FL_QUEUED || !f->lw.background)
+		return;
+	double now = util_now_ms();
+	limiter_cancel(a->d.limiter, &f->lw);
+	switch (limiter_acquire(a->d.limiter, &f->lw, on_gate_slot, f, now)) {
+	case LIMITER_GO:
+		gate_go(f);
+		return;
+	case LIMITER_QUEUED:
+		return;
+	case LIMITER_FULL:
+		if (limiter_acquire_background(a->d.limiter, &f->lw, on_gate_slot, f, now) == LIMITER_GO)
+			gate_go(f);
 		return;
 	}
 }

@@ -13,6 +13,7 @@ import pty
 import re
 import select
 import subprocess
+import threading
 import time
 import uuid
 
@@ -20,7 +21,7 @@ import pytest
 
 from helpers.pg import free_port
 from helpers.server import REPO, rapport_binary
-from helpers.upstream import wait_until
+from helpers.upstream import metric, wait_until
 
 TYPE = "smart_tips"
 FINAL = {"done", "cancelled", "failed"}
@@ -649,3 +650,40 @@ def test_a_graceful_stop_hands_its_items_back_without_waiting_for_the_lease(
     final = wait_job(b, job["id"], timeout=60)
     assert final["state"] == "done" and final["done"] == 6, final
     assert {r[3] for r in items(pg, state, job["id"])} == {1}, "a hand-back counted an attempt"
+
+
+# ---- the upstream's background lane ------------------------------------------------------------
+
+def test_warm_calls_take_the_background_lane_and_a_click_moves_its_item_to_the_front(
+        make_server, fake, state):
+    fake.config(latency_ms=3000)
+    # Cap 2 pinned (no growth), half of it for the background lane: one warm
+    # call out, the job's second item queued behind it in that lane.
+    srv = warm_server(make_server, state, RAPPORT_LLM_MAX_IN_FLIGHT=2,
+                      RAPPORT_LLM_MAX_IN_FLIGHT_CEILING=2, RAPPORT_LLM_BACKGROUND_PCT=50,
+                      RAPPORT_WARM_SHARE=1)
+    job = post_warm(srv, {"contacts": [60, 61], "types": [TYPE]}).json()["job"]
+    wait_until(lambda: metric(srv, "rapport_upstream_background_queued") == 1,
+               "a warm call queued in the background lane", 10)
+    assert metric(srv, "rapport_upstream_background_in_flight") == 1
+    assert fake.stats()["in_flight"] == 1, "the lane let a second warm call out"
+    # Both contacts are clicked: each request joins its warm flight; the
+    # queued one goes to the front lane, which has a free slot, at once.
+    results = {}
+
+    def click(contact):
+        results[contact] = srv.get("/v1/contacts/%d/analyses/%s" % (contact, TYPE), timeout=30)
+
+    threads = [threading.Thread(target=click, args=(c,)) for c in (60, 61)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: fake.stats()["in_flight"] == 2,
+               "the clicked item to leave the background queue", 2.5)
+    assert metric(srv, "rapport_upstream_background_queued") == 0
+    for t in threads:
+        t.join()
+    assert all(r.status == 200 for r in results.values()), results
+    assert {r.headers["X-Cache"] for r in results.values()} == {"COALESCED"}, \
+        [dict(r.headers) for r in results.values()]
+    assert fake.stats()["chat_calls"] == 2
+    wait_job(srv, job["id"])
