@@ -10,6 +10,7 @@ Used by bench/bench.py; needs var/bench-pg (bench/benchdata.py).
 import argparse
 import http.client
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -99,20 +100,25 @@ class Bare:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)   # the log file grows ~40 MB a run
 
 
-def measure(srv, bare_bin, rounds=3, duration=10, connections=64):
-    """Median req/s and p99 of both servers over `rounds` turns each."""
-    headers, body = capture_hit(srv.host, srv.port)
+def measure(srv, bare_bin, rounds=3, duration=10, connections=64, others=None, path=HOT_PATH):
+    """Median req/s and p99 of rapport (srv), the bare server, and any
+    `others` ({name: server}, e.g. an older build) over `rounds` turns
+    each, the order rotating every round."""
+    headers, body = capture_hit(srv.host, srv.port, path)
+    for o in (others or {}).values():
+        capture_hit(o.host, o.port, path)
     bare = Bare(bare_bin, headers, body)
-    res = {"rapport": [], "bare": []}
+    targets = [("rapport", srv.base_url), ("bare", bare.base_url)]
+    targets += [(n, o.base_url) for n, o in (others or {}).items()]
+    res = {name: [] for name, _ in targets}
     try:
         for i in range(rounds):
-            order = (("rapport", srv.base_url), ("bare", bare.base_url))
-            if i % 2:
-                order = order[::-1]
+            order = targets[i % len(targets):] + targets[:i % len(targets)]
             for name, url in order:
-                w = wrk(url, duration, connections)
+                w = wrk(url, duration, connections, path=path)
                 log("  %s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, non-2xx %d" % (
                     name, w["rps"], w["50%"], w["99%"], w["non2xx"]))
                 res[name].append(w)
@@ -139,27 +145,40 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--contacts", type=int, default=10000)
+    ap.add_argument("--base", help="another rapport binary measured in the same turns")
     args = ap.parse_args()
     pg = benchdata.cluster()
     benchdata.ensure(pg, args.contacts)
     fake = FakeOpenAI(binary=os.environ.get("FAKE_BIN", str(REPO / "build/bench/fake_openai")),
                       latency_ms=0, chunk_delay_ms=0, extra_args=["--quiet"])
     fake.start()
+    srv_env = {"DATABASE_URL": benchdata.url(pg, args.contacts), "RAPPORT_LOG_LEVEL": "info",
+               "RAPPORT_REFRESH_PER_MIN": "0"}
     srv = Rapport(pg=None, fake=fake, binary=os.environ.get("RAPPORT_BIN", REPO / "build/bench/rapport"),
-                  env={"DATABASE_URL": benchdata.url(pg, args.contacts), "RAPPORT_LOG_LEVEL": "info",
-                       "RAPPORT_REFRESH_PER_MIN": "0"})
+                  env=srv_env)
     srv.start()
+    others = {}
+    if args.base:
+        others["base"] = Rapport(pg=None, fake=fake, binary=args.base, env=srv_env)
+        others["base"].start()
     try:
         out = measure(srv, os.environ.get("BARE_BIN", REPO / "build/bench/bare_evhttp"),
-                      args.rounds, args.duration)
+                      args.rounds, args.duration, others=others)
     finally:
         srv.stop(check=False)
+        for o in others.values():
+            o.stop(check=False)
         fake.stop()
     lines = sum(1 for _ in open(srv.stderr_path, "rb"))
+    for o in [srv, *others.values()]:
+        shutil.rmtree(o.workdir, ignore_errors=True)
     print("rapport %.0f req/s p99 %.2f ms | bare %.0f req/s p99 %.2f ms | ratio %.2f, p99 ratio %.2f"
           " | log lines rapport %d bare %d" % (
               out["rapport_rps"], out["rapport_p99_ms"], out["bare_rps"], out["bare_p99_ms"],
               out["rps_ratio"], out["p99_ratio"], lines, out["bare_log_lines"]))
+    if args.base:
+        print("base %.0f req/s p99 %.2f ms (ratio to bare %.2f)" % (
+            out["base_rps"], out["base_p99_ms"], out["base_rps"] / out["bare_rps"]))
     print(out["headers"])
 
 
