@@ -36,6 +36,18 @@ def url(pg, contacts):
     return pg.dsn(dbname=dbname(contacts), user=pg.READER)
 
 
+def loaded(pg, contacts):
+    """True when that scale's database is there with its rows (no load)."""
+    name = dbname(contacts)
+    if pg.scalar("SELECT count(*) FROM pg_database WHERE datname = '%s'" % name,
+                 dbname="postgres") != "1":
+        return False
+    try:
+        return int(pg.scalar("SELECT count(*) FROM contacts", dbname=name)) == contacts
+    except PgError:
+        return False
+
+
 def ensure(pg, contacts):
     """Loads the scale's database unless it is there; returns its counts
     (contacts, deals, activities)."""
