@@ -16,6 +16,7 @@
  */
 #include "http_api.h"
 #include "http_conn.h"
+#include "fmt.h"
 #include "http_guard.h"
 #include "jobs.h"
 #include "log.h"
@@ -132,6 +133,16 @@ reason(int status)
 	}
 }
 
+/* snprintf(dst, cap, "%s", src) without printf: the per-request copies
+ * of ids and names (the cached hit's profile). */
+static void
+copy_str(char *dst, size_t cap, const char *src)
+{
+	size_t n = strnlen(src, cap - 1);
+	memcpy(dst, src, n);
+	dst[n] = '\0';
+}
+
 static void
 new_request_id(http_server *s, struct evhttp_request *req, char *out, size_t len)
 {
@@ -144,11 +155,13 @@ new_request_id(http_server *s, struct evhttp_request *req, char *out, size_t len
 			if (!isalnum((unsigned char)*p) && !strchr("-_.:", *p))
 				ok = false;
 		if (ok) {
-			snprintf(out, len, "%s", given);
+			copy_str(out, len, given);
 			return;
 		}
 	}
-	snprintf(out, len, "%08x%08llx", s->id_salt, ++s->next_id);
+	char id[FMT_NUM_MAX];
+	id[fmt_hex_id(id, s->id_salt, ++s->next_id)] = '\0';     /* "%08x%08llx" */
+	copy_str(out, len, id);
 }
 
 /* Sends status + JSON body (or none for HEAD / 304) with the common headers. */
@@ -307,7 +320,7 @@ call_client_gone(struct http_call *c, const char *how)
 	struct evhttp_request *req = c->req;
 	http_server *s = c->srv;
 	char id[24];
-	snprintf(id, sizeof id, "%s", c->req_id);
+	copy_str(id, sizeof id, c->req_id);
 	call_free(c);
 	if (req) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
@@ -370,8 +383,8 @@ call_new(http_server *s, struct evhttp_request *req, const char *req_id, const c
 	c->t_start = util_now_ms();
 	c->path = xstrdup(path);
 	c->head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
-	snprintf(c->method, sizeof c->method, "%s", method_name(evhttp_request_get_command(req)));
-	snprintf(c->req_id, sizeof c->req_id, "%s", req_id);
+	copy_str(c->method, sizeof c->method, method_name(evhttp_request_get_command(req)));
+	copy_str(c->req_id, sizeof c->req_id, req_id);
 	const char *inm = evhttp_find_header(evhttp_request_get_input_headers(req), "If-None-Match");
 	if (inm)
 		c->if_none_match = xstrdup(inm);
@@ -612,6 +625,15 @@ sse_end(struct http_call *c, const struct analysis_reply *r, int status)
 	evhttp_send_reply_end(req);
 }
 
+/* Appends the literal s at v + k; returns the new length (callers size v). */
+static size_t
+hdr_put(char *v, size_t k, const char *s)
+{
+	size_t n = strlen(s);
+	memcpy(v + k, s, n);
+	return k + n;
+}
+
 static void
 on_analysis_reply(void *arg, const struct analysis_reply *r)
 {
@@ -641,7 +663,7 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	if (r->status != 200) {
 		log_analysis(c, r, r->status);
 		char id[24];
-		snprintf(id, sizeof id, "%s", c->req_id);
+		copy_str(id, sizeof id, c->req_id);
 		bool head = c->head;
 		call_free(c);
 		if (r->retry_after_s > 0) {
@@ -655,32 +677,41 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	struct evkeyvalq *h = evhttp_request_get_output_headers(req);
 	char v[256];
 	evhttp_add_header(h, "ETag", r->etag);
+	/* The numbers through fmt.c: printf's text, without printf (the
+	 * cached hit's profile). v has room: short words and four numbers. */
 	bool stale = strcmp(r->cache_status, "stale") == 0;
 	long left_s = r->remaining_ms > 0 ? (long)(r->remaining_ms / 1000) : 0;
 	long age_s = (long)(r->age_ms / 1000);
-	if (stale)             /* past its freshness; usable for the grace left */
-		snprintf(v, sizeof v, "private, max-age=0, stale-while-revalidate=%ld", left_s);
-	else if (r->grace_ms > 0 && left_s > 0)
+	size_t k = hdr_put(v, 0, "private, max-age=");
+	if (stale) {           /* past its freshness; usable for the grace left */
+		k = hdr_put(v, k, "0, stale-while-revalidate=");
+		k += fmt_i64(v + k, left_s);
+	} else if (r->grace_ms > 0 && left_s > 0) {
 		/* max-age counts from generation, as Age does: age + what is left */
-		snprintf(v, sizeof v, "private, max-age=%ld, stale-while-revalidate=%ld",
-		         age_s + left_s, (long)(r->grace_ms / 1000));
-	else
-		snprintf(v, sizeof v, "private, max-age=%ld", left_s > 0 ? age_s + left_s : 0);
+		k += fmt_i64(v + k, age_s + left_s);
+		k = hdr_put(v, k, ", stale-while-revalidate=");
+		k += fmt_i64(v + k, (long)(r->grace_ms / 1000));
+	} else {
+		k += fmt_i64(v + k, left_s > 0 ? age_s + left_s : 0);
+	}
+	v[k] = '\0';
 	evhttp_add_header(h, "Cache-Control", v);
-	snprintf(v, sizeof v, "%ld", age_s);
+	v[fmt_i64(v, age_s)] = '\0';
 	evhttp_add_header(h, "Age", v);
 	evhttp_add_header(h, "X-Cache", x_cache(r->cache_status));
-	if (strcmp(r->cache_status, "hit") == 0 || stale)
-		snprintf(v, sizeof v, "cache;desc=\"%s\", total;dur=%.3f", r->cache_status,
-		         r->total_ms);
-	else
+	if (strcmp(r->cache_status, "hit") == 0 || stale) {
+		k = hdr_put(v, 0, "cache;desc=\"");
+		k = hdr_put(v, k, r->cache_status);
+		k = hdr_put(v, k, "\", total;dur=");
+		v[k + fmt_fixed(v + k, r->total_ms, 3)] = '\0';
+	} else
 		snprintf(v, sizeof v, "db;dur=%.3f, script;dur=%.3f, llm;dur=%.3f, total;dur=%.3f",
 		         r->db_ms, r->script_ms, r->llm_ms, r->total_ms);
 	evhttp_add_header(h, "Server-Timing", v);
 	int status = etag_matches(c->if_none_match, r->etag) ? 304 : 200;
 	log_analysis(c, r, status);
 	char id[24];
-	snprintf(id, sizeof id, "%s", c->req_id);
+	copy_str(id, sizeof id, c->req_id);
 	bool head = c->head;
 	call_free(c);
 	send_json(s, req, id, status, r->body, r->body_len, head);
@@ -1186,7 +1217,7 @@ call_abort(struct http_call *c, int status, const char *code, const char *messag
 	}
 	struct evhttp_request *req = c->req;
 	char id[24];
-	snprintf(id, sizeof id, "%s", c->req_id);
+	copy_str(id, sizeof id, c->req_id);
 	call_free(c);
 	if (req) {
 		evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");

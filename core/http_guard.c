@@ -213,8 +213,8 @@ http_guard_check(struct evhttp_request *req, struct http_guard_verdict *v)
 void
 http_path_clear(struct http_path *p)
 {
-	for (int i = 0; i < p->n; i++)
-		free(p->seg[i]);
+	free(p->buf);
+	p->buf = NULL;
 	p->n = 0;
 }
 
@@ -222,37 +222,42 @@ int
 http_path_split(const char *raw, struct http_path *p)
 {
 	p->n = 0;
+	p->buf = NULL;
 	if (!raw)
 		return HTTP_PATH_BAD;
 	for (const unsigned char *c = (const unsigned char *)raw; *c; c++)
 		if (*c <= 0x20 || *c == 0x7f)
 			return HTTP_PATH_BAD;
-	/* One copy cut at each '/', then each segment decoded on its own. */
-	char *buf = xstrdup(raw), *save = NULL;
+	/* One copy cut at each '/'; a segment with a '%' is decoded on its
+	 * own and written back over itself (decoding only shrinks it), so
+	 * every segment lives in the one buffer: one allocation a request,
+	 * where there was one per segment (the cached hit's profile). */
+	char *buf = p->buf = xstrdup(raw), *save = NULL;
 	int rc = HTTP_PATH_OK;
 	for (char *seg = strtok_r(buf, "/", &save); seg; seg = strtok_r(NULL, "/", &save)) {
 		if (p->n == HTTP_PATH_MAX_SEGMENTS) {
 			rc = HTTP_PATH_TOO_DEEP;
 			break;
 		}
-		size_t dlen = 0;
-		char *dec = evhttp_uridecode(seg, 0, &dlen);
-		if (!dec) {
-			rc = HTTP_PATH_BAD;
-			break;
-		}
-		p->seg[p->n++] = dec;
-		for (size_t i = 0; i < dlen; i++) {
-			unsigned char b = (unsigned char)dec[i];
-			if (b < 0x20 || b == 0x7f) {
+		if (strchr(seg, '%')) {
+			size_t dlen = 0;
+			char *dec = evhttp_uridecode(seg, 0, &dlen);
+			if (!dec) {
 				rc = HTTP_PATH_BAD;
 				break;
 			}
+			for (size_t i = 0; i < dlen; i++) {
+				unsigned char b = (unsigned char)dec[i];
+				if (b < 0x20 || b == 0x7f)
+					rc = HTTP_PATH_BAD;
+			}
+			memcpy(seg, dec, dlen + 1);   /* dlen <= strlen(seg) */
+			free(dec);
+			if (rc != HTTP_PATH_OK)
+				break;
 		}
-		if (rc != HTTP_PATH_OK)
-			break;
+		p->seg[p->n++] = seg;
 	}
-	free(buf);
 	if (rc != HTTP_PATH_OK)
 		http_path_clear(p);
 	return rc;

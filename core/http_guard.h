@@ -42,7 +42,8 @@ void http_guard_check(struct evhttp_request *req, struct http_guard_verdict *v);
 #define HTTP_PATH_MAX_SEGMENTS 8
 struct http_path {
 	int n;                                 /* non-empty segments */
-	char *seg[HTTP_PATH_MAX_SEGMENTS];     /* decoded, NUL-terminated */
+	char *seg[HTTP_PATH_MAX_SEGMENTS];     /* decoded, NUL-terminated, in buf */
+	char *buf;                             /* the one allocation they live in */
 };
 enum { HTTP_PATH_OK = 0, HTTP_PATH_BAD = -1, HTTP_PATH_TOO_DEEP = -2 };
 /* Splits raw (still percent-encoded, no query) at '/' and decodes each

@@ -58,6 +58,7 @@
 
 #include "log.h"
 #include "sse.h"
+#include "sse_chunk.h"
 #include "util.h"
 
 #define BODY_MAX          (8u * 1024 * 1024) /* non-streamed or error reply */
@@ -102,6 +103,7 @@ struct llm_client {
 	struct sock_ctx *socks;    /* every watched socket, for destroy */
 	struct llm_stats stats;
 	uint64_t rng;              /* backoff jitter */
+	sse_chunk_decoder *chunks; /* plain stream chunks (NULL: jansson for all) */
 };
 
 struct llm_call {
@@ -592,6 +594,27 @@ on_sse_event(void *arg, const struct sse_event *ev)
 	if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
 		call->done_seen = true;
 		return 0;
+	}
+	/* A plain chunk (nearly all of them) through cjson: see sse_chunk.h. */
+	struct sse_chunk ch;
+	if (call->c->chunks && sse_chunk_decode(call->c->chunks, ev->data, ev->data_len, &ch)) {
+		if (!call->model && ch.model)
+			set_str(&call->model, ch.model);
+		if (ch.refusal)
+			buf_append(&call->refusal, ch.refusal, ch.refusal_len);
+		if (ch.finish_reason)
+			set_str(&call->finish_reason, ch.finish_reason);
+		if (ch.content && ch.content_len > 0) {
+			if (call->content.len + ch.content_len > CONTENT_MAX) {
+				set_error(call, LLM_ERR_PROTOCOL, NULL, "upstream reply larger than 8 MiB");
+				stop = 1;
+			} else {
+				buf_append(&call->content, ch.content, ch.content_len);
+				deliver(call, ch.content, ch.content_len);
+			}
+		}
+		sse_chunk_release(call->c->chunks);
+		return stop || call->cancelled;
 	}
 	root = json_loadb(ev->data, ev->data_len, 0, NULL);
 	if (!json_is_object(root)) {
@@ -1164,6 +1187,7 @@ llm_client *
 llm_client_create(struct event_base *base, const struct llm_config *cfg)
 {
 	llm_client *c = xcalloc(1, sizeof(*c));
+	c->chunks = sse_chunk_decoder_create();
 	const char *bu = cfg->base_url && *cfg->base_url ? cfg->base_url : "https://api.openai.com/v1";
 	size_t n = strlen(bu);
 
@@ -1226,6 +1250,7 @@ llm_client_destroy(llm_client *c)
 	free_secret(c->auth_header);
 	free_secret(c->api_key);
 	free(c->ca_file);
+	sse_chunk_decoder_destroy(c->chunks);
 	free(c);
 }
 
