@@ -25,6 +25,7 @@
 #include "llm.h"
 #include "log.h"
 #include "luajson.h"
+#include "run_env.h"
 #include "script.h"
 #include "util.h"
 #include "watch.h"
@@ -368,6 +369,25 @@ cmd_serve(struct app *app)
 	return 0;
 }
 
+/* The commands a person runs by hand next to `make run` take its database
+ * and upstream (var/run/env) when nothing names a database: no
+ * DATABASE_URL, no --database-url, no config file. */
+static void
+use_run_env(const char *cmd, int nargs, char **args)
+{
+	if (strcmp(cmd, "console") != 0 && strcmp(cmd, "analyze") != 0 && strcmp(cmd, "check") != 0)
+		return;
+	if (getenv("DATABASE_URL") || getenv("RAPPORT_CONFIG"))
+		return;
+	for (int i = 0; i < nargs; i++)
+		if (strncmp(args[i], "--database-url", 14) == 0 || strncmp(args[i], "--config", 8) == 0)
+			return;
+	char *note = NULL;
+	if (run_env_apply(RUN_ENV_FILE, &note) && note)
+		fprintf(stderr, "%s\n", note);
+	free(note);
+}
+
 /* Removes a command's own boolean flag from args (before config_load sees
  * it as unknown); *on becomes false when it was there. */
 static int
@@ -476,6 +496,7 @@ main(int argc, char **argv)
 		nargs = console_take_flags(nargs, argv + 2, &copts);
 	if (strcmp(cmd, "check") == 0)
 		nargs = take_flag(nargs, argv + 2, "--no-lint", &lint);
+	use_run_env(cmd, nargs, argv + 2);
 	if (!config_load(&app.cfg, nargs, argv + 2, &rest, &nrest, &err)) {
 		fprintf(stderr, "rapport: %s\n", err);
 		free(err);
