@@ -25,6 +25,7 @@
 #include "llm.h"
 #include "log.h"
 #include "luajson.h"
+#include "query_columns.h"
 #include "run_env.h"
 #include "script.h"
 #include "util.h"
@@ -82,6 +83,7 @@ struct app {
 	http_server *http;
 	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
+	struct check_validator validator;  /* what a new script version must pass */
 	struct event *sig_int, *sig_term, *sig_hup;
 	bool stopping;
 	int exit_code;
@@ -169,8 +171,13 @@ app_start_core(struct app *app)
 	}
 	app->scripts = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
 	                                      &default_limits);
-	script_registry_set_validator(app->scripts, check_prompt_smoke, app->scripts);
+	/* Before the loop runs, the validator may ask the database for the
+	 * queries' columns (a blocking describe); afterwards it never blocks. */
+	app->validator.scripts = app->scripts;
+	app->validator.columns = qcols_create(cfg->database_url);
+	script_registry_set_validator(app->scripts, check_prompt, &app->validator);
 	reload_scripts(app);
+	qcols_allow_blocking(app->validator.columns, false);
 	if (!check_db_role(cfg))
 		return false;
 	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
@@ -249,6 +256,7 @@ app_stop(struct app *app)
 		db_pool_destroy(app->db);
 	cache_destroy(app->cache);
 	script_registry_destroy(app->scripts);
+	qcols_destroy(app->validator.columns);
 	if (app->base)
 		event_base_free(app->base);
 }
@@ -504,6 +512,13 @@ main(int argc, char **argv)
 		return 2;
 	}
 	log_set_level((enum log_level)app.cfg.log_level);
+	/* The tools print their own report (check) or JSON (analyze): the
+	 * server's info lines, and the script errors fixtures expect, would
+	 * only bury it. RAPPORT_LOG_LEVEL=debug still shows everything. */
+	if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "check") == 0)
+		log_set_level((enum log_level)(LOG_ERROR + 1));
+	else if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "analyze") == 0)
+		log_set_level(LOG_WARN);
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 
 	int rc;
