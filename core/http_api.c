@@ -698,6 +698,30 @@ refresh_allowed(http_server *s, struct evhttp_request *req, const char *req_id, 
 	return false;
 }
 
+/* The type as sent (non-printable bytes as \xNN, cut at 64), and the
+ * lowercase name when that is a type: names are case-sensitive. */
+static void
+http_unknown_type_message(script_registry *scripts, const char *type, char *buf, size_t len)
+{
+	char shown[64 * 4 + 1], lower[65];
+	size_t n = 0, k = 0;
+	for (const unsigned char *p = (const unsigned char *)type; *p && k < 64; p++, k++) {
+		if (*p >= 0x20 && *p < 0x7f && *p != '\'')
+			shown[n++] = (char)*p;
+		else
+			n += (size_t)snprintf(shown + n, sizeof shown - n, "\\x%02x", *p);
+		lower[k] = (char)tolower(*p);
+	}
+	shown[n] = '\0';
+	lower[k] = '\0';
+	if (type[k] == '\0' && strcmp(lower, type) != 0 && script_registry_get(scripts, lower))
+		snprintf(buf, len, "unknown analysis type '%s%s' (type names are lowercase: did you mean "
+		         "'%s'?)", shown, type[k] ? "…" : "", lower);
+	else
+		snprintf(buf, len, "unknown analysis type '%s%s' (see /v1/analysis-types)", shown,
+		         type[k] ? "…" : "");
+}
+
 /* True when the answer is (or will be) logged by the call it started;
  * false when it was answered here and the caller logs it. */
 static bool
@@ -712,8 +736,9 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		return false;
 	}
 	if (!valid_type(type)) {
-		send_error(s, req, req_id, 404, "unknown_analysis_type",
-		           "unknown analysis type (see /v1/analysis-types)", head);
+		char msg[400];
+		http_unknown_type_message(s->d.scripts, type, msg, sizeof msg);
+		send_error(s, req, req_id, 404, "unknown_analysis_type", msg, head);
 		return false;
 	}
 	bool refresh = wants_refresh(req, q);
@@ -798,11 +823,15 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	int loaded = loaded_scripts(s, &errors);
 	bool db_up = db_pool_is_up(s->d.db);
 	bool ready = db_up && loaded > 0;
-	char body[256];
+	/* Down: why, as a class (one of db_error_class's fixed words). */
+	const char *cause = db_up ? NULL : db_pool_down_cause(s->d.db, NULL);
+	char body[320];
 	int n = snprintf(body, sizeof body,
-	                 "{\"status\":\"%s\",\"database\":\"%s\",\"scripts_loaded\":%d,"
+	                 "{\"status\":\"%s\",\"database\":\"%s\",%s%s%s\"scripts_loaded\":%d,"
 	                 "\"script_errors\":%d}",
-	                 ready ? "ready" : "not_ready", db_up ? "up" : "down", loaded, errors);
+	                 ready ? "ready" : "not_ready", db_up ? "up" : "down",
+	                 cause ? "\"database_cause\":\"" : "", cause ? cause : "", cause ? "\"," : "",
+	                 loaded, errors);
 	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
 }
 

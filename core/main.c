@@ -396,6 +396,34 @@ use_run_env(const char *cmd, int nargs, char **args)
 	free(note);
 }
 
+/* libpq takes a string that is neither a URI nor key=value pairs as a
+ * database name and falls back to the default socket: "localhost:5432/crm"
+ * would then fail later with a confusing message about /var/run/postgresql.
+ * Refuse it at start. */
+static bool
+database_url_ok(const char *url)
+{
+	if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0)
+		return true;
+	if (strchr(url, '=')) {
+		char *perr = NULL;
+		PQconninfoOption *o = PQconninfoParse(url, &perr);
+		PQconninfoFree(o);
+		if (o) {
+			PQfreemem(perr);
+			return true;
+		}
+		fprintf(stderr, "rapport: DATABASE_URL does not parse: %s", perr ? perr : "invalid\n");
+		PQfreemem(perr);
+		return false;
+	}
+	fprintf(stderr, "rapport: DATABASE_URL is neither a URI nor key=value pairs: \"%s\".\n"
+	                "  Use postgresql://USER@HOST:PORT/DBNAME or host=HOST port=PORT dbname=DBNAME "
+	                "user=USER\n",
+	        url);
+	return false;
+}
+
 /* Removes a command's own boolean flag from args (before config_load sees
  * it as unknown); *on becomes false when it was there. */
 static int
@@ -431,6 +459,9 @@ on_analyze_reply(void *arg, const struct analysis_reply *r)
 		puts(t);
 		free(t);
 		json_decref(e);
+		if (r->error_code && strcmp(r->error_code, "database_unavailable") == 0)
+			fprintf(stderr, "rapport: for the demo's database, start 'make run' (analyze reads its "
+			                "var/run/env when DATABASE_URL is not set), or set DATABASE_URL\n");
 	}
 	event_base_loopbreak(ac->app->base);
 }
@@ -456,9 +487,11 @@ cmd_analyze(struct app *app, char **args, int nargs)
 static int
 cmd_console(struct app *app, const struct console_opts *co, char **args, int nargs)
 {
-	/* The REPL is the interface: info lines would only interleave with it. */
+	/* The REPL is the interface: log lines would only interleave with it,
+	 * and its own messages carry every error (a database that is down
+	 * once, with its cause, not once per retry). */
 	if (app->cfg.log_level == LOG_INFO)
-		log_set_level(LOG_WARN);
+		log_set_level(LOG_ERROR);
 	if (!console_args_ok(co, args, nargs))
 		return 2;
 	struct console_deps cd = { .cfg = &app->cfg };
@@ -511,6 +544,10 @@ main(int argc, char **argv)
 		config_free(&app.cfg);
 		return 2;
 	}
+	if (!database_url_ok(app.cfg.database_url)) {
+		config_free(&app.cfg);
+		return 2;
+	}
 	log_set_level((enum log_level)app.cfg.log_level);
 	/* The tools print their own report (check) or JSON (analyze): the
 	 * server's info lines, and the script errors fixtures expect, would
@@ -518,7 +555,7 @@ main(int argc, char **argv)
 	if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "check") == 0)
 		log_set_level((enum log_level)(LOG_ERROR + 1));
 	else if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "analyze") == 0)
-		log_set_level(LOG_WARN);
+		log_set_level(LOG_ERROR);   /* its JSON carries the error */
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 
 	int rc;
