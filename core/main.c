@@ -544,6 +544,13 @@ main(int argc, char **argv)
 		config_free(&app.cfg);
 		return 2;
 	}
+	const char *lf = getenv("RAPPORT_LOG_FORMAT");
+	if (lf && *lf && strcmp(lf, "json") != 0 && strcmp(lf, "text") != 0) {
+		fprintf(stderr, "rapport: RAPPORT_LOG_FORMAT must be json or text, got \"%s\" (unset: text "
+		                "on a terminal, JSON otherwise)\n", lf);
+		config_free(&app.cfg);
+		return 2;
+	}
 	if (!database_url_ok(app.cfg.database_url)) {
 		config_free(&app.cfg);
 		return 2;
