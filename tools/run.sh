@@ -242,6 +242,12 @@ else
 fi
 export DATABASE_URL RAPPORT_LISTEN=$LISTEN
 say "starting rapport serve on $LISTEN"
+# On a terminal, rapport becomes the foreground job (job control, below): the
+# terminal's Ctrl-C then reaches rapport alone, which stops cleanly, and this
+# script and make end normally (status 0, no "make: *** … Interrupt"). Without
+# a terminal, a SIGINT to the group is trapped above, with the same result.
+JOBCTL=0
+if [[ -t 0 && -t 2 ]] && set -m 2>/dev/null; then JOBCTL=1; fi
 "$RAPPORT_BIN" serve </dev/null &
 RAPPORT_PID=$!
 STARTED=1
@@ -296,7 +302,11 @@ elif kill -0 "$RAPPORT_PID" 2>/dev/null; then
 fi
 
 set +e
-wait "$RAPPORT_PID"
+if [[ $JOBCTL -eq 1 ]]; then
+    fg %% >/dev/null
+else
+    wait "$RAPPORT_PID"
+fi
 rc=$?
 set -e
 RAPPORT_PID=""
