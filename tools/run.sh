@@ -273,18 +273,26 @@ if [[ -n "${RAPPORT_API_KEYS:-}" ]]; then
     AUTH=" -H 'Authorization: Bearer ${RAPPORT_API_KEYS%%,*}'"
 fi
 
-up=0
-for _ in $(seq 1 100); do
-    kill -0 "$RAPPORT_PID" 2>/dev/null || break
-    if curl -fs -o /dev/null --max-time 1 "http://$BASE/healthz"; then up=1; break; fi
-    sleep 0.1
-done
-if [[ $up -eq 1 ]]; then
-    # Pretty JSON when jq is there; the stream asks for a fresh generation
-    # (no-cache), so it shows the deltas arriving even after the plain GET
-    # above cached that analysis.
-    JQ=""; command -v jq >/dev/null 2>&1 && JQ=" | jq ."
-    cat <<EOF
+# Prints the commands to try once rapport answers /healthz — and, with job
+# control, once rapport holds the terminal, so a Ctrl-C typed after the
+# banner always reaches rapport (never this script and make).
+announce() {
+    local up=0 fgpg
+    for _ in $(seq 1 100); do
+        kill -0 "$RAPPORT_PID" 2>/dev/null || return 0
+        if [[ $JOBCTL -eq 1 ]]; then
+            fgpg=$(ps -o tpgid= -p "$RAPPORT_PID" 2>/dev/null | tr -d ' ')
+            if [[ "$fgpg" != "$RAPPORT_PID" ]]; then sleep 0.05; continue; fi
+        fi
+        if curl -fs -o /dev/null --max-time 1 "http://$BASE/healthz"; then up=1; break; fi
+        sleep 0.1
+    done
+    if [[ $up -eq 1 ]]; then
+        # Pretty JSON when jq is there; the stream asks for a fresh generation
+        # (no-cache), so it shows the deltas arriving even after the plain GET
+        # above cached that analysis.
+        local JQ=""; command -v jq >/dev/null 2>&1 && JQ=" | jq ."
+        cat <<EOF
 
 rapport is up on http://$BASE — try:
   curl -s $BASE/healthz
@@ -297,17 +305,28 @@ rapport is up on http://$BASE — try:
 Ctrl-C stops rapport$([[ -n "$FAKE_PID" ]] && echo " and the fake upstream"); PostgreSQL keeps running (tools/pg.sh stop var/pg).
 
 EOF
-elif kill -0 "$RAPPORT_PID" 2>/dev/null; then
-    say "rapport has not answered /healthz after 10 s; still waiting (its log is above)"
-fi
+    elif kill -0 "$RAPPORT_PID" 2>/dev/null; then
+        say "rapport has not answered /healthz after 10 s; still waiting (its log is above)"
+    fi
+}
 
 set +e
+RAPPORT_JOB=""
 if [[ $JOBCTL -eq 1 ]]; then
-    fg %% >/dev/null
-else
-    wait "$RAPPORT_PID"
+    RAPPORT_JOB=$(jobs -l | sed -n "s/^\[\([0-9]*\)\][-+ ]*$RAPPORT_PID .*/\1/p")
+    [[ -n "$RAPPORT_JOB" ]] || JOBCTL=0
 fi
-rc=$?
+if [[ $JOBCTL -eq 1 ]]; then
+    announce </dev/null &
+    ANNOUNCE_PID=$!
+    fg %"$RAPPORT_JOB" >/dev/null
+    rc=$?
+    kill "$ANNOUNCE_PID" 2>/dev/null || true
+else
+    announce
+    wait "$RAPPORT_PID"
+    rc=$?
+fi
 set -e
 RAPPORT_PID=""
 if [[ $rc -ne 0 ]]; then
