@@ -548,10 +548,12 @@ main(int argc, char **argv)
 	if (lf && *lf && strcmp(lf, "json") != 0 && strcmp(lf, "text") != 0) {
 		fprintf(stderr, "rapport: RAPPORT_LOG_FORMAT must be json or text, got \"%s\" (unset: text "
 		                "on a terminal, JSON otherwise)\n", lf);
+		free(rest);
 		config_free(&app.cfg);
 		return 2;
 	}
 	if (!database_url_ok(app.cfg.database_url)) {
+		free(rest);
 		config_free(&app.cfg);
 		return 2;
 	}
