@@ -86,6 +86,7 @@ struct app {
 	struct check_validator validator;  /* what a new script version must pass */
 	struct event *sig_int, *sig_term, *sig_hup;
 	bool stopping;
+	bool tearing_down;       /* app_stop has begun: no more reloads */
 	int exit_code;
 };
 
@@ -96,6 +97,19 @@ static const struct script_limits default_limits = {
 	.max_steps = 32,
 };
 
+static void reload_scripts(void *arg);
+
+/* The pool described queries a reload brought: check again with them. */
+static void
+on_columns_learnt(void *arg)
+{
+	struct app *app = arg;
+	if (app->tearing_down)
+		return;        /* answered by the pool's own shutdown */
+	log_event(LOG_DEBUG, "new query columns known: checking the scripts again", LOG_END);
+	reload_scripts(app);
+}
+
 static void
 reload_scripts(void *arg)
 {
@@ -104,6 +118,10 @@ reload_scripts(void *arg)
 	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded",
 	          LOG_I("types", script_registry_count(app->scripts)), LOG_I("failed", failed),
 	          LOG_END);
+	/* Queries first seen now: described in the background (never
+	 * blocking the loop), then checked by the reload that follows. */
+	if (app->db && app->validator.columns && !app->tearing_down)
+		qcols_learn_pending(app->validator.columns, app->db, on_columns_learnt, app);
 }
 
 static void
@@ -233,6 +251,7 @@ app_start_core(struct app *app)
 static void
 app_stop(struct app *app)
 {
+	app->tearing_down = true;
 	admin_destroy(app->admin);
 	http_server_destroy(app->http);
 	analysis_destroy(app->analysis);

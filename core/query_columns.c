@@ -20,6 +20,12 @@ struct qcol_entry {
 
 struct qcols {
 	char *conninfo;
+	char **pending;      /* SQL met while blocking was off: to learn on the pool */
+	int npending;
+	int in_flight;       /* background descriptions not answered yet */
+	bool learnt;         /* ... and whether one of them taught something */
+	void (*on_learnt)(void *);
+	void *on_learnt_arg;
 	PGconn *conn;
 	bool may_block;
 	bool tried;          /* a connection was attempted (and failed: unreachable) */
@@ -50,6 +56,9 @@ qcols_destroy(qcols *qc)
 		free(qc->e[i].error);
 	}
 	free(qc->e);
+	for (int i = 0; i < qc->npending; i++)
+		free(qc->pending[i]);
+	free(qc->pending);
 	free(qc->unreachable);
 	free(qc->conninfo);
 	free(qc);
@@ -96,6 +105,24 @@ conn_get(qcols *qc)
 	return c;
 }
 
+static void
+add_entry(qcols *qc, struct qcol_entry e)
+{
+	qc->e = xrealloc(qc->e, sizeof *qc->e * (size_t)(qc->n + 1));
+	qc->e[qc->n++] = e;
+}
+
+/* SQL to describe later, on the pool (qcols_learn_pending). */
+static void
+remember_pending(qcols *qc, const char *sql)
+{
+	for (int i = 0; i < qc->npending; i++)
+		if (strcmp(qc->pending[i], sql) == 0)
+			return;
+	qc->pending = xrealloc(qc->pending, sizeof *qc->pending * (size_t)(qc->npending + 1));
+	qc->pending[qc->npending++] = xstrdup(sql);
+}
+
 static struct qcol_entry *
 lookup(qcols *qc, const char *sql)
 {
@@ -103,8 +130,11 @@ lookup(qcols *qc, const char *sql)
 		if (strcmp(qc->e[i].sql, sql) == 0)
 			return &qc->e[i];
 	PGconn *c = conn_get(qc);
-	if (!c)
+	if (!c) {
+		if (!qc->may_block)
+			remember_pending(qc, sql);
 		return NULL;
+	}
 	/* The unnamed statement: prepared (parsed, planned), never executed. */
 	PGresult *p = PQprepare(c, "", sql, 0, NULL);
 	struct qcol_entry e = { xstrdup(sql), NULL, NULL };
@@ -125,9 +155,71 @@ lookup(qcols *qc, const char *sql)
 		PQfinish(c);
 		qc->conn = NULL;
 	}
-	qc->e = xrealloc(qc->e, sizeof *qc->e * (size_t)(qc->n + 1));
-	qc->e[qc->n] = e;
-	return &qc->e[qc->n++];
+	add_entry(qc, e);
+	return &qc->e[qc->n - 1];
+}
+
+/* ---- learning in the background, on the server's pool ----------------- */
+
+struct learn {
+	qcols *qc;
+	char *sql;
+};
+
+static void
+on_learnt(void *arg, const PGresult *res, const struct db_error *err)
+{
+	struct learn *l = arg;
+	qcols *qc = l->qc;
+	bool known = false;
+	for (int i = 0; i < qc->n && !known; i++)
+		known = strcmp(qc->e[i].sql, l->sql) == 0;
+	if (!known && res) {
+		PGresult *desc = PQcopyResult(res, PG_COPYRES_ATTRS);
+		if (desc) {
+			add_entry(qc, (struct qcol_entry){ xstrdup(l->sql), desc, NULL });
+			qc->learnt = true;
+		}
+	} else if (!known && err && !err->unavailable) {
+		/* The database refused the SQL: the check reports why. */
+		add_entry(qc, (struct qcol_entry){ xstrdup(l->sql), NULL, xstrdup(err->message) });
+		qc->learnt = true;
+	}
+	free(l->sql);
+	free(l);
+	if (--qc->in_flight == 0 && qc->learnt) {
+		qc->learnt = false;
+		if (qc->on_learnt)
+			qc->on_learnt(qc->on_learnt_arg);
+	}
+}
+
+int
+qcols_learn_pending(qcols *qc, db_pool *pool, void (*done)(void *), void *arg)
+{
+	qc->on_learnt = done;
+	qc->on_learnt_arg = arg;
+	int sent = 0;
+	/* The queries run as a request's would, with contact id 0 (no such
+	 * contact: no rows, but every column named and typed), read-only. */
+	static const char *const params[] = { "0" };
+	for (int i = 0; i < qc->npending; i++) {
+		struct learn *l = xcalloc(1, sizeof *l);
+		l->qc = qc;
+		l->sql = qc->pending[i];
+		qc->in_flight++;
+		if (db_query_send(pool, l->sql, 1, params, on_learnt, l))
+			sent++;
+		else {
+			qc->in_flight--;
+			free(l->sql);
+			free(l);
+		}
+	}
+	free(qc->pending);
+	qc->pending = NULL;
+	qc->npending = 0;
+	return sent;
 }
 
 /* A sample value in PostgreSQL's text form for a column of type oid (ISO

@@ -12,10 +12,11 @@
  *
  * Columns come from PQdescribePrepared on one short-lived blocking
  * connection: `rapport check` uses it freely; the server only before its
- * loop runs (start-up, with the role check's connection attempt), so a slow
- * database never stalls serving. SQL first seen in a later reload is not
- * described then (that version is not checked this way; `rapport check`
- * and the next start check it). The catalog owns its PGresults.
+ * loop runs (start-up), so a slow database never stalls serving. SQL first
+ * seen in a later reload is remembered and described on the server's pool
+ * afterwards (qcols_learn_pending: the query runs read-only for contact id
+ * 0, which has no rows but all the columns); once learnt, the caller
+ * reloads and the check runs. The catalog owns its PGresults.
  */
 #ifndef RAPPORT_QUERY_COLUMNS_H
 #define RAPPORT_QUERY_COLUMNS_H
@@ -43,5 +44,12 @@ const char *qcols_unreachable(const qcols *qc);
  * which, malloc'd), -1 with *why when a query cannot be described (its SQL
  * is wrong: the database says why). */
 int qcols_sample_ctx(qcols *qc, const script *s, script_run *run, char **why);
+
+/* Describes, on the pool and without blocking, the SQL met since the last
+ * call while blocking was off; done(arg) runs once (on the loop) after
+ * they are answered, if they taught anything. Returns how many were sent.
+ * Destroy the pool before the catalog (its callbacks then still find it). */
+struct db_pool;
+int qcols_learn_pending(qcols *qc, struct db_pool *pool, void (*done)(void *), void *arg);
 
 #endif

@@ -160,3 +160,28 @@ def test_a_runtime_error_without_a_position_gets_the_innermost_file_line_in_the_
     assert r.status == 500, r.body
     msg = r.json()["error"]["message"]
     assert "scripts/lib/clean.lua:" in msg and "model reply is not a JSON object" in msg, msg
+
+
+NEW_QUERY = r'''
+local prompt = require("prompt")
+return {
+  description = "a new type with a query of its own, saved while serving",
+  queries = { "mine" },
+  sql = { mine = { sql = [[SELECT first_name, company AS firm FROM contacts WHERE id = $1]], one = true } },
+  prompt = function(ctx)
+    local c = ctx.mine or {}
+    return prompt.messages("You advise.", "Advise {{who.first_name}} at {{who.company}}.",
+                           { who = { first_name = c.first_name, firm = c.firm } })
+  end,
+}
+'''
+
+
+def test_a_new_query_saved_while_serving_is_described_in_the_background_then_checked(make_server, scripts_copy, fake):
+    srv = make_server(**scripts_copy.env)
+    (scripts_copy.scripts / "fresh.lua").write_text(NEW_QUERY)
+    # The SQL is new: the reload does not wait for the database; the pool
+    # describes it, and the reload that follows finds {{who.company}}.
+    t = wait_for(lambda: "fresh" in types(srv) and types(srv)["fresh"]["error"] and types(srv)["fresh"], 15)
+    assert t and "unknown placeholder {{who.company}}" in t["error"], types(srv).get("fresh")
+    assert srv.get("/healthz").status == 200
