@@ -439,7 +439,9 @@ on_context(void *arg, const struct ctx_result *r)
 		context_ready(f);
 		return;
 	case CTX_DB_UNAVAILABLE:
-		snprintf(msg, sizeof msg, "the database is unavailable (%s)", r->message);
+		/* The pool's message says it all ("database unreachable
+		 * (refused): … — what to check"); wrapping it would repeat it. */
+		snprintf(msg, sizeof msg, "%s", r->message);
 		fail_retry(f, 503, "database_unavailable", msg, 1);
 		return;
 	case CTX_QUERY_FAILED:

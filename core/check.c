@@ -9,6 +9,7 @@
  */
 #include "check.h"
 #include "luajson.h"
+#include "query_columns.h"
 #include "util.h"
 
 #include <errno.h>
@@ -120,6 +121,8 @@ dump(const json_t *v)
 {
 	return v ? json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_SORT_KEYS) : xstrdup("(nothing)");
 }
+
+static int check_prompt_sample(qcols *qc, script *s, char **error, char **note);
 
 struct tally {
 	int passed, failed;
@@ -239,6 +242,8 @@ check_run(const struct config *cfg, const struct script_limits *limits, bool do_
 	int failed = script_registry_reload(r);
 	int n = script_registry_count(r);
 	struct tally t = { 0, 0 };
+	qcols *qc = qcols_create(cfg->database_url);
+	int unchecked = 0;
 	for (int i = 0; i < n; i++) {
 		const char *name, *error;
 		script *s;
@@ -249,7 +254,28 @@ check_run(const struct config *cfg, const struct script_limits *limits, bool do_
 		}
 		printf("ok   %s compiles (version %.8s)\n", name, script_info(s)->version);
 		run_fixtures(cfg->scripts_dir, name, s, &t);
+		char *perr = NULL, *note = NULL;
+		int rc = check_prompt_sample(qc, s, &perr, &note);
+		if (rc > 0) {
+			printf("ok   %s: prompt renders on a sample context from its queries' columns\n", name);
+		} else if (rc < 0) {
+			printf("FAIL %s\n", perr);
+			t.failed++;
+		} else if (note && strstr(note, "sample context")) {
+			printf("note %s\n", note);
+		} else if (note) {
+			unchecked++;
+		}
+		free(perr);
+		free(note);
 	}
+	if (unchecked)
+		printf("note placeholders of %d script%s not checked against their queries' columns: the "
+		       "database cannot be reached (%s). Start the demo with 'make run' (its "
+		       "var/run/env is read here) or set DATABASE_URL.\n",
+		       unchecked, unchecked == 1 ? "" : "s",
+		       qcols_unreachable(qc) ? qcols_unreachable(qc) : "unknown");
+	qcols_destroy(qc);
 	int lint_rc = 0;
 	if (do_lint) {
 		lint_rc = lint(cfg->scripts_dir);
@@ -299,4 +325,60 @@ check_prompt_smoke(void *arg, script *s, char **error)
 	json_decref(cases);
 	free(file);
 	return ok;
+}
+
+/* prompt(ctx) on a ctx made from the queries' columns: 1 rendered, 0 not
+ * checked (columns unknown, or an error that is not a placeholder's; *note
+ * says why), -1 failed (*error). */
+static int
+check_prompt_sample(qcols *qc, script *s, char **error, char **note)
+{
+	const struct script_info *si = script_info(s);
+	if (si->has_run)
+		return 0;       /* run(ctx) does its own I/O: nothing to render */
+	script_run *run = script_run_new(s, 1, "2026-02-01T09:00:00Z");
+	char *why = NULL;
+	int built = qcols_sample_ctx(qc, s, run, &why);
+	int rc = built;
+	if (built == 0) {
+		*note = why;
+	} else if (built < 0) {
+		*error = xasprintf("scripts/%s.lua: %s", si->name, why);
+		free(why);
+	} else {
+		char err[1024] = "";
+		json_t *req = script_run_request(run, err, sizeof err);
+		/* Only a placeholder the vars cannot fill is the script's fault
+		 * for sure: sample values are not real data, so any other error
+		 * on them (a helper that wants a real date, a runaway loop the
+		 * guards stopped) is reported, not refused. */
+		if (!req && strstr(err, "placeholder")) {
+			*error = xasprintf("scripts/%s.lua: prompt(ctx) fails on a sample context built from "
+			                   "its queries' columns (one row each): %s",
+			                   si->name, err);
+			rc = -1;
+		} else if (!req) {
+			*note = xasprintf("%s: prompt(ctx) fails on a sample context built from its queries' "
+			                  "columns (not counted: sample values are not real data): %s",
+			                  si->name, err);
+			rc = 0;
+		}
+		json_decref(req);
+	}
+	script_run_free(run);
+	return rc;
+}
+
+bool
+check_prompt(void *arg, script *s, char **error)
+{
+	struct check_validator *cv = arg;
+	if (!check_prompt_smoke(cv->scripts, s, error))
+		return false;
+	if (!cv->columns)
+		return true;
+	char *note = NULL;
+	int rc = check_prompt_sample(cv->columns, s, error, &note);
+	free(note);
+	return rc >= 0;
 }

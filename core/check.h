@@ -20,4 +20,14 @@ int check_run(const struct config *cfg, const struct script_limits *limits, bool
  * the script registry. */
 bool check_prompt_smoke(void *arg, script *s, char **error);
 
+/* A script_validator: check_prompt_smoke, then prompt(ctx) must render a
+ * ctx built from its queries' columns (query_columns.h), so a placeholder
+ * the script's vars cannot fill fails the load even without fixtures. */
+struct qcols;
+struct check_validator {
+	script_registry *scripts;
+	struct qcols *columns;
+};
+bool check_prompt(void *arg, script *s, char **error);
+
 #endif

@@ -78,6 +78,11 @@ struct fetch {
 	double ms;
 };
 
+/* What a person at the console does about a database that is down. */
+#define CONSOLE_DB_HINT \
+	" (for the demo's database, start 'make run': the console reads its var/run/env when " \
+	"DATABASE_URL is not set; or set DATABASE_URL)"
+
 static void
 on_fetched(void *arg, const struct ctx_result *r)
 {
@@ -91,9 +96,9 @@ on_fetched(void *arg, const struct ctx_result *r)
 	}
 	if (r->status != CTX_OK) {
 		f->failed = true;
-		snprintf(f->err, sizeof f->err, "query '%s' failed: %s%s%s%s", r->query->name,
+		snprintf(f->err, sizeof f->err, "query '%s' failed: %s%s%s%s%s", r->query->name,
 		         r->message, r->sqlstate ? " (SQLSTATE " : "", r->sqlstate ? r->sqlstate : "",
-		         r->sqlstate ? ")" : "");
+		         r->sqlstate ? ")" : "", r->status == CTX_DB_UNAVAILABLE ? CONSOLE_DB_HINT : "");
 		return;
 	}
 	size_t off = 0;
@@ -466,7 +471,10 @@ on_analyze_reply(void *arg, const struct analysis_reply *r)
 		j->body_len = r->body_len;
 	} else {
 		snprintf(j->code, sizeof j->code, "%s", r->error_code ? r->error_code : "error");
-		j->message = xstrdup(r->error_message ? r->error_message : "");
+		j->message = xasprintf("%s%s", r->error_message ? r->error_message : "",
+		                       r->status == 503 && r->error_code &&
+		                       strcmp(r->error_code, "database_unavailable") == 0
+		                       ? CONSOLE_DB_HINT : "");
 	}
 	j->age_ms = r->age_ms;
 	j->remaining_ms = r->remaining_ms;

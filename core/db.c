@@ -164,6 +164,8 @@ struct db_pool {
 	struct event *fail_ev;       /* zero timer that reports pool->failing */
 	unsigned fail_gen;
 	bool down;
+	char down_msg[640];          /* while down: why, with its class (db_error_class) */
+	const char *down_class;
 	bool destroying;
 	bool dead;                   /* destroyed from inside a callback; free when it returns */
 	int cb_depth;                /* callbacks currently running */
@@ -336,6 +338,79 @@ static void pool_dequeue(db_pool *p, db_query *q)
 
 /* ---- pool up / down ----------------------------------------------------- */
 
+/* ---- why the database cannot be reached (error classes) ----
+ * libpq's messages are precise but long and differ by version; the class
+ * is the part a person acts on, so it leads every message and /readyz. */
+const char *db_error_class(const char *m)
+{
+	static const struct { const char *needle, *cls; } classes[] = {
+		{ "Connection refused", "refused" },
+		{ "No such file or directory", "refused" },   /* no server on that socket */
+		{ "could not translate host name", "name_not_found" },
+		{ "Name or service not known", "name_not_found" },
+		{ "nodename nor servname", "name_not_found" },
+		{ "Temporary failure in name resolution", "name_not_found" },
+		{ "authentication failed", "authentication" },
+		{ "no pg_hba.conf entry", "authentication" },
+		{ "password", "authentication" },
+		{ "role \"", "authentication" },             /* role "x" does not exist */
+		{ "database \"", "database_missing" },       /* database "x" does not exist */
+		{ "timeout expired", "timeout" },
+		{ "timed out", "timeout" },
+	};
+	if (!m)
+		return "unreachable";
+	for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++)
+		if (strstr(m, classes[i].needle))
+			return classes[i].cls;
+	return "unreachable";
+}
+
+static const char *db_class_hint(const char *cls)
+{
+	if (strcmp(cls, "refused") == 0)
+		return "nothing accepts connections there: is PostgreSQL running, and are DATABASE_URL's "
+		       "host and port right?";
+	if (strcmp(cls, "name_not_found") == 0)
+		return "the host name in DATABASE_URL does not resolve";
+	if (strcmp(cls, "authentication") == 0)
+		return "the server refused the login: check DATABASE_URL's user and password (and "
+		       "pg_hba.conf)";
+	if (strcmp(cls, "database_missing") == 0)
+		return "the database named in DATABASE_URL does not exist: create it or fix dbname";
+	if (strcmp(cls, "timeout") == 0)
+		return "no answer in time: is the host reachable (firewall, network)?";
+	return "see the server's log";
+}
+
+/* "database unreachable (refused): <libpq's line> — <what to check>" */
+void db_describe_unreachable(const char *libpq_msg, char *buf, size_t len)
+{
+	/* libpq's first line is the fact; its second ("Is the server
+	 * running…?") is a hint that the class's own would only repeat. */
+	char one[384];
+	const char *m = libpq_msg ? libpq_msg : "";
+	size_t n = strcspn(m, "\n");
+	const char *hint = strstr(m, " Is the server running");   /* already one line */
+	if (hint && (size_t)(hint - m) < n)
+		n = (size_t)(hint - m);
+	snprintf(one, sizeof one, "%.*s", (int)n, m);
+	const char *cls = db_error_class(m);
+	snprintf(buf, len, "database unreachable (%s): %s — %s", cls, one, db_class_hint(cls));
+}
+
+const char *db_pool_down_cause(const db_pool *pool, const char **message)
+{
+	if (!pool || pool_any_up(pool) || !pool->down_class) {
+		if (message)
+			*message = NULL;
+		return NULL;
+	}
+	if (message)
+		*message = pool->down_msg;
+	return pool->down_class;
+}
+
 /* A connect attempt failed. If nothing is up, the database is down: queued
  * queries would only wait for the backoff, so fail them now, and new ones
  * fail fast until a connection comes up again. */
@@ -343,13 +418,23 @@ static void pool_mark_down(db_pool *p, const char *why)
 {
 	db_query *q;
 
-	if (p->down || p->destroying || pool_any_up(p))
+	if (p->destroying || pool_any_up(p))
+		return;
+	/* The latest cause wins (a database that comes back refusing logins
+	 * is a different problem from one that is not there), but the log
+	 * says it once per change, not once per retry. */
+	const char *cls = db_error_class(why);
+	bool changed = !p->down || !p->down_class || strcmp(cls, p->down_class) != 0;
+	db_describe_unreachable(why, p->down_msg, sizeof p->down_msg);
+	p->down_class = cls;
+	if (changed)
+		log_event(LOG_WARN, "db down", LOG_S("cause", cls), LOG_S("error", why), LOG_END);
+	if (p->down)
 		return;
 	p->down = true;
-	log_event(LOG_WARN, "db down", LOG_S("error", why), LOG_END);
 	while ((q = TAILQ_FIRST(&p->queue))) {
 		pool_dequeue(p, q);
-		query_fail_later(q, MSG_UNAVAILABLE, true);
+		query_fail_later(q, p->down_msg, true);
 	}
 }
 
@@ -1273,7 +1358,7 @@ static void on_query_timer(evutil_socket_t fd, short what, void *arg)
 			query_fail(q, MSG_TIMEOUT, true);
 		} else if (!pool_any_up(p)) {
 			pool_dequeue(p, q);
-			query_fail(q, MSG_UNAVAILABLE, true);
+			query_fail(q, p->down_class ? p->down_msg : MSG_UNAVAILABLE, true);
 		} else {
 			query_arm_wait(q);
 		}
@@ -1493,7 +1578,8 @@ static db_query *query_send(db_pool *pool, const char *sql, int nparams,
 		return q;
 	}
 	if (pool->down || pool->destroying) {
-		query_fail_later(q, pool->destroying ? MSG_SHUTDOWN : MSG_UNAVAILABLE, true);
+		query_fail_later(q, pool->destroying ? MSG_SHUTDOWN
+		                    : pool->down_class ? pool->down_msg : MSG_UNAVAILABLE, true);
 		return q;
 	}
 	q->state = Q_QUEUED;

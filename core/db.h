@@ -103,4 +103,15 @@ void db_one_line(const char *s, char *buf, size_t len);
 bool db_conninfo_valid(const char *conninfo);
 void db_pool_stats(const db_pool *pool, struct db_stats *out);
 
+/* Why a database cannot be reached, as a class a person acts on:
+ * "refused", "name_not_found", "authentication", "database_missing",
+ * "timeout" or "unreachable" (anything else), from libpq's message. */
+const char *db_error_class(const char *libpq_message);
+/* "database unreachable (<class>): <libpq's message, one line> — <what to
+ * check>", into buf. */
+void db_describe_unreachable(const char *libpq_message, char *buf, size_t len);
+/* While no connection is up: the class of the last failure (and *message,
+ * the whole line, owned by the pool); NULL when up or not tried yet. */
+const char *db_pool_down_cause(const db_pool *pool, const char **message);
+
 #endif

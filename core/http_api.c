@@ -782,6 +782,30 @@ refresh_allowed(http_server *s, struct evhttp_request *req, const char *req_id, 
 	return false;
 }
 
+/* The type as sent (non-printable bytes as \xNN, cut at 64), and the
+ * lowercase name when that is a type: names are case-sensitive. */
+static void
+http_unknown_type_message(script_registry *scripts, const char *type, char *buf, size_t len)
+{
+	char shown[64 * 4 + 1], lower[65];
+	size_t n = 0, k = 0;
+	for (const unsigned char *p = (const unsigned char *)type; *p && k < 64; p++, k++) {
+		if (*p >= 0x20 && *p < 0x7f && *p != '\'')
+			shown[n++] = (char)*p;
+		else
+			n += (size_t)snprintf(shown + n, sizeof shown - n, "\\x%02x", *p);
+		lower[k] = (char)tolower(*p);
+	}
+	shown[n] = '\0';
+	lower[k] = '\0';
+	if (type[k] == '\0' && strcmp(lower, type) != 0 && script_registry_get(scripts, lower))
+		snprintf(buf, len, "unknown analysis type '%s%s' (type names are lowercase: did you mean "
+		         "'%s'?)", shown, type[k] ? "…" : "", lower);
+	else
+		snprintf(buf, len, "unknown analysis type '%s%s' (see /v1/analysis-types)", shown,
+		         type[k] ? "…" : "");
+}
+
 /* True when the answer is (or will be) logged by the call it started;
  * false when it was answered here and the caller logs it. */
 static bool
@@ -796,8 +820,9 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		return false;
 	}
 	if (!valid_type(type)) {
-		send_error(s, req, req_id, 404, "unknown_analysis_type",
-		           "unknown analysis type (see /v1/analysis-types)", head);
+		char msg[400];
+		http_unknown_type_message(s->d.scripts, type, msg, sizeof msg);
+		send_error(s, req, req_id, 404, "unknown_analysis_type", msg, head);
 		return false;
 	}
 	bool refresh = wants_refresh(req, q);
@@ -886,9 +911,15 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	 * a state database that is down does not make analyses unready. */
 	const char *state_err = "";
 	const char *state = state_status(s->d.state, &state_err);
-	json_t *doc = json_pack("{s:s, s:s, s:i, s:i, s:s}", "status", ready ? "ready" : "not_ready",
-	                        "database", db_up ? "up" : "down", "scripts_loaded", loaded,
-	                        "script_errors", errors, "state", state);
+	json_t *doc = json_pack("{s:s, s:s}", "status", ready ? "ready" : "not_ready",
+	                        "database", db_up ? "up" : "down");
+	/* Down: why, as a class (one of db_error_class's fixed words). */
+	if (!db_up)
+		json_object_set_new(doc, "database_cause",
+		                    json_string(db_pool_down_cause(s->d.db, NULL)));
+	json_object_set_new(doc, "scripts_loaded", json_integer(loaded));
+	json_object_set_new(doc, "script_errors", json_integer(errors));
+	json_object_set_new(doc, "state", json_string(state));
 	if (*state_err)
 		json_object_set_new(doc, "state_error", json_string(state_err));
 	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);

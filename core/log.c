@@ -14,8 +14,10 @@
 #include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static enum log_level min_level = LOG_INFO;
 static const char *level_names[] = { "debug", "info", "warn", "error" };
@@ -254,6 +256,21 @@ json_head(char out[96], enum log_level level)
 	out[n] = '\0';
 }
 
+/* Fields that do not apply are left out rather than written as -1 or
+ * null: callers pass NULL (LOG_S) or -1 (LOG_I, LOG_N: "not known") for
+ * them. */
+static bool
+field_applies(const struct log_kv *kv)
+{
+	switch (kv->kind) {
+	case LOGV_STR: return kv->s != NULL;
+	case LOGV_INT: return kv->i != -1;
+	case LOGV_NUM: return kv->d != -1;
+	case LOGV_END: return false;
+	}
+	return true;
+}
+
 static void
 emit(enum log_level level, const char *msg, va_list ap)
 {
@@ -268,7 +285,8 @@ emit(enum log_level level, const char *msg, va_list ap)
 		struct log_kv kv = va_arg(ap, struct log_kv);
 		if (kv.kind == LOGV_END)
 			break;
-		put_field(&l, &kv);
+		if (field_applies(&kv))
+			put_field(&l, &kv);
 	}
 	/* The reserve always holds this tail. */
 	if (l.cut) {
@@ -280,6 +298,115 @@ emit(enum log_level level, const char *msg, va_list ap)
 	fwrite(l.buf, 1, l.n, stderr);
 }
 
+/* ---- the text form, for a person at a terminal ----------------------------
+ * "08:31:31.479 INFO  request method=GET path=/v1/… status=200 total_ms=86.4"
+ * One line per event as well: control bytes are escaped, a value with a
+ * space or a quote is quoted, and values are cut shorter than in JSON (the
+ * JSON form is the one for keeping). Bytes that are not UTF-8 pass as "?". */
+#define LOG_TEXT_VALUE_MAX 400
+
+static void
+text_put(FILE *f, const char *v, bool quote_if_needed)
+{
+	const unsigned char *p = (const unsigned char *)(v ? v : "");
+	bool quote = quote_if_needed && (!*p || strpbrk((const char *)p, " \"=") != NULL);
+	if (quote)
+		fputc('"', f);
+	size_t used = 0;
+	while (*p) {
+		if (used >= LOG_TEXT_VALUE_MAX) {
+			fputs("…", f);
+			break;
+		}
+		size_t len = utf8_seq(p);
+		if (*p == '\n') {
+			fputs("\\n", f), p++, used += 2;
+		} else if (*p == '"' && quote) {
+			fputs("\\\"", f), p++, used += 2;
+		} else if (*p == '\t') {
+			fputc(' ', f), p++, used++;
+		} else if (*p < 0x20 || *p == 0x7f) {
+			fprintf(f, "\\x%02x", *p), p++, used += 4;
+		} else if (len == 0) {
+			fputc('?', f), p++, used++;
+		} else {
+			fwrite(p, 1, len, f), p += len, used += len;
+		}
+	}
+	if (quote)
+		fputc('"', f);
+}
+
+static void
+emit_text(enum log_level level, const char *msg, va_list ap, bool color)
+{
+	static const char *names[] = { "DEBUG", "INFO ", "WARN ", "ERROR" };
+	static const char *colors[] = { "\033[2m", "", "\033[33m", "\033[31;1m" };
+	char ts[40];
+	util_iso8601(util_wall_ms(), ts, sizeof ts);
+	/* The time of day is enough on a terminal: "2026-…T08:31:31.479Z". */
+	const char *t = strchr(ts, 'T');
+	char tod[16];
+	snprintf(tod, sizeof tod, "%.12s", t ? t + 1 : ts);
+	FILE *f = stderr;
+	flockfile(f);
+	fprintf(f, "%s %s%s%s ", tod, color ? colors[level] : "", names[level],
+	        color && *colors[level] ? "\033[0m" : "");
+	text_put(f, msg, false);
+	for (;;) {
+		struct log_kv kv = va_arg(ap, struct log_kv);
+		if (kv.kind == LOGV_END)
+			break;
+		if (!field_applies(&kv))
+			continue;
+		fputc(' ', f);
+		text_put(f, kv.key, false);
+		fputc('=', f);
+		char num[64];
+		switch (kv.kind) {
+		case LOGV_STR:
+			text_put(f, kv.s, true);
+			break;
+		case LOGV_INT:
+			fprintf(f, "%lld", (long long)kv.i);
+			break;
+		case LOGV_NUM:
+			snprintf(num, sizeof num, "%.4g", kv.d);
+			fputs(num, f);
+			break;
+		case LOGV_END:
+			break;
+		}
+	}
+	fputc('\n', f);
+	funlockfile(f);
+}
+
+/* JSON, or text: RAPPORT_LOG_FORMAT=json|text, else text on a terminal and
+ * JSON otherwise (a file, journald, a pipe to jq). Decided at the first
+ * line. */
+enum log_format { LOGF_UNSET, LOGF_JSON, LOGF_TEXT };
+static enum log_format format;
+static bool text_color;
+
+static enum log_format
+log_format(void)
+{
+	if (format != LOGF_UNSET)
+		return format;
+	const char *v = getenv("RAPPORT_LOG_FORMAT");
+	bool tty = isatty(STDERR_FILENO) == 1;
+	if (v && strcmp(v, "text") == 0)
+		format = LOGF_TEXT;
+	else if (v && strcmp(v, "json") == 0)
+		format = LOGF_JSON;
+	else
+		format = tty ? LOGF_TEXT : LOGF_JSON;
+	const char *term = getenv("TERM");
+	text_color = format == LOGF_TEXT && tty && !getenv("NO_COLOR") && !(term && strcmp(term, "dumb") == 0);
+	return format;
+}
+
 void
 log_event(enum log_level level, const char *msg, ...)
 {
@@ -287,7 +414,10 @@ log_event(enum log_level level, const char *msg, ...)
 		return;
 	va_list ap;
 	va_start(ap, msg);
-	emit(level, msg, ap);
+	if (log_format() == LOGF_TEXT)
+		emit_text(level, msg, ap, text_color);
+	else
+		emit(level, msg, ap);
 	va_end(ap);
 }
 

@@ -1,6 +1,8 @@
 /*
  * log — one line of JSON per event on stderr, so logs are machine-readable
- * (jq, Loki) and a person can still read them. Owns nothing but the level.
+ * (jq, Loki); on a terminal (or RAPPORT_LOG_FORMAT=text) a short text line
+ * instead, for a person. Owns nothing but the level and the format. Fields
+ * passed as NULL (LOG_S) or -1 (LOG_I, LOG_N) do not apply and are left out.
  *
  * log_event() takes key/value pairs built with the LOG_* macros so callers
  * never format JSON by hand and values are always escaped.

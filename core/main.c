@@ -26,6 +26,8 @@
 #include "llm.h"
 #include "log.h"
 #include "luajson.h"
+#include "query_columns.h"
+#include "run_env.h"
 #include "script.h"
 #include "state.h"
 #include "util.h"
@@ -90,8 +92,10 @@ struct app {
 	http_server *http;
 	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
+	struct check_validator validator;  /* what a new script version must pass */
 	struct event *sig_int, *sig_term, *sig_hup;
 	bool stopping;
+	bool tearing_down;       /* app_stop has begun: no more reloads */
 	int exit_code;
 };
 
@@ -102,6 +106,19 @@ static const struct script_limits default_limits = {
 	.max_steps = 32,
 };
 
+static void reload_scripts(void *arg);
+
+/* The pool described queries a reload brought: check again with them. */
+static void
+on_columns_learnt(void *arg)
+{
+	struct app *app = arg;
+	if (app->tearing_down)
+		return;        /* answered by the pool's own shutdown */
+	log_event(LOG_DEBUG, "new query columns known: checking the scripts again", LOG_END);
+	reload_scripts(app);
+}
+
 static void
 reload_scripts(void *arg)
 {
@@ -110,6 +127,10 @@ reload_scripts(void *arg)
 	log_event(failed ? LOG_WARN : LOG_INFO, "scripts reloaded",
 	          LOG_I("types", script_registry_count(app->scripts)), LOG_I("failed", failed),
 	          LOG_END);
+	/* Queries first seen now: described in the background (never
+	 * blocking the loop), then checked by the reload that follows. */
+	if (app->db && app->validator.columns && !app->tearing_down)
+		qcols_learn_pending(app->validator.columns, app->db, on_columns_learnt, app);
 }
 
 static void
@@ -206,8 +227,13 @@ app_start_core(struct app *app)
 	}
 	app->scripts = script_registry_create(cfg->scripts_dir, cfg->prompts_dir, cfg->model,
 	                                      &default_limits);
-	script_registry_set_validator(app->scripts, check_prompt_smoke, app->scripts);
+	/* Before the loop runs, the validator may ask the database for the
+	 * queries' columns (a blocking describe); afterwards it never blocks. */
+	app->validator.scripts = app->scripts;
+	app->validator.columns = qcols_create(cfg->database_url);
+	script_registry_set_validator(app->scripts, check_prompt, &app->validator);
 	reload_scripts(app);
+	qcols_allow_blocking(app->validator.columns, false);
 	if (!check_db_role(cfg))
 		return false;
 	app->db = db_pool_create(app->base, cfg->database_url, cfg->db_pool_size, cfg->db_timeout_ms);
@@ -284,6 +310,7 @@ app_start_core(struct app *app)
 static void
 app_stop(struct app *app)
 {
+	app->tearing_down = true;
 	admin_destroy(app->admin);
 	http_server_destroy(app->http);
 	jobs_destroy(app->jobs);          /* its items wait on the pipeline */
@@ -311,6 +338,7 @@ app_stop(struct app *app)
 		db_pool_destroy(app->db);
 	cache_destroy(app->cache);
 	script_registry_destroy(app->scripts);
+	qcols_destroy(app->validator.columns);
 	if (app->base)
 		event_base_free(app->base);
 }
@@ -454,6 +482,53 @@ cmd_serve(struct app *app)
 	return 0;
 }
 
+/* The commands a person runs by hand next to `make run` take its database
+ * and upstream (var/run/env) when nothing names a database: no
+ * DATABASE_URL, no --database-url, no config file. */
+static void
+use_run_env(const char *cmd, int nargs, char **args)
+{
+	if (strcmp(cmd, "console") != 0 && strcmp(cmd, "analyze") != 0 && strcmp(cmd, "check") != 0)
+		return;
+	if (getenv("DATABASE_URL") || getenv("RAPPORT_CONFIG"))
+		return;
+	for (int i = 0; i < nargs; i++)
+		if (strncmp(args[i], "--database-url", 14) == 0 || strncmp(args[i], "--config", 8) == 0)
+			return;
+	char *note = NULL;
+	if (run_env_apply(RUN_ENV_FILE, &note) && note)
+		fprintf(stderr, "%s\n", note);
+	free(note);
+}
+
+/* libpq takes a string that is neither a URI nor key=value pairs as a
+ * database name and falls back to the default socket: "localhost:5432/crm"
+ * would then fail later with a confusing message about /var/run/postgresql.
+ * Refuse it at start. */
+static bool
+database_url_ok(const char *url)
+{
+	if (strncmp(url, "postgresql://", 13) == 0 || strncmp(url, "postgres://", 11) == 0)
+		return true;
+	if (strchr(url, '=')) {
+		char *perr = NULL;
+		PQconninfoOption *o = PQconninfoParse(url, &perr);
+		PQconninfoFree(o);
+		if (o) {
+			PQfreemem(perr);
+			return true;
+		}
+		fprintf(stderr, "rapport: DATABASE_URL does not parse: %s", perr ? perr : "invalid\n");
+		PQfreemem(perr);
+		return false;
+	}
+	fprintf(stderr, "rapport: DATABASE_URL is neither a URI nor key=value pairs: \"%s\".\n"
+	                "  Use postgresql://USER@HOST:PORT/DBNAME or host=HOST port=PORT dbname=DBNAME "
+	                "user=USER\n",
+	        url);
+	return false;
+}
+
 /* Removes a command's own boolean flag from args (before config_load sees
  * it as unknown); *on becomes false when it was there. */
 static int
@@ -489,6 +564,9 @@ on_analyze_reply(void *arg, const struct analysis_reply *r)
 		puts(t);
 		free(t);
 		json_decref(e);
+		if (r->error_code && strcmp(r->error_code, "database_unavailable") == 0)
+			fprintf(stderr, "rapport: for the demo's database, start 'make run' (analyze reads its "
+			                "var/run/env when DATABASE_URL is not set), or set DATABASE_URL\n");
 	}
 	event_base_loopbreak(ac->app->base);
 }
@@ -514,9 +592,11 @@ cmd_analyze(struct app *app, char **args, int nargs)
 static int
 cmd_console(struct app *app, const struct console_opts *co, char **args, int nargs)
 {
-	/* The REPL is the interface: info lines would only interleave with it. */
+	/* The REPL is the interface: log lines would only interleave with it,
+	 * and its own messages carry every error (a database that is down
+	 * once, with its cause, not once per retry). */
 	if (app->cfg.log_level == LOG_INFO)
-		log_set_level(LOG_WARN);
+		log_set_level(LOG_ERROR);
 	if (!console_args_ok(co, args, nargs))
 		return 2;
 	struct console_deps cd = { .cfg = &app->cfg };
@@ -591,13 +671,34 @@ main(int argc, char **argv)
 		nargs = console_take_flags(nargs, argv + 2, &copts);
 	if (strcmp(cmd, "check") == 0)
 		nargs = take_flag(nargs, argv + 2, "--no-lint", &lint);
+	use_run_env(cmd, nargs, argv + 2);
 	if (!config_load(&app.cfg, nargs, argv + 2, &rest, &nrest, &err)) {
 		fprintf(stderr, "rapport: %s\n", err);
 		free(err);
 		config_free(&app.cfg);
 		return 2;
 	}
+	const char *lf = getenv("RAPPORT_LOG_FORMAT");
+	if (lf && *lf && strcmp(lf, "json") != 0 && strcmp(lf, "text") != 0) {
+		fprintf(stderr, "rapport: RAPPORT_LOG_FORMAT must be json or text, got \"%s\" (unset: text "
+		                "on a terminal, JSON otherwise)\n", lf);
+		free(rest);
+		config_free(&app.cfg);
+		return 2;
+	}
+	if (!database_url_ok(app.cfg.database_url)) {
+		free(rest);
+		config_free(&app.cfg);
+		return 2;
+	}
 	log_set_level((enum log_level)app.cfg.log_level);
+	/* The tools print their own report (check) or JSON (analyze): the
+	 * server's info lines, and the script errors fixtures expect, would
+	 * only bury it. RAPPORT_LOG_LEVEL=debug still shows everything. */
+	if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "check") == 0)
+		log_set_level((enum log_level)(LOG_ERROR + 1));
+	else if (app.cfg.log_level == LOG_INFO && strcmp(cmd, "analyze") == 0)
+		log_set_level(LOG_ERROR);   /* its JSON carries the error */
 	curl_global_init(CURL_GLOBAL_DEFAULT);
 
 	int rc;

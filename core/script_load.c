@@ -273,6 +273,151 @@ resolve_query(lua_State *L, script *s, int decl, const char *name)
 	hash_input(s, "one", one ? "1" : "0", 1);
 }
 
+/* ---- unknown top-level fields -------------------------------------------- */
+
+/* Every field a script's table may have. A field not listed here is a typo
+ * ("querys", "temprature") that would otherwise be ignored in silence: the
+ * load fails and names the nearest of these. */
+static const char *const script_known_fields[] = {
+	"description", "prompt", "post", "run", "fallback", "ttl", "stale_ttl", "model",
+	"temperature", "max_tokens", "queries", "sql", "schema", NULL,
+};
+
+/* Levenshtein distance of a and b (each cut at 63 bytes: field names). */
+static int
+edit_distance(const char *a, const char *b)
+{
+	int la = (int)strnlen(a, 63), lb = (int)strnlen(b, 63);
+	int row[64];
+	for (int j = 0; j <= lb; j++)
+		row[j] = j;
+	for (int i = 1; i <= la; i++) {
+		int diag = row[0];
+		row[0] = i;
+		for (int j = 1; j <= lb; j++) {
+			int up = row[j];
+			int cost = a[i - 1] == b[j - 1] ? 0 : 1;
+			int best = diag + cost;
+			if (row[j] + 1 < best)
+				best = row[j] + 1;
+			if (row[j - 1] + 1 < best)
+				best = row[j - 1] + 1;
+			row[j] = best;
+			diag = up;
+		}
+	}
+	return row[lb];
+}
+
+/* The line of the script where `name =` first appears (the field's
+ * declaration, as far as a text search can tell), or 0. */
+static int
+field_line(const char *path, const char *name)
+{
+	size_t len, nlen = strlen(name);
+	char *src = util_read_file(path, &len);
+	if (!src)
+		return 0;
+	int line = 1, found = 0;
+	for (const char *p = src; *p && !found; p++) {
+		if (*p == '\n') {
+			line++;
+			continue;
+		}
+		bool start = p == src || !(isalnum((unsigned char)p[-1]) || p[-1] == '_');
+		if (!start || strncmp(p, name, nlen) != 0)
+			continue;
+		const char *q = p + nlen;
+		while (*q == ' ' || *q == '\t')
+			q++;
+		if (*q == '=' && q[1] != '=')
+			found = line;
+	}
+	free(src);
+	return found;
+}
+
+/* One unknown field's complaint: "file:line: unknown field 'x' (did you
+ * mean 'y'?)", with the list of fields when none is close. */
+static char *
+unknown_field_message(const script *s, const char *key, int *line)
+{
+	const char *best = NULL;
+	int best_d = 1 << 30;
+	for (const char *const *f = script_known_fields; *f; f++) {
+		int d = edit_distance(key, *f);
+		if (d < best_d)
+			best_d = d, best = *f;
+	}
+	char shown[80];
+	snprintf(shown, sizeof shown, "%s", key);
+	util_utf8_trim(shown);
+	*line = field_line(s->path, key);
+	char where[32] = "";
+	if (*line > 0)
+		snprintf(where, sizeof where, ":%d", *line);
+	/* A suggestion only when it is plausibly the same word. */
+	if (best && best_d <= (strlen(key) > 6 ? 3 : 2))
+		return xasprintf("%s%s: unknown field '%s' (did you mean '%s'?)", s->path, where, shown,
+		                 best);
+	return xasprintf("%s%s: unknown field '%s'; a script may return description, prompt, post, "
+	                 "run, fallback, ttl, stale_ttl, model, temperature, max_tokens, queries, sql "
+	                 "and schema (docs/scripts.md)",
+	                 s->path, where, shown);
+}
+
+/* Raises one error naming every key of the table at index t that no script
+ * field has, in the order of their lines. Runs under lua_pcall, like
+ * validate_decl (the messages are pushed before the raise, so nothing
+ * malloc'd is left behind). */
+static void
+check_unknown_fields(lua_State *L, script *s, int t)
+{
+	enum { MAX_REPORTED = 8 };
+	char *msg[MAX_REPORTED];
+	int line[MAX_REPORTED], n = 0;
+	lua_pushnil(L);
+	while (lua_next(L, t)) {
+		lua_pop(L, 1);
+		if (lua_type(L, -1) != LUA_TSTRING) {
+			for (int i = 0; i < n; i++)
+				free(msg[i]);
+			luaL_error(L, "%s: the returned table has an entry with a %s key; every entry must "
+			              "be a named field (description = …, prompt = …)",
+			           s->path, luaL_typename(L, -1));
+		}
+		const char *key = lua_tostring(L, -1);
+		bool known = false;
+		for (const char *const *f = script_known_fields; *f && !known; f++)
+			known = strcmp(key, *f) == 0;
+		if (known || n == MAX_REPORTED)
+			continue;
+		msg[n] = unknown_field_message(s, key, &line[n]);
+		n++;
+	}
+	if (n == 0)
+		return;
+	/* Sorted by line (insertion sort: a handful at most). */
+	for (int i = 1; i < n; i++)
+		for (int j = i; j > 0 && line[j] < line[j - 1]; j--) {
+			char *m = msg[j];
+			int l = line[j];
+			msg[j] = msg[j - 1], line[j] = line[j - 1];
+			msg[j - 1] = m, line[j - 1] = l;
+		}
+	luaL_Buffer b;
+	luaL_buffinit(L, &b);
+	for (int i = 0; i < n; i++) {
+		if (i)
+			luaL_addstring(&b, "; ");
+		luaL_addstring(&b, msg[i]);
+	}
+	for (int i = 0; i < n; i++)
+		free(msg[i]);
+	luaL_pushresult(&b);
+	lua_error(L);
+}
+
 /* Checks the declaration table at index 1 (the factory at 2) and copies
  * what C needs.
  * Runs under lua_pcall: errors are raised with luaL_error. */
@@ -284,6 +429,7 @@ validate_decl(lua_State *L)
 		return luaL_error(L, "%s: the script must return a table (got %s)", s->path,
 		                  luaL_typename(L, 1));
 	int t = 1;
+	check_unknown_fields(L, s, t);
 	if (script_rawfield(L, t, "description") != LUA_TSTRING)
 		return luaL_error(L, "%s: 'description' must be a string", s->path);
 	s->description = xstrdup(lua_tostring(L, -1));

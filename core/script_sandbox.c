@@ -146,6 +146,30 @@ p_new_call_thread(lua_State *L)
 	return 0;
 }
 
+/* error("text", 0), error(table) and errors raised from C name no place:
+ * the innermost Lua frame of the dead coroutine (its stack is intact) gives
+ * the file:line the author needs, in the reply as well as the log. */
+static void
+script_error_position(lua_State *co, char *err, size_t errlen)
+{
+	const char *colon = strchr(err, ':');
+	if (colon && colon[1] >= '0' && colon[1] <= '9' && strchr(colon + 1, ':'))
+		return;                  /* "file:line: …" already */
+	lua_Debug ar;
+	for (int level = 0; lua_getstack(co, level, &ar); level++) {
+		if (!lua_getinfo(co, "Sl", &ar) || ar.currentline <= 0 || *ar.what == 'C')
+			continue;
+		size_t n = strlen(err);
+		char *copy = malloc(n + 1);
+		if (!copy)
+			return;
+		memcpy(copy, err, n + 1);
+		snprintf(err, errlen, "%s:%d: %s", ar.short_src, ar.currentline, copy);
+		free(copy);
+		return;
+	}
+}
+
 /* Calls the function below nargs arguments on the main stack under the
  * limits, in the state's reusable call coroutine (see budget_hook). Returns
  * true with nresults on the main stack, or false with the first line of
@@ -199,6 +223,7 @@ script_pcall(script *s, int nargs, int nresults, char *err, size_t errlen)
 		else
 			snprintf(err, errlen, "%.*s", (int)strcspn(msg ? msg : "error object is not a string", "\n"),
 			         msg ? msg : "error object is not a string");
+		script_error_position(co, err, errlen);
 		util_utf8_trim(err);
 	}
 	script_log_error(s, co, err);

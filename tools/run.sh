@@ -11,9 +11,16 @@
 #      rapport_reader (sql/roles.sql; schema and demo data are loaded as the
 #      owner, postgres). A DATABASE_URL in your environment is ignored here;
 #      run ./rapport serve yourself to use another.
-# Ctrl-C stops rapport and the fake; the cluster keeps running (tools/pg.sh stop var/pg).
-# Safe to run again, and after a crash: the cluster is reused, stale pid files
-# are cleaned, and a fake or rapport left over from a previous run is stopped.
+# It writes var/run/env (DATABASE_URL, OPENAI_BASE_URL, RAPPORT_LISTEN of this
+# run; never a key): `rapport console`, `analyze` and `check` read it when
+# DATABASE_URL is not set, so they reach the same demo.
+# Ctrl-C stops rapport and the fake (exit status 0); the cluster keeps running
+# (tools/pg.sh stop var/pg).
+# Several runs side by side: each has its own RAPPORT_LISTEN and
+# RAPPORT_FAKE_PORT and its own files var/run/run-<listen port>.* (owner pid,
+# rapport and fake pids, env); they share the cluster. A later run cleans up
+# only what a run whose owner (this script's process) is dead left behind,
+# never a live run's processes.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -49,18 +56,59 @@ is_proc() {
     [[ "$(basename -- "$exe")" == "$name" ]]
 }
 
-# Stop the process recorded in pid file $1 if it really is a $2; drop the file.
-stop_recorded() {
-    local file=$1 name=$2 pid
-    [[ -f "$file" ]] || return 0
-    pid=$(head -n1 "$file" 2>/dev/null || true)
+# Stop process $1 if it really is a $2.
+stop_pid() {
+    local pid=$1 name=$2
     if is_proc "$pid" "$name"; then
-        say "stopping $name left over from a previous run (pid $pid)"
+        say "stopping $name left over from a run that is gone (pid $pid)"
         kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 50); do is_proc "$pid" "$name" || break; sleep 0.1; done
         if is_proc "$pid" "$name"; then kill -KILL "$pid" 2>/dev/null || true; sleep 0.2; fi
     fi
-    rm -f -- "$file"
+}
+
+# Is pid $1 a live run.sh (the owner of a run's files)?
+is_run_owner() {
+    local pid=$1
+    [[ "$pid" =~ ^[0-9]+$ && -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'tools/run\.sh'
+}
+
+# A run's state file: OWNER=, RAPPORT=, FAKE= (pids), LISTEN=, FAKE_PORT=.
+state_get() { sed -n "s/^$2=//p" "$1" 2>/dev/null | head -n1; }
+
+# Leftovers of runs that crashed or were killed: only those whose owner is
+# dead; a live run (another terminal) is left alone.
+clean_dead_runs() {
+    local f owner
+    for f in "$RUN_DIR"/run-*.state; do
+        [[ -e "$f" ]] || continue
+        owner=$(state_get "$f" OWNER)
+        is_run_owner "$owner" && continue
+        stop_pid "$(state_get "$f" RAPPORT)" "$(basename -- "$RAPPORT_BIN")"
+        stop_pid "$(state_get "$f" FAKE)" fake_openai
+        rm -f -- "$f" "${f%.state}.env"
+    done
+    # The files of an older run.sh (one run at a time, no owner recorded).
+    local old
+    for old in rapport fake; do
+        [[ -f "$RUN_DIR/$old.pid" ]] || continue
+        if [[ $old == rapport ]]; then stop_pid "$(head -n1 "$RUN_DIR/$old.pid")" "$(basename -- "$RAPPORT_BIN")"
+        else stop_pid "$(head -n1 "$RUN_DIR/$old.pid")" fake_openai; fi
+        rm -f -- "$RUN_DIR/$old.pid"
+    done
+    relink_env
+}
+
+# var/run/env is the env file of the newest live run (a symlink), or absent.
+relink_env() {
+    local f newest=""
+    for f in "$RUN_DIR"/run-*.env; do
+        [[ -e "$f" ]] || continue
+        [[ -z "$newest" || "$f" -nt "$newest" ]] && newest=$f
+    done
+    if [[ -n "$newest" ]]; then ln -sfn -- "$(basename -- "$newest")" "$RUN_DIR/env"
+    else rm -f -- "$RUN_DIR/env"; fi
 }
 
 [[ -x "$RAPPORT_BIN" ]] || die "$RAPPORT_BIN not built — run 'make run' (it builds first)"
@@ -69,18 +117,34 @@ stop_recorded() {
 mkdir -p -m 755 "$ROOT/var"
 mkdir -p "$RUN_DIR" "$LOG_DIR"
 
-# Leftovers of a previous run that crashed or was killed.
-stop_recorded "$RUN_DIR/rapport.pid" "$(basename -- "$RAPPORT_BIN")"
-stop_recorded "$RUN_DIR/fake.pid" fake_openai
-
 LISTEN_HOST=${LISTEN%:*}
 LISTEN_PORT=${LISTEN##*:}
+[[ "$LISTEN_PORT" =~ ^[0-9]+$ ]] || die "RAPPORT_LISTEN must be HOST:PORT, got '$LISTEN'"
+[[ "$FAKE_PORT" =~ ^[0-9]+$ ]] || die "RAPPORT_FAKE_PORT must be a port number, got '$FAKE_PORT'"
+STATE="$RUN_DIR/run-$LISTEN_PORT.state"
+ENV_FILE="$RUN_DIR/run-$LISTEN_PORT.env"
+
+clean_dead_runs
+if [[ -f "$STATE" ]]; then
+    die "another 'make run' (pid $(state_get "$STATE" OWNER)) is serving on port $LISTEN_PORT.
+  Run a second one next to it on other ports:
+    RAPPORT_LISTEN=127.0.0.1:$((LISTEN_PORT + 1)) RAPPORT_FAKE_PORT=$((FAKE_PORT + 1)) make run"
+fi
 if port_busy "$LISTEN_HOST" "$LISTEN_PORT"; then
     die "port $LISTEN_PORT ($LISTEN) is already in use by another program.
-  Stop that program, or choose another address: RAPPORT_LISTEN=127.0.0.1:8081 make run"
+  Stop that program, or choose another address: RAPPORT_LISTEN=127.0.0.1:$((LISTEN_PORT + 1)) make run"
 fi
 
 # ---- PostgreSQL ------------------------------------------------------------
+# The cluster is shared by the runs side by side: when a live run already
+# uses it on another port, stay on that port (moving it would cut that run off).
+if pg_status=$(tools/pg.sh status "$PG_DIR" 2>/dev/null); then
+    running=$(sed -n 's/.*port \([0-9]*\),.*/\1/p' <<<"$pg_status")
+    if [[ -n "$running" && "$running" != "$PG_PORT" ]] && compgen -G "$RUN_DIR/run-*.state" >/dev/null; then
+        say "PostgreSQL already serves another run on port $running: using that port (not $PG_PORT)"
+        PG_PORT=$running
+    fi
+fi
 say "PostgreSQL: private cluster in var/pg, port $PG_PORT"
 tools/pg.sh start "$PG_DIR" "$PG_PORT"
 # Scripts' SQL runs on rapport's connections, so rapport logs in as a role
@@ -109,19 +173,34 @@ cleanup() {
         kill -KILL "$RAPPORT_PID" 2>/dev/null || true
         wait "$RAPPORT_PID" 2>/dev/null || true
     fi
-    rm -f -- "$RUN_DIR/rapport.pid"
     if [[ -n "$FAKE_PID" ]]; then
         kill -TERM "$FAKE_PID" 2>/dev/null || true
         wait "$FAKE_PID" 2>/dev/null || true
-        rm -f -- "$RUN_DIR/fake.pid" "$RUN_DIR/fake.port"
+        rm -f -- "$FAKE_PORT_FILE"
+    fi
+    if [[ -n "$OWN_STATE" ]]; then
+        rm -f -- "$STATE" "$ENV_FILE"
+        relink_env
     fi
     echo
     if [[ -n "$STARTED" ]]; then say "rapport stopped."; fi
     say "PostgreSQL keeps running (var/pg, port $PG_PORT); stop it with: tools/pg.sh stop var/pg"
 }
-trap 'cleanup; exit 130' INT
+# Ctrl-C is how a person ends `make run`: a normal end (status 0), so make
+# does not report "Error 130". TERM (from a supervisor) keeps its status.
+trap 'cleanup; exit 0' INT
 trap 'cleanup; exit 143' TERM
 trap cleanup EXIT
+
+# This run's state file: who owns it (this script) and what it started.
+OWN_STATE=1
+write_state() {
+    printf 'OWNER=%s\nLISTEN=%s\nFAKE_PORT=%s\nRAPPORT=%s\nFAKE=%s\n' \
+        "$$" "$LISTEN" "$FAKE_PORT" "$RAPPORT_PID" "$FAKE_PID" >"$STATE.tmp"
+    mv -f -- "$STATE.tmp" "$STATE"
+}
+write_state
+FAKE_PORT_FILE="$RUN_DIR/fake-$FAKE_PORT.port"
 
 if [[ -n "${OPENAI_API_KEY:-}" ]]; then
     UPSTREAM=${OPENAI_BASE_URL:-https://api.openai.com/v1}
@@ -131,19 +210,20 @@ else
     if port_busy 127.0.0.1 "$FAKE_PORT"; then
         die "port $FAKE_PORT (fake upstream) is already in use by another program; set RAPPORT_FAKE_PORT"
     fi
-    rm -f -- "$RUN_DIR/fake.port"
-    "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --port-file "$RUN_DIR/fake.port" \
-        </dev/null >"$LOG_DIR/fake.log" 2>&1 &
+    rm -f -- "$FAKE_PORT_FILE"
+    FAKE_LOG="$LOG_DIR/fake-$FAKE_PORT.log"
+    "$FAKE_BIN" --listen "127.0.0.1:$FAKE_PORT" --port-file "$FAKE_PORT_FILE" \
+        </dev/null >"$FAKE_LOG" 2>&1 &
     FAKE_PID=$!
-    echo "$FAKE_PID" >"$RUN_DIR/fake.pid"
+    write_state
     for _ in $(seq 1 100); do
-        [[ -s "$RUN_DIR/fake.port" ]] && break
+        [[ -s "$FAKE_PORT_FILE" ]] && break
         kill -0 "$FAKE_PID" 2>/dev/null || break
         sleep 0.1
     done
-    if [[ ! -s "$RUN_DIR/fake.port" ]] || ! kill -0 "$FAKE_PID" 2>/dev/null; then
-        tail -n 20 "$LOG_DIR/fake.log" >&2 || true
-        die "the fake upstream did not start (log: var/log/fake.log)"
+    if [[ ! -s "$FAKE_PORT_FILE" ]] || ! kill -0 "$FAKE_PID" 2>/dev/null; then
+        tail -n 20 "$FAKE_LOG" >&2 || true
+        die "the fake upstream did not start (log: ${FAKE_LOG#$ROOT/})"
     fi
     UPSTREAM="http://127.0.0.1:$FAKE_PORT/v1"
     export OPENAI_BASE_URL=$UPSTREAM
@@ -164,10 +244,26 @@ fi
 RAPPORT_STATE_URL=$(tools/pg.sh url "$PG_DIR" "$PG_PORT")
 export DATABASE_URL RAPPORT_STATE_URL RAPPORT_LISTEN=$LISTEN
 say "starting rapport serve on $LISTEN"
+# On a terminal, rapport becomes the foreground job (job control, below): the
+# terminal's Ctrl-C then reaches rapport alone, which stops cleanly, and this
+# script and make end normally (status 0, no "make: *** … Interrupt"). Without
+# a terminal, a SIGINT to the group is trapped above, with the same result.
+JOBCTL=0
+if [[ -t 0 && -t 2 ]] && set -m 2>/dev/null; then JOBCTL=1; fi
 "$RAPPORT_BIN" serve </dev/null &
 RAPPORT_PID=$!
 STARTED=1
-echo "$RAPPORT_PID" >"$RUN_DIR/rapport.pid"
+write_state
+# For the commands run by hand next to this demo (rapport console, analyze,
+# check): the same database and upstream. Single-quoted for the shell;
+# rapport reads the same KEY='value' lines. The key itself is never written.
+{
+    echo "# written by tools/run.sh (make run, pid $$) — removed when that run ends"
+    printf "DATABASE_URL='%s'\n" "$DATABASE_URL"
+    printf "OPENAI_BASE_URL='%s'\n" "$UPSTREAM"
+    printf "RAPPORT_LISTEN='%s'\n" "$LISTEN"
+} >"$ENV_FILE"
+relink_env
 
 case "$LISTEN_HOST" in
     127.0.0.1|0.0.0.0|localhost|"") URL_HOST=localhost ;;
@@ -179,30 +275,60 @@ if [[ -n "${RAPPORT_API_KEYS:-}" ]]; then
     AUTH=" -H 'Authorization: Bearer ${RAPPORT_API_KEYS%%,*}'"
 fi
 
-up=0
-for _ in $(seq 1 100); do
-    kill -0 "$RAPPORT_PID" 2>/dev/null || break
-    if curl -fs -o /dev/null --max-time 1 "http://$BASE/healthz"; then up=1; break; fi
-    sleep 0.1
-done
-if [[ $up -eq 1 ]]; then
-    cat <<EOF
+# Prints the commands to try once rapport answers /healthz — and, with job
+# control, once rapport holds the terminal, so a Ctrl-C typed after the
+# banner always reaches rapport (never this script and make).
+announce() {
+    local up=0 fgpg
+    for _ in $(seq 1 100); do
+        kill -0 "$RAPPORT_PID" 2>/dev/null || return 0
+        if [[ $JOBCTL -eq 1 ]]; then
+            fgpg=$(ps -o tpgid= -p "$RAPPORT_PID" 2>/dev/null | tr -d ' ')
+            if [[ "$fgpg" != "$RAPPORT_PID" ]]; then sleep 0.05; continue; fi
+        fi
+        if curl -fs -o /dev/null --max-time 1 "http://$BASE/healthz"; then up=1; break; fi
+        sleep 0.1
+    done
+    if [[ $up -eq 1 ]]; then
+        # Pretty JSON when jq is there; the stream asks for a fresh generation
+        # (no-cache), so it shows the deltas arriving even after the plain GET
+        # above cached that analysis.
+        local JQ=""; command -v jq >/dev/null 2>&1 && JQ=" | jq ."
+        cat <<EOF
 
 rapport is up on http://$BASE — try:
   curl -s $BASE/healthz
-  curl -s$AUTH $BASE/v1/analysis-types
-  curl -s$AUTH $BASE/v1/contacts/1/analyses/relationship_health
-  curl -sN$AUTH -H 'Accept: text/event-stream' $BASE/v1/contacts/1/analyses/relationship_health
+  curl -s$AUTH $BASE/v1/analysis-types$JQ
+  curl -s$AUTH $BASE/v1/contacts/1/analyses/relationship_health$JQ
+  curl -sN$AUTH -H 'Accept: text/event-stream' -H 'Cache-Control: no-cache' $BASE/v1/contacts/2/analyses/smart_tips
+  ./rapport analyze 42 smart_tips$JQ
+  ./rapport console        # then: analyze(42, "smart_tips")   (help() lists the rest)
+(./rapport console, analyze and check use this run's database and upstream: var/run/env)
 Ctrl-C stops rapport$([[ -n "$FAKE_PID" ]] && echo " and the fake upstream"); PostgreSQL keeps running (tools/pg.sh stop var/pg).
 
 EOF
-elif kill -0 "$RAPPORT_PID" 2>/dev/null; then
-    say "rapport has not answered /healthz after 10 s; still waiting (its log is above)"
-fi
+    elif kill -0 "$RAPPORT_PID" 2>/dev/null; then
+        say "rapport has not answered /healthz after 10 s; still waiting (its log is above)"
+    fi
+}
 
 set +e
-wait "$RAPPORT_PID"
-rc=$?
+RAPPORT_JOB=""
+if [[ $JOBCTL -eq 1 ]]; then
+    RAPPORT_JOB=$(jobs -l | sed -n "s/^\[\([0-9]*\)\][-+ ]*$RAPPORT_PID .*/\1/p")
+    [[ -n "$RAPPORT_JOB" ]] || JOBCTL=0
+fi
+if [[ $JOBCTL -eq 1 ]]; then
+    announce </dev/null &
+    ANNOUNCE_PID=$!
+    fg %"$RAPPORT_JOB" >/dev/null
+    rc=$?
+    kill "$ANNOUNCE_PID" 2>/dev/null || true
+else
+    announce
+    wait "$RAPPORT_PID"
+    rc=$?
+fi
 set -e
 RAPPORT_PID=""
 if [[ $rc -ne 0 ]]; then

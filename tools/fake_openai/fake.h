@@ -139,6 +139,13 @@ uint64_t content_hash_messages(json_t *messages, size_t *chars);
 /* The reply text for a request with this response_format (may be NULL) and
  * seed. Returns a malloc'd NUL-terminated string; *len is its length. */
 char *content_generate(json_t *response_format, uint64_t seed, size_t *len);
+
+/* ---- fake_insight.c ---------------------------------------------------- */
+
+/* content_generate, then the schema's score/trend and text fields follow the
+ * CRM facts of the last user message (rapport's shipped prompts), when it
+ * has any. Same ownership as content_generate. */
+char *content_insight(json_t *messages, json_t *response_format, uint64_t seed, size_t *len);
 /* UTF-8 helpers: code points in s[0..len), and the byte length of the first
  * n code points (never ends inside a sequence). */
 size_t utf8_count(const char *s, size_t len);

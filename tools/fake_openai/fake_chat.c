@@ -1216,8 +1216,8 @@ chat_content(struct chat *c, const struct chat_req *r)
 		c->content = xstrdup(f->live.content);
 		c->content_len = strlen(c->content);
 	} else {
-		c->content = content_generate(r->response_format, seed,
-		    &c->content_len);
+		c->content = content_insight(r->messages, r->response_format,
+		    seed, &c->content_len);
 	}
 	c->finish_reason = "stop";
 	chars = utf8_count(c->content, c->content_len);
