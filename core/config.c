@@ -71,6 +71,10 @@ static const struct setting settings[] = {
 	{ "RAPPORT_METRICS_PUBLIC", NULL, K_BOOL, OFF(metrics_public), 0 },
 	{ "RAPPORT_REFRESH_PER_MIN", NULL, K_INT, OFF(refresh_per_min), 0 },
 	{ "RAPPORT_REFRESH_BURST", NULL, K_INT, OFF(refresh_burst), 0 },
+	{ "RAPPORT_WEB", NULL, K_STR, OFF(web_dir), 0 },
+	{ "RAPPORT_CORS_ORIGINS", NULL, K_STR, OFF(cors_origins), 0 },
+	{ "RAPPORT_STREAM_SECRET", NULL, K_STR, OFF(stream_secret), 0 },
+	{ "RAPPORT_STREAM_TOKEN_TTL", NULL, K_INT, OFF(stream_token_ttl_s), 3600 },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -109,6 +113,8 @@ set_defaults(struct config *c)
 	c->log_level = LOG_INFO;
 	c->refresh_per_min = 10;
 	c->refresh_burst = 10;
+	c->web_dir = xstrdup("./web");
+	c->stream_token_ttl_s = 60;
 }
 
 static void
@@ -396,6 +402,9 @@ config_free(struct config *c)
 	free(c->admin_socket);
 	free(c->prices);
 	free(c->orphan_policy);
+	free(c->web_dir);
+	free(c->cors_origins);
+	free(c->stream_secret);
 	free_keys(c);
 	memset(c, 0, sizeof *c);
 }

@@ -57,6 +57,11 @@ struct config {
 	int refresh_per_min;       /* RAPPORT_REFRESH_PER_MIN (10): forced regenerations per
 	                            * client key a minute; 0 = no limit */
 	int refresh_burst;         /* RAPPORT_REFRESH_BURST (10): how many at once */
+	char *web_dir;             /* RAPPORT_WEB (./web): the panel's static files; "" = no panel */
+	char *cors_origins;        /* RAPPORT_CORS_ORIGINS: browser origins allowed ("a,b" or "*") */
+	char *stream_secret;       /* RAPPORT_STREAM_SECRET: HMAC key of stream tokens, shared by
+	                            * instances; unset = random per process */
+	int stream_token_ttl_s;    /* RAPPORT_STREAM_TOKEN_TTL (60): seconds a stream token lasts */
 };
 
 /* Parses argv flags (--listen, --database-url, --scripts, --prompts,
