@@ -54,6 +54,9 @@ struct http_call {
 	struct event *peek;
 	analysis_wait *wait;
 	bool sse;                     /* answering as Server-Sent Events */
+	bool error_events;            /* ?errors=event: a failure before any content is
+	                               * a 200 stream's error event too (EventSource
+	                               * shows no status or body) */
 	bool streaming;               /* the 200 and headers are out */
 	/* The meta event of a stream not yet started: the 200 waits for the
 	 * first content, so a failure before it keeps its own status. */
@@ -599,7 +602,7 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 	http_server *s = c->srv;
 	struct evhttp_request *req = c->req;
 	c->wait = NULL;
-	if (c->sse && (c->streaming || r->status == 200)) {
+	if (c->sse && (c->streaming || r->status == 200 || c->error_events)) {
 		sse_finish(c, r);
 		return;
 	}
@@ -651,9 +654,16 @@ query_flag(struct evkeyvalq *q, const char *name)
 	return v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
 }
 
+static bool wants_sse(struct evhttp_request *req, struct evkeyvalq *q);
+
 static bool
 wants_refresh(struct evhttp_request *req, struct evkeyvalq *q)
 {
+	/* A browser's EventSource sends Cache-Control: no-cache on every
+	 * stream it opens (the HTML standard says so): for a stream only
+	 * ?refresh=1 forces a regeneration, or every panel view would. */
+	if (wants_sse(req, q))
+		return query_flag(q, "refresh");
 	const char *cc = evhttp_find_header(evhttp_request_get_input_headers(req), "Cache-Control");
 	if (cc && (strstr(cc, "no-cache") || strstr(cc, "max-age=0")))
 		return true;
@@ -731,6 +741,8 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		return false;
 	struct http_call *c = call_new(s, req, req_id, path);
 	c->sse = wants_sse(req, q);
+	const char *ev = evhttp_find_header(q, "errors");
+	c->error_events = c->sse && ev && strcmp(ev, "event") == 0;
 	int flags = refresh ? ANALYSIS_REFRESH : 0;
 	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
 	                                c->sse ? on_analysis_delta : NULL, c);

@@ -109,7 +109,10 @@ export async function analysisPlain(contactId, type) {
 // Opens the stream of one insight. handlers: meta(m), delta(text),
 // result(doc), fail(ApiError). Returns {close()}.
 export async function streamAnalysis(contactId, type, { refresh = false } = {}, handlers) {
-  const params = new URLSearchParams({ stream: "1" });
+  // errors=event: a generation that fails before any text still arrives
+  // as an error event (code, message, retry_after), since EventSource
+  // shows neither the status nor the body of a refused stream.
+  const params = new URLSearchParams({ stream: "1", errors: "event" });
   if (refresh) params.set("refresh", "1");
   if (apiKey) {
     // The key never goes in a URL: a short-lived token made for this
@@ -148,8 +151,10 @@ export async function streamAnalysis(contactId, type, { refresh = false } = {}, 
       return;
     }
     finish();
-    // No data: the stream never started (an HTTP error status) or the
-    // connection dropped. Ask once without streaming to learn why.
+    // No data: the stream was refused before any analysis ran (auth, a
+    // bad id, the refresh limit) or the connection dropped. Ask once
+    // without streaming to learn why (cheap: no generation starts for
+    // those).
     handlers.unknown(opened);
   });
   return { close: finish };

@@ -208,7 +208,8 @@ function showContact(c) {
   }
   add("Phone", c.phone);
   add("Industry", c.industry);
-  add("Stage", c.lifecycle_stage ? humanize(c.lifecycle_stage) : null);
+  const STAGE = { sql: "SQL", mql: "MQL" };
+  add("Stage", c.lifecycle_stage ? STAGE[c.lifecycle_stage] || humanize(c.lifecycle_stage) : null);
   add("Owner", c.owner);
   add("Contact id", String(c.id));
   for (const b of document.querySelectorAll(".result-item")) {
@@ -264,11 +265,17 @@ function buildInsights() {
     node.dataset.type = name;
     node.querySelector(".insight-title").textContent = KNOWN[name] || humanize(name);
     node.querySelector(".insight-desc").textContent = t.description || "";
+    const label = KNOWN[name] || humanize(name);
     const btn = node.querySelector(".run");
-    btn.setAttribute("aria-label", `Show ${KNOWN[name] || humanize(name)}`);
-    const ins = { node, stream: null, cachedAt: null, cache: null, hasResult: false };
+    btn.setAttribute("aria-label", `Show ${label}`);
+    const again = node.querySelector(".refresh");
+    again.setAttribute("aria-label", `Refresh ${label} (ask the model again)`);
+    const ins = { node, stream: null, cachedAt: null, cache: null };
     state.insights.set(name, ins);
-    btn.addEventListener("click", () => runInsight(name, ins.hasResult));
+    // Show: the cached answer when there is one. Refresh: a new generation.
+    // Try again (after an error) repeats what failed.
+    btn.addEventListener("click", () => runInsight(name, node.dataset.state === "error" && ins.lastRefresh));
+    again.addEventListener("click", () => runInsight(name, true));
     box.append(node);
   }
 }
@@ -305,12 +312,14 @@ function showResult(name, ins, doc, phases) {
   ins.cache = doc.cache || null;
   const ageMs = doc.cache && typeof doc.cache.age_ms === "number" ? doc.cache.age_ms : 0;
   ins.cachedAt = Date.now() - ageMs;
-  ins.hasResult = true;
   paintCache(ins);
   const ph = node.querySelector(".phases");
   ph.replaceChildren(renderPhases(phases && phases.length ? phases : parsePhases(null, doc.timings_ms)));
   node.querySelector(".insight-foot").hidden = false;
-  node.querySelector(".run").textContent = "Refresh";
+  node.querySelector(".refresh").hidden = false;
+  const btn = node.querySelector(".run");
+  btn.disabled = false;
+  btn.textContent = "Show";
   setStatus(ins, doc.fallback ? "Estimate shown: the model is unavailable." : "");
 }
 
@@ -322,13 +331,14 @@ function showError(ins, err) {
   box.replaceChildren(errorBox(err));
   setStatus(ins, "");
   const btn = node.querySelector(".run");
+  btn.disabled = false;
   btn.textContent = "Try again";
   if (err.retryAfter) {
     // Wait out the retry hint before the button works again.
     btn.disabled = true;
     let left = err.retryAfter;
     const tick = () => {
-      if (left <= 0) {
+      if (left <= 0 || !btn.disabled) {
         btn.disabled = false;
         btn.textContent = "Try again";
         return;
@@ -348,6 +358,7 @@ async function runInsight(name, refresh) {
   if (ins.stream) ins.stream.close();
   const node = ins.node;
   const live = node.querySelector(".live");
+  ins.lastRefresh = refresh;
   node.dataset.state = "loading";
   node.querySelector(".insight-error").hidden = true;
   live.textContent = "";

@@ -84,7 +84,7 @@ function renderHealth(r) {
 
 // ---- smart_tips: a list of actions ---------------------------------------
 
-const CHANNEL = { email: "✉ Email", call: "☎ Call", meeting: "👥 Meeting", linkedin: "in LinkedIn", other: "• Other" };
+const CHANNEL = { email: "Email", call: "Call", meeting: "Meeting", linkedin: "LinkedIn", other: "Other" };
 
 function renderTips(r) {
   const ol = el("ol", { class: "tips" });
@@ -198,9 +198,12 @@ export function parseServerTiming(header) {
 }
 
 // The same phases from a result document's timings_ms.
+// A phase that took no time (a cache hit reads no database and calls no
+// model) is left out.
 export function phasesFromTimings(t) {
   if (!t) return [];
-  return ["db", "script", "llm", "total"].filter((k) => typeof t[k] === "number")
+  return ["db", "script", "llm", "total"]
+    .filter((k) => typeof t[k] === "number" && (k === "total" || t[k] > 0))
     .map((k) => ({ name: k, dur: t[k] }));
 }
 
@@ -210,7 +213,7 @@ export function renderPhases(phases) {
   const frag = document.createDocumentFragment();
   for (const p of phases) {
     const label = PHASE_LABEL[p.name] || p.name;
-    const v = typeof p.dur === "number" ? (p.dur >= 100 ? p.dur.toFixed(0) : p.dur.toFixed(1)) + " ms" : p.desc || "";
+    const v = typeof p.dur === "number" ? (p.dur >= 100 ? p.dur.toFixed(0) : p.dur.toFixed(p.dur < 1 ? 2 : 1)) + " ms" : p.desc || "";
     frag.append(el("span", { class: "phase", "data-phase": p.name }, `${label} ${v}`));
   }
   return frag;
