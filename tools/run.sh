@@ -184,7 +184,14 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 if [[ $up -eq 1 ]]; then
+    # The demo's most useful card: open deals and the most recent activity.
+    DEMO_ID=$(psql_ -Atc "select c.id from contacts c join deals d on d.contact_id = c.id
+        and d.stage not in ('closed_won', 'closed_lost') join activities a on a.contact_id = c.id
+        and a.occurred_at > now() - interval '90 days' group by c.id order by count(*) desc, c.id
+        limit 1" 2>/dev/null || true)
     cat <<EOF
+
+Panel: http://$BASE/#contact=${DEMO_ID:-1}   (open it in a browser)
 
 rapport is up on http://$BASE — try:
   curl -s $BASE/healthz
