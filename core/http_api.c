@@ -1022,7 +1022,8 @@ route(struct evhttp_request *req, void *arg)
 
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
 	const char *token_why = NULL;
-	int token = v1 ? stream_token_check(s, req, &segs, &query, &token_why) : 0;
+	int token = v1 && s->d.cfg->n_api_keys ?
+	            stream_token_check(s, req, &segs, &query, &token_why) : 0;
 	if (token < 0) {
 		send_error(s, req, req_id, 401, "invalid_stream_token", token_why, head);
 	} else if (v1 && token == 0 && !authorized(s, req)) {

@@ -274,6 +274,11 @@ def test_a_token_from_another_process_is_refused_unless_the_secret_is_shared(mak
     assert r.status == 401, "a random per-process secret: only its maker takes it"
 
 
+def test_without_keys_a_stream_needs_no_token_and_a_stray_one_is_ignored(server, fake):
+    resp, events = server.sse(analysis_path(10) + "?stream=1&token=junk")
+    assert resp.status == 200 and events[-1]["event"] == "result"
+
+
 def test_an_expired_token_is_refused(make_server, fake):
     srv = make_server(RAPPORT_API_KEYS=KEY, RAPPORT_STREAM_TOKEN_TTL="1")
     tok = token_for(srv, 6).json()["token"]
@@ -366,3 +371,32 @@ def test_a_stream_to_a_listed_origin_carries_cors_headers(make_server, fake):
     assert resp.status == 200
     assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert events[0]["event"] == "meta" and events[-1]["event"] == "result"
+
+
+# ---- streams as a browser's EventSource opens them ---------------------------------------
+
+def test_errors_event_turns_an_early_failure_into_an_error_event(server, fake):
+    path = "/v1/contacts/999999/analyses/smart_tips?stream=1"
+    r = server.get(path, headers={"Accept": "text/event-stream"})
+    assert r.status == 404, "without the flag the status stays"
+    resp, events = server.sse(path + "&errors=event")
+    assert resp.status == 200
+    assert [e["event"] for e in events] == ["meta", "error"], events
+    err = json.loads(events[1]["data"])["error"]
+    assert err["code"] == "contact_not_found" and err["status"] == 404
+    # errors before the pipeline keep their status even so
+    r = server.get("/v1/contacts/0/analyses/smart_tips?stream=1&errors=event",
+                   headers={"Accept": "text/event-stream"})
+    assert r.status == 400
+
+
+def test_eventsource_no_cache_header_does_not_regenerate_only_refresh_does(server, fake):
+    h = {"Cache-Control": "no-cache", "Accept": "text/event-stream"}   # what EventSource sends
+    resp, _ = server.sse(analysis_path(12) + "?stream=1", headers=h)
+    assert resp.headers["X-Cache"] == "MISS"
+    resp, _ = server.sse(analysis_path(12) + "?stream=1", headers=h)
+    assert resp.headers["X-Cache"] == "HIT", "a stream's no-cache is EventSource's, not a refresh"
+    resp, _ = server.sse(analysis_path(12) + "?stream=1&refresh=1", headers=h)
+    assert resp.headers["X-Cache"] == "MISS"
+    r = server.get(analysis_path(12), headers={"Cache-Control": "no-cache"})
+    assert r.headers["X-Cache"] == "MISS", "a plain request's no-cache still regenerates"
