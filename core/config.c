@@ -79,6 +79,10 @@ static const struct setting settings[] = {
 	{ "RAPPORT_WARM_EVERY", NULL, K_INT, OFF(warm_every_s), 30 * 86400 },
 	{ "RAPPORT_WARM_TOP", NULL, K_INT, OFF(warm_top), 10000 },
 	{ "RAPPORT_WARM_LEASE_S", NULL, K_INT, OFF(warm_lease_s), 3600 },
+	{ "RAPPORT_WEB", NULL, K_STR, OFF(web_dir), 0 },
+	{ "RAPPORT_CORS_ORIGINS", NULL, K_STR, OFF(cors_origins), 0 },
+	{ "RAPPORT_STREAM_SECRET", NULL, K_STR, OFF(stream_secret), 0 },
+	{ "RAPPORT_STREAM_TOKEN_TTL", NULL, K_INT, OFF(stream_token_ttl_s), 3600 },
 };
 #define NSETTINGS (sizeof settings / sizeof settings[0])
 
@@ -124,6 +128,8 @@ set_defaults(struct config *c)
 	c->warm_share = 0.25;
 	c->warm_top = 100;
 	c->warm_lease_s = 30;
+	c->web_dir = xstrdup("./web");
+	c->stream_token_ttl_s = 60;
 }
 
 static void
@@ -438,6 +444,9 @@ config_free(struct config *c)
 	free(c->orphan_policy);
 	free(c->freshness);
 	free(c->ttl_scale);
+	free(c->web_dir);
+	free(c->cors_origins);
+	free(c->stream_secret);
 	free_keys(c);
 	memset(c, 0, sizeof *c);
 }

@@ -66,6 +66,11 @@ struct config {
 	int warm_every_s;          /* RAPPORT_WARM_EVERY (0 = off): a periodic warm job */
 	int warm_top;              /* RAPPORT_WARM_TOP (100): its N (warm_candidates) */
 	int warm_lease_s;          /* RAPPORT_WARM_LEASE_S (30): an item's lease */
+	char *web_dir;             /* RAPPORT_WEB (./web): the panel's static files; "" = no panel */
+	char *cors_origins;        /* RAPPORT_CORS_ORIGINS: browser origins allowed ("a,b" or "*") */
+	char *stream_secret;       /* RAPPORT_STREAM_SECRET: HMAC key of stream tokens, shared by
+	                            * instances; unset = random per process */
+	int stream_token_ttl_s;    /* RAPPORT_STREAM_TOKEN_TTL (60): seconds a stream token lasts */
 };
 
 /* Parses argv flags (--listen, --database-url, --scripts, --prompts,

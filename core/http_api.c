@@ -15,9 +15,14 @@
  * Every exit (reply, client gone, shutdown) goes through call_free().
  */
 #include "http_api.h"
+#include "http_auth_token.h"
 #include "http_conn.h"
 #include "fmt.h"
+#include "http_contacts.h"
+#include "http_cors.h"
 #include "http_guard.h"
+#include "http_int.h"
+#include "http_static.h"
 #include "jobs.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -53,6 +58,9 @@ struct http_call {
 	http_call_gone_cb *gone;      /* a deferred call's owner (http_call_defer) */
 	void *gone_arg;
 	bool sse;                     /* answering as Server-Sent Events */
+	bool error_events;            /* ?errors=event: a failure before any content is
+	                               * a 200 stream's error event too (EventSource
+	                               * shows no status or body) */
 	bool streaming;               /* the 200 and headers are out */
 	bool following;               /* showed a stale result; now waits for its refresh */
 	/* The meta event of a stream not yet started: the 200 waits for the
@@ -86,6 +94,10 @@ struct http_server {
 	int last_status;                 /* of the last reply sent, for its log line */
 	bool draining;                   /* shutting down: no new work */
 	ratelimit *refresh;              /* forced regenerations per client key */
+	http_cors *cors;                 /* RAPPORT_CORS_ORIGINS; NULL = off */
+	http_static *web;                /* the panel's files; NULL = none */
+	http_contacts *contacts;         /* GET /v1/contacts searches in flight */
+	http_tokens *tokens;             /* stream tokens for EventSource */
 };
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -112,6 +124,7 @@ reason(int status)
 {
 	switch (status) {
 	case 200: return "OK";
+	case 201: return "Created";
 	case 202: return "Accepted";
 	case 204: return "No Content";
 	case 304: return "Not Modified";
@@ -654,7 +667,7 @@ on_analysis_reply(void *arg, const struct analysis_reply *r)
 			sse_end(c, r, 200);
 		return;
 	}
-	if (c->sse && (c->streaming || r->status == 200)) {
+	if (c->sse && (c->streaming || r->status == 200 || c->error_events)) {
 		sse_finish(c, r);
 		return;
 	}
@@ -725,9 +738,16 @@ query_flag(struct evkeyvalq *q, const char *name)
 	return v && (strcmp(v, "1") == 0 || strcmp(v, "true") == 0 || strcmp(v, "yes") == 0);
 }
 
+static bool wants_sse(struct evhttp_request *req, struct evkeyvalq *q);
+
 static bool
 wants_refresh(struct evhttp_request *req, struct evkeyvalq *q)
 {
+	/* A browser's EventSource sends Cache-Control: no-cache on every
+	 * stream it opens (the HTML standard says so): for a stream only
+	 * ?refresh=1 forces a regeneration, or every panel view would. */
+	if (wants_sse(req, q))
+		return query_flag(q, "refresh");
 	const char *cc = evhttp_find_header(evhttp_request_get_input_headers(req), "Cache-Control");
 	if (cc && (strstr(cc, "no-cache") || strstr(cc, "max-age=0")))
 		return true;
@@ -830,6 +850,8 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		return false;
 	struct http_call *c = call_new(s, req, req_id, path);
 	c->sse = wants_sse(req, q);
+	const char *ev = evhttp_find_header(q, "errors");
+	c->error_events = c->sse && ev && strcmp(ev, "event") == 0;
 	int flags = refresh ? ANALYSIS_REFRESH : 0;
 	analysis_wait *w = analysis_get(s->d.analysis, id, type, flags, on_analysis_reply,
 	                                c->sse ? on_analysis_delta : NULL, c);
@@ -994,6 +1016,29 @@ seg_is(const struct http_path *p, int i, const char *name)
 	return i < p->n && strcmp(p->seg[i], name) == 0;
 }
 
+/* A browser's EventSource cannot send Authorization: an analysis stream may
+ * instead carry ?token= from POST /v1/stream-tokens, made for this contact
+ * and type. 0: no token here (or not a stream); 1: valid; -1: refused, with
+ * *why. */
+static int
+stream_token_check(http_server *s, struct evhttp_request *req, const struct http_path *p,
+                   struct evkeyvalq *q, const char **why)
+{
+	const char *token = evhttp_find_header(q, "token");
+	enum evhttp_cmd_type m = evhttp_request_get_command(req);
+	if (!token || p->n != 5 || strcmp(p->seg[1], "contacts") != 0 ||
+	    strcmp(p->seg[3], "analyses") != 0 || (m != EVHTTP_REQ_GET && m != EVHTTP_REQ_HEAD) ||
+	    !wants_sse(req, q))
+		return 0;
+	int64_t id;
+	if (!util_parse_i64(p->seg[2], &id) || id <= 0 || !valid_type(p->seg[4]))
+		return 0;
+	enum http_token_verdict v = http_tokens_verify(s->tokens, token, id, p->seg[4],
+	                                               util_wall_ms() / 1000);
+	*why = http_token_verdict_message(v);
+	return v == HTTP_TOKEN_OK ? 1 : -1;
+}
+
 static void
 route(struct evhttp_request *req, void *arg)
 {
@@ -1011,6 +1056,9 @@ route(struct evhttp_request *req, void *arg)
 	 * decoded byte can change what the line says. */
 	const char *path = raw_path && *raw_path ? raw_path : "-";
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	/* CORS headers go on every answer to an allowed origin, errors and
+	 * streams included, or the browser hides them from the page. */
+	http_cors_apply(s->cors, req);
 
 	/* Our own, JSON, limit on the body (evhttp's hard cap sits above it);
 	 * the body is already read, and the connection ends with this. */
@@ -1064,6 +1112,11 @@ route(struct evhttp_request *req, void *arg)
 
 	int n = split == HTTP_PATH_TOO_DEEP ? -1 : segs.n;
 	char **seg = segs.seg;
+	if (http_cors_preflight(s->cors, req)) {
+		/* Before auth: a preflight never carries the key. */
+		send_json(s, req, req_id, 204, NULL, 0, false);
+		goto logged;
+	}
 	if (n == 1 && seg_is(&segs, 0, "healthz")) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
@@ -1091,10 +1144,26 @@ route(struct evhttp_request *req, void *arg)
 	}
 
 	bool v1 = n >= 2 && strcmp(seg[0], "v1") == 0;
-	if (v1 && !authorized(s, req)) {
+	const char *token_why = NULL;
+	int token = v1 && s->d.cfg->n_api_keys ?
+	            stream_token_check(s, req, &segs, &query, &token_why) : 0;
+	if (token < 0) {
+		send_error(s, req, req_id, 401, "invalid_stream_token", token_why, head);
+	} else if (v1 && token == 0 && !authorized(s, req)) {
 		unauthorized(s, req, req_id, head);
 	} else if (v1 && http_jobs_route(s, &s->d, req, req_id, path, n, seg)) {
 		status_logged = 1;    /* logged by its answer */
+	} else if (v1 && n == 2 && strcmp(seg[1], "contacts") == 0) {
+		if (!get)
+			method_not_allowed(s, req, req_id, "GET, HEAD");
+		else
+			status_logged = http_contacts_search(s->contacts, req, req_id, method_name(m),
+			                                     path, &query, head, t_start);
+	} else if (v1 && n == 2 && strcmp(seg[1], "stream-tokens") == 0) {
+		if (m != EVHTTP_REQ_POST)
+			method_not_allowed(s, req, req_id, "POST");
+		else
+			http_tokens_handle_issue(s->tokens, s, req, req_id);
 	} else if (v1 && n == 2 && strcmp(seg[1], "analysis-types") == 0) {
 		if (!get)
 			method_not_allowed(s, req, req_id, "GET, HEAD");
@@ -1115,7 +1184,15 @@ route(struct evhttp_request *req, void *arg)
 		else
 			method_not_allowed(s, req, req_id, "DELETE");
 	} else {
-		send_error(s, req, req_id, 404, "not_found", "no such endpoint", head);
+		/* Not an API path: a file of the panel, when there is one. */
+		int st = !v1 && get && split == HTTP_PATH_OK ?
+		         http_static_serve(s->web, req, &segs, req_id, head) : 0;
+		if (st) {
+			s->responses_by_class[st / 100]++;
+			s->last_status = st;
+		} else {
+			send_error(s, req, req_id, 404, "not_found", "no such endpoint", head);
+		}
 	}
 	if (status_logged)
 		goto done;
@@ -1187,8 +1264,21 @@ http_server_create(const struct http_deps *deps, char **err)
 		*err = xasprintf("RAPPORT_LISTEN: cannot parse \"%s\" (expected host:port)", cfg->listen);
 		return NULL;
 	}
+	char *perr = NULL;
+	http_cors *cors = http_cors_create(cfg->cors_origins, &perr);
+	http_tokens *tokens = perr ? NULL : http_tokens_create(cfg->stream_secret,
+	                                                      cfg->stream_token_ttl_s, &perr);
+	if (perr) {
+		http_cors_destroy(cors);
+		*err = perr;
+		return NULL;
+	}
 	http_server *s = xcalloc(1, sizeof *s);
 	s->d = *deps;
+	s->cors = cors;
+	s->tokens = tokens;
+	s->web = http_static_create(cfg->web_dir);
+	s->contacts = http_contacts_create(s, deps->db, deps->scripts);
 	LIST_INIT(&s->calls);
 	s->id_salt = (unsigned)getpid() * 2654435761u ^ (unsigned)util_wall_ms();
 	/* Our own listener: evhttp's bind hard-codes a backlog of 128. */
@@ -1199,6 +1289,10 @@ http_server_create(const struct http_deps *deps, char **err)
 	if (!s->listener) {
 		*err = xasprintf("cannot listen on %s: %s", cfg->listen,
 		                 evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+		http_contacts_destroy(s->contacts);
+		http_static_destroy(s->web);
+		http_tokens_destroy(s->tokens);
+		http_cors_destroy(s->cors);
 		free(s);
 		return NULL;
 	}
@@ -1267,6 +1361,7 @@ http_server_drain(http_server *s)
 	struct http_call *c;
 	while ((c = LIST_FIRST(&s->calls)))
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
+	http_contacts_abort_all(s->contacts);
 }
 
 void
@@ -1279,8 +1374,35 @@ http_server_destroy(http_server *s)
 	struct http_call *c;
 	while ((c = LIST_FIRST(&s->calls)))
 		call_abort(c, 503, "shutting_down", "the server is shutting down");
+	http_contacts_destroy(s->contacts);
 	evhttp_free(s->http);     /* also frees the bound listener */
 	ratelimit_destroy(s->refresh);
 	http_conn_destroy(s->conns);
+	http_static_destroy(s->web);
+	http_tokens_destroy(s->tokens);
+	http_cors_destroy(s->cors);
 	free(s);
+}
+
+/* ---- for the route modules beside this one (http_int.h) ------------------ */
+
+void
+http_api_send_json(http_server *s, struct evhttp_request *req, const char *req_id, int status,
+                   const char *body, size_t len, bool head)
+{
+	send_json(s, req, req_id, status, body, len, head);
+}
+
+void
+http_api_send_error(http_server *s, struct evhttp_request *req, const char *req_id, int status,
+                    const char *code, const char *message, bool head)
+{
+	send_error(s, req, req_id, status, code, message, head);
+}
+
+void
+http_api_log_request(http_server *s, const char *req_id, const char *method, const char *path,
+                     int status, double t_start)
+{
+	log_simple(s, req_id, method, path, status, t_start);
 }

@@ -18,14 +18,31 @@ PACKAGES=(
     wrk lua-check valgrind curl procps
     nghttp2-proxy openssl                           # tests: a TLS + HTTP/2 front for the fake upstream
     clang libclang-rt-dev                           # libFuzzer targets: compiler + fuzzer/ASan runtimes (make fuzz)
+    libssl-dev                                      # HMAC of the panel's stream tokens (libcrypto)
+    chromium                                        # tests: the panel in a real headless browser
 )
+# node and npm drive chromium in the browser tests (playwright-core, from npm,
+# into tests/browser/node_modules; it never downloads a browser). A node that
+# is already there (e.g. from another source) is used as it is.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    PACKAGES+=(nodejs npm)
+fi
+
+# playwright-core at the version tests/browser/package-lock.json pins.
+node_modules() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+    [[ -d "$dir/node_modules/playwright-core" ]] && return 0
+    echo "deps.sh: installing playwright-core into tests/browser/node_modules (npm ci)"
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error </dev/null
+}
 
 missing=()
 installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}" 2>/dev/null || true)
 for p in "${PACKAGES[@]}"; do
     if ! grep -qx "$p .i.*" <<<"$installed"; then missing+=("$p"); fi
 done
-[[ ${#missing[@]} -eq 0 ]] && exit 0
+if [[ ${#missing[@]} -eq 0 ]]; then node_modules; exit 0; fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "deps.sh: missing packages: ${missing[*]}" >&2
@@ -57,3 +74,4 @@ if [[ ${#still[@]} -gt 0 ]]; then
     exit 1
 fi
 echo "deps.sh: packages installed"
+node_modules

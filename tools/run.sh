@@ -294,13 +294,22 @@ announce() {
         # (no-cache), so it shows the deltas arriving even after the plain GET
         # above cached that analysis.
         local JQ=""; command -v jq >/dev/null 2>&1 && JQ=" | jq ."
+        # The panel opens on the demo's most useful card: open deals and
+        # the most recent activity.
+        local DEMO_ID
+        DEMO_ID=$(psql_ -Atc "select c.id from contacts c join deals d on d.contact_id = c.id
+            and d.stage not in ('closed_won', 'closed_lost') join activities a on a.contact_id = c.id
+            and a.occurred_at > now() - interval '90 days' group by c.id order by count(*) desc, c.id
+            limit 1" 2>/dev/null || true)
         cat <<EOF
+
+Panel: http://$BASE/#contact=${DEMO_ID:-1}   (open it in a browser)
 
 rapport is up on http://$BASE — try:
   curl -s $BASE/healthz
   curl -s$AUTH $BASE/v1/analysis-types$JQ
   curl -s$AUTH $BASE/v1/contacts/1/analyses/relationship_health$JQ
-  curl -sN$AUTH -H 'Accept: text/event-stream' -H 'Cache-Control: no-cache' $BASE/v1/contacts/2/analyses/smart_tips
+  curl -sN$AUTH -H 'Accept: text/event-stream' '$BASE/v1/contacts/2/analyses/smart_tips?refresh=1'
   ./rapport analyze 42 smart_tips$JQ
   ./rapport console        # then: analyze(42, "smart_tips")   (help() lists the rest)
 (./rapport console, analyze and check use this run's database and upstream: var/run/env)

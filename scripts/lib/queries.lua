@@ -159,4 +159,38 @@ return {
      ORDER BY l.last_at DESC NULLS LAST, c.id DESC
      LIMIT $1
   ]] },
+
+  -- Not an analysis query: the panel's contact search (GET /v1/contacts?q=&limit=),
+  -- run by the server itself. $1 is the search text (may be empty: the first
+  -- contacts by name), $2 the limit (1-100). Matches the id exactly, or a part of
+  -- the name, the email or the company, case-insensitively; the text's own % and _
+  -- are literal. A CRM with many contacts would back this with a trigram index
+  -- (pg_trgm) on the same expressions.
+  contact_search = { sql = [[
+    WITH q AS (
+      SELECT lower(btrim($1::text)) AS text,
+             '%' || replace(replace(replace(lower(btrim($1::text)),
+                                            '\', '\\'), '%', '\%'), '_', '\_') || '%' AS pattern
+    )
+    SELECT c.id,
+           concat_ws(' ', c.first_name, c.last_name) AS full_name,
+           c.email,
+           c.phone,
+           c.title,
+           c.company,
+           c.industry,
+           c.lifecycle_stage,
+           c.owner,
+           c.updated_at
+      FROM contacts c, q
+     WHERE q.text = ''
+        OR c.id::text = q.text
+        OR lower(concat_ws(' ', c.first_name, c.last_name)) LIKE q.pattern
+        OR lower(c.email) LIKE q.pattern
+        OR lower(c.company) LIKE q.pattern
+     ORDER BY (c.id::text = q.text) DESC,
+              (lower(c.email) = q.text) DESC,
+              c.last_name, c.first_name, c.id
+     LIMIT $2::int
+  ]] },
 }
