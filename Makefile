@@ -35,7 +35,7 @@ else
   BIN     := $(BUILD)/rapport
 endif
 
-.PHONY: all deps run test unit-tests bench clean asan
+.PHONY: all deps run test unit-tests bench bench-workload clean asan
 all: $(BIN) $(BUILD)/fake_openai $(UNIT_BIN)
 
 $(BIN): $(CORE_OBJ)
@@ -80,6 +80,13 @@ asan: deps
 bench: deps
 	@$(MAKE) --no-print-directory BENCH=1 build/bench/rapport build/bench/fake_openai
 	@RAPPORT_BIN=build/bench/rapport FAKE_BIN=build/bench/fake_openai bench/run.sh
+
+# The CRM-day benchmark (bench/workload.py): a compressed working day, the
+# seed-like policy and the full one side by side. WORKLOAD_ARGS="--help" lists its flags.
+bench-workload: deps
+	@$(MAKE) --no-print-directory BENCH=1 build/bench/rapport build/bench/fake_openai
+	@RAPPORT_BIN=build/bench/rapport FAKE_BIN=build/bench/fake_openai \
+	    /usr/bin/python3 bench/workload.py $(WORKLOAD_ARGS)
 
 clean:
 	rm -rf build rapport
