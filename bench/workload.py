@@ -81,7 +81,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from helpers.fake import FakeOpenAI          # noqa: E402
-from helpers.pg import PgCluster, PG_SH      # noqa: E402
+from helpers.pg import PgCluster, PgError, PG_SH      # noqa: E402
 from helpers.server import Rapport           # noqa: E402
 
 
@@ -170,8 +170,13 @@ def prepare_data(db, contacts):
     """Demo data at `contacts`, pristine: bench.py's loader, then a reload if
     an earlier run's writes are in it (the database's comment says so)."""
     db.ensure_database(db.dbname)
+    dirty = db.marker() == "written"
+    try:
+        have = int(db.scalar("SELECT count(*) FROM contacts"))
+    except PgError:             # a new database: no tables yet
+        have = None
     counts = _bench_module().ensure_data(db, contacts)
-    if db.marker() == "written":
+    if dirty and have == contacts:     # (a count that differed was just reloaded)
         log("reloading %d demo contacts (an earlier run wrote to them)..." % contacts)
         t0 = time.monotonic()
         db.sql_file(REPO / "sql" / "demo.sql", vars={"contacts": contacts})
@@ -614,13 +619,33 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
     refresh_s = max(pct(miss_ms, 99) or 0.0, float(side.args.latency_ms)) / 1000.0
     bound_misses = sum(1 for r in outdated_recs
                        if r["lag_s"] > graces.get(r["type"], 0.0) + refresh_s)
+    # Why each wait happened, per (contact, type) in the order sent: the
+    # first view of the day, a change since the last result shown, or else
+    # the ttl (or grace) ran out.
+    causes = collections.Counter()
+    by_key = collections.defaultdict(list)
+    for rs in recs:
+        for r in rs:
+            if r["status"] == 200:
+                by_key[(r["contact"], r["type"])].append(r)
+    for key, rs in by_key.items():
+        shown = None
+        for r in sorted(rs, key=lambda r: r["sent"]):
+            if r.get("cache") in WAITED:
+                ws = changes.get(key[0], [])
+                j = bisect.bisect_right(ws, shown) if shown is not None else 0
+                causes["first view" if shown is None else
+                       "changed" if j < len(ws) and ws[j] <= r["sent"] else "expired"] += 1
+            if r.get("generated_at") is not None:
+                shown = max(shown or 0.0, r["generated_at"])
     counted = len(lat)
     calls = after["chat_calls"] - before["chat_calls"]
     cost = after["cost_usd"] - before["cost_usd"]
     per_k = 1000.0 / counted if counted else 0.0
-    saved = {k: after["metrics"].get(k, 0) - before["metrics"].get(k, 0)
-             for k in after["metrics"] if ("saved" in k or "revalidat" in k or "stale" in k
-                                          or "warm" in k or "job" in k)}
+    # Every counter's change over the day (revalidations, model calls saved,
+    # warm items… under whatever names the server has), for the JSON.
+    deltas = {k: after["metrics"].get(k, 0) - before["metrics"].get(k, 0)
+              for k in after["metrics"] if k.split("{")[0].endswith("_total")}
     return {
         "label": side.label, "policy": side.policy, "env": side.env_shown,
         "views_sent": n_views, "views_answered": len(answered), "views_counted": counted,
@@ -629,6 +654,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
         "slow_share": slow / counted if counted else 0.0,
         "p50_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99),
         "statuses": dict(statuses),
+        "wait_causes": dict(causes),
         "model_calls": calls, "model_calls_per_1k_views": calls * per_k,
         "cost_usd": cost, "cost_per_1k_views_usd": cost * per_k,
         "llm_calls_metric": after["llm_calls"] - before["llm_calls"],
@@ -643,7 +669,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
         "one_refresh_s": refresh_s,
         "grace_s": graces,
         "warm": side.warm,
-        "freshness_metrics_delta": saved,
+        "counters_delta": {k: v for k, v in sorted(deltas.items()) if v},
     }
 
 
@@ -670,6 +696,9 @@ def table(out):
         lambda s: "%s / %s / %s" % (fmt_ms(s["p50_ms"]), fmt_ms(s["p95_ms"]), fmt_ms(s["p99_ms"])), None)
     row("insight answers by cache.status", "",
         lambda s: ", ".join("%s %d" % kv for kv in sorted(s["statuses"].items(), key=lambda kv: -kv[1])), None)
+    row("insights that waited, by cause (first view of the day / data changed / ttl ran out)", "",
+        lambda s: "%d / %d / %d" % tuple(s["wait_causes"].get(k, 0) for k in ("first view", "changed", "expired")),
+        None)
     row("model calls per 1,000 views, during the day", "full ≤ 50 % of seed-like",
         lambda s: "%.0f (%d calls)" % (s["model_calls_per_1k_views"], s["model_calls"]), None)
     row("model calls before the day (the night's warm job)", "",
