@@ -206,7 +206,7 @@ PREPARE wl_deal(bigint, int) AS
       stage = CASE stage WHEN 'prospecting' THEN 'qualification' WHEN 'qualification' THEN 'proposal'
                          WHEN 'proposal' THEN 'negotiation' WHEN 'negotiation' THEN 'closed_won'
                          ELSE stage END,
-      amount = round(amount * (0.9 + ($2 % 5) * 0.05), 2),
+      amount = round(coalesce(amount, 1000) * (1.05 + ($2 % 5) * 0.05), 2),   -- always a visible change
       probability = least(100, coalesce(probability, 10) + 10)
    WHERE id = (SELECT id FROM deals WHERE contact_id = $1 ORDER BY (id * 7 + $2) % 97, id LIMIT 1);
 PREPARE wl_new_deal(bigint, int) AS
@@ -582,6 +582,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
     statuses = collections.Counter()
     waited = slow = failed_views = outdated = 0
     lat, lags, miss_ms, outdated_recs = [], [], [], []
+    outdated_status = collections.Counter()     # a "hit" here would mean a lost NOTIFY
     insights = 0
     for i, rs in enumerate(recs):
         if len(rs) != len(views[i][2]):
@@ -611,6 +612,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
                 r["lag_s"] = this
                 outdated_recs.append(r)
                 lag = this if lag is None else max(lag, this)
+                outdated_status[r.get("cache")] += 1
         if lag is not None:
             outdated += 1
             lags.append(lag)
@@ -661,6 +663,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
         "pre_day_warm": pre_warm,
         "outdated_share": outdated / counted if counted else 0.0,
         "outdated_views": outdated,
+        "outdated_insights_by_status": dict(outdated_status),
         "max_lag_s": max(lags) if lags else 0.0,
         "max_lag_workday_min": (max(lags) if lags else 0.0) / scale / 60.0,
         "p95_lag_s": pct(lags, 95) or 0.0,
