@@ -75,6 +75,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -351,7 +352,9 @@ class Client:
             except (OSError, http.client.HTTPException):
                 conn.close()
                 self.local.conn = None
-                if attempt:     # a second failure is real, not an idle close
+                # Once more on a fresh connection, for a keep-alive one the
+                # server closed while idle; never a POST (it may have run).
+                if attempt or method != "GET":
                     raise
         raise AssertionError("unreachable")
 
@@ -444,11 +447,14 @@ class Side:
 
     def __init__(self, policy, label, args, db, workdir, knobs, scripts_dir, threads):
         self.policy, self.label, self.args = policy, label, args
+        # rapport's own state (warm jobs) in a database per policy: the two
+        # servers never share a job's items, and no job of an earlier run
+        # resumes.
+        state_db = "%s_state_%s" % (db.dbname, policy)
+        db.ensure_database(state_db, fresh=True)
         self.fake = FakeOpenAI(binary=args.fake_bin, latency_ms=args.latency_ms,
                                chunk_delay_ms=0, extra_args=["--quiet"])
         self.fake.start()
-        state_db = "%s_state_%s" % (db.dbname, policy)
-        db.ensure_database(state_db, fresh=True)   # no jobs left from an earlier run
         env = {"RAPPORT_LOG_LEVEL": "warn",
                "RAPPORT_CACHE_BYTES": str(512 << 20),
                "RAPPORT_STATE_URL": db.dsn(dbname=state_db),
@@ -463,7 +469,11 @@ class Side:
                           if k in ("RAPPORT_FRESHNESS", "RAPPORT_TTL_SCALE", "RAPPORT_SCRIPTS")}
         self.srv = Rapport(pg=db, fake=self.fake, env=env, binary=args.rapport_bin,
                            workdir=Path(workdir) / ("rapport-" + policy))
-        self.srv.start(timeout=30)
+        try:
+            self.srv.start(timeout=30)
+        except BaseException:
+            self.fake.stop()
+            raise
         self.client = Client(self.srv.host, self.srv.port)
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="views-" + policy)
         self.results = collections.defaultdict(list)   # view index -> [insight record]
@@ -496,6 +506,9 @@ class Side:
         self.warm["available"] = True
         job = (doc or {}).get("job") or {}
         loc = headers.get("location") or ("/v1/jobs/%s" % job.get("id"))
+        if "://" in loc:        # an absolute Location: its path
+            parts = urllib.parse.urlsplit(loc)
+            loc = parts.path + ("?" + parts.query if parts.query else "")
         self.warm["jobs"].append({"top": top, "location": loc, "posted_at": time.time()})
         return loc
 
