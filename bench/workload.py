@@ -497,11 +497,21 @@ class Side:
         return {t.get("name"): t for t in items if isinstance(t, dict)}
 
     # -- warm jobs ------------------------------------------------------------
-    def start_warm(self, top):
-        status, headers, doc = self.client.json("POST", "/v1/warm", {"top": top})
+    def start_warm(self, top, patience=0.0):
+        """POSTs a warm job of the top N; its path, or None. A 503 (rapport's
+        state database still connecting or migrating) is retried for
+        `patience` seconds."""
+        deadline = time.monotonic() + patience
+        while True:
+            status, headers, doc = self.client.json("POST", "/v1/warm", {"top": top})
+            if status != 503 or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
         if status != 202:
+            err = (doc or {}).get("error") if isinstance(doc, dict) else None
             self.warm["available"] = False
-            self.warm["note"] = "POST /v1/warm answered %d" % status
+            self.warm["note"] = "POST /v1/warm answered %d%s" % (
+                status, " %s: %s" % (err.get("code"), err.get("message")) if isinstance(err, dict) else "")
             return None
         self.warm["available"] = True
         job = (doc or {}).get("job") or {}
@@ -634,6 +644,12 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
     refresh_s = max(pct(miss_ms, 99) or 0.0, float(side.args.latency_ms)) / 1000.0
     bound_misses = sum(1 for r in outdated_recs
                        if r["lag_s"] > graces.get(r["type"], 0.0) + refresh_s)
+    lag_by_type = {}
+    for r in outdated_recs:
+        t = lag_by_type.setdefault(r["type"], {"max_lag_s": 0.0, "bound_s": graces.get(r["type"], 0.0) + refresh_s,
+                                               "answers": 0})
+        t["max_lag_s"] = max(t["max_lag_s"], r["lag_s"])
+        t["answers"] += 1
     # Why each wait happened, per (contact, type) in the order sent: the
     # first view of the day, a change since the last result shown, or else
     # the ttl (or grace) ran out.
@@ -681,6 +697,7 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
         "max_lag_workday_min": (max(lags) if lags else 0.0) / scale / 60.0,
         "p95_lag_s": pct(lags, 95) or 0.0,
         "lag_over_bound_insights": bound_misses,
+        "lag_by_type": lag_by_type,
         "miss_p99_ms": pct(miss_ms, 99),
         "one_refresh_s": refresh_s,
         "grace_s": graces,
@@ -723,8 +740,11 @@ def table(out):
         lambda s: "$%.4f" % s["cost_per_1k_views_usd"], None)
     row("views showing a result older than the contact's latest change", "",
         lambda s: "%s (%d)" % (fmt_pct(s["outdated_share"]), s["outdated_views"]), None)
-    row("longest such lag (run seconds ≈ working-day minutes)", "full ≤ grace + one refresh",
-        lambda s: "%.1f s ≈ %.0f min" % (s["max_lag_s"], s["max_lag_workday_min"]), None)
+    row("longest such lag, run seconds ≈ working-day minutes (per type: longest / bound)",
+        "full ≤ grace + one refresh",
+        lambda s: "%.1f s ≈ %.0f min%s" % (s["max_lag_s"], s["max_lag_workday_min"], "".join(
+            "; %s %.1f / %.1f s" % (ty, d["max_lag_s"], d["bound_s"])
+            for ty, d in sorted(s["lag_by_type"].items()))), None)
     row("failed views", "", lambda s: "%d" % s["views_failed"], None)
     head = "| measure | target | %s | %s |\n|---|---|---|---|" % (a["label"], b["label"])
     return head + "\n" + "\n".join(rows)
@@ -838,7 +858,7 @@ def run(args):
         if args.warm_top > 0:
             full.fake.config(latency_ms=args.night_latency_ms)
             c0 = full.counters()
-            loc = full.start_warm(args.warm_top)
+            loc = full.start_warm(args.warm_top, patience=30.0)
             if loc:
                 log("pre-day warm job: top %d..." % args.warm_top)
                 t0 = time.monotonic()
