@@ -48,7 +48,8 @@ rapport_llm_cost_usd_total from /metrics), and freshness: the share of views
 that showed a result whose generated_at is before a change of the contact that
 was committed before the view was sent, and the longest such lag (view time
 minus the first change the result does not reflect). A Markdown table goes to
-stdout, the table and every figure to bench/results/workload-<stamp>.{md,json}.
+stdout, the table and every figure to bench/results/workload-<stamp>.{md,json},
+every answer (one JSON line each) to workload-<stamp>-answers.jsonl.
 
 Knobs the policies need (RAPPORT_FRESHNESS, RAPPORT_TTL_SCALE) are passed only
 when the binary knows them (their names are in its settings table), so the
@@ -597,7 +598,7 @@ class Side:
 
 # ---- the figures ---------------------------------------------------------------------
 
-def summarise(side, views, changes, before, after, pre_warm, graces, scale):
+def summarise(side, views, changes, before, after, pre_warm, graces, scale, warmed=frozenset()):
     """Per-policy figures from the view records and the counters."""
     n_views = len(views)
     recs = [side.results.get(i, []) for i in range(n_views)]
@@ -651,8 +652,9 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
         t["max_lag_s"] = max(t["max_lag_s"], r["lag_s"])
         t["answers"] += 1
     # Why each wait happened, per (contact, type) in the order sent: the
-    # first view of the day, a change since the last result shown, or else
-    # the ttl (or grace) ran out.
+    # first view of the day (of a contact the night's job warmed or not, and
+    # if warmed, whether it changed before the view), a change since the
+    # last result shown, or else the ttl (or grace) ran out.
     causes = collections.Counter()
     by_key = collections.defaultdict(list)
     for rs in recs:
@@ -665,8 +667,14 @@ def summarise(side, views, changes, before, after, pre_warm, graces, scale):
             if r.get("cache") in WAITED:
                 ws = changes.get(key[0], [])
                 j = bisect.bisect_right(ws, shown) if shown is not None else 0
-                causes["first view" if shown is None else
-                       "changed" if j < len(ws) and ws[j] <= r["sent"] else "expired"] += 1
+                if shown is None:
+                    causes["first view"] += 1
+                    if key[0] in warmed:    # and why warming it did not help
+                        causes["first view, warmed"] += 1
+                        if ws and ws[0] <= r["sent"]:
+                            causes["first view, warmed, changed before"] += 1
+                else:
+                    causes["changed" if j < len(ws) and ws[j] <= r["sent"] else "expired"] += 1
             if r.get("generated_at") is not None:
                 shown = max(shown or 0.0, r["generated_at"])
     counted = len(lat)
@@ -729,8 +737,10 @@ def table(out):
         lambda s: "%s / %s / %s" % (fmt_ms(s["p50_ms"]), fmt_ms(s["p95_ms"]), fmt_ms(s["p99_ms"])), None)
     row("insight answers by cache.status", "",
         lambda s: ", ".join("%s %d" % kv for kv in sorted(s["statuses"].items(), key=lambda kv: -kv[1])), None)
-    row("insights that waited, by cause (first view of the day / data changed / ttl ran out)", "",
-        lambda s: "%d / %d / %d" % tuple(s["wait_causes"].get(k, 0) for k in ("first view", "changed", "expired")),
+    row("insights that waited, by cause: first view of the day (of them warmed; of those changed"
+        " first) / data changed since shown / ttl ran out", "",
+        lambda s: "%d (%d; %d) / %d / %d" % tuple(s["wait_causes"].get(k, 0) for k in (
+            "first view", "first view, warmed", "first view, warmed, changed before", "changed", "expired")),
         None)
     row("model calls per 1,000 views, during the day", "full ≤ 50 % of seed-like",
         lambda s: "%.0f (%d calls)" % (s["model_calls_per_1k_views"], s["model_calls"]), None)
@@ -808,6 +818,7 @@ def run(args):
     db.start()
     sides = []
     writer = None
+    answers = []
     out = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
            "loadavg_start": os.getloadavg(), "knobs": knobs,
            "settings": {k: v for k, v in vars(args).items() if k not in ("rapport_bin", "fake_bin")},
@@ -958,7 +969,20 @@ def run(args):
         out["day_started_at"] = wall_start
         out["policies"] = [summarise(s, views, changes, before[s.policy], after[s.policy],
                                      pre[s.policy], graces if s.policy == "full" else
-                                     {ty: 0.0 for ty in TYPES}, args.scale) for s in sides]
+                                     {ty: 0.0 for ty in TYPES}, args.scale,
+                                     top if pre[s.policy]["ran"] else frozenset()) for s in sides]
+        # Every answer, for digging (times in seconds from the day's start).
+        answers = []
+        for s in sides:
+            for i in range(len(views)):
+                for r in s.results.get(i, []):
+                    answers.append(json.dumps({
+                        "policy": s.policy, "view": i, "t": round(r["sent"] - wall_start, 3),
+                        "contact": r["contact"], "type": r["type"], "status": r["status"],
+                        "cache": r.get("cache"), "ms": round(r["ms"], 2),
+                        "generated": None if r.get("generated_at") is None else
+                        round(r["generated_at"] - wall_start, 3),
+                        "lag_s": r.get("lag_s"), "error": r.get("error")}, separators=(",", ":")))
         out["loadavg_end"] = os.getloadavg()
         out["verdicts"] = [{"target": t, "met": m, "measured": d} for t, m, d in verdicts(out)]
     finally:
@@ -974,7 +998,9 @@ def run(args):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (results_dir / ("workload-%s.json" % stamp)).write_text(json.dumps(out, indent=2, default=str))
     (results_dir / ("workload-%s.md" % stamp)).write_text(md)
-    out["files"] = [str(results_dir / ("workload-%s.%s" % (stamp, e))) for e in ("json", "md")]
+    (results_dir / ("workload-%s-answers.jsonl" % stamp)).write_text("\n".join(answers) + "\n")
+    out["files"] = [str(results_dir / ("workload-%s%s" % (stamp, e)))
+                    for e in (".json", ".md", "-answers.jsonl")]
     print(md)
     return out
 

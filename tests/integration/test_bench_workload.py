@@ -68,6 +68,11 @@ def test_tiny_day_reports_every_view_sent_with_shares_in_range(pg, tmp_path):
             p["model_calls"] * 1000.0 / p["views_counted"])
         assert p["cost_usd"] > 0
         assert p["max_lag_s"] >= 0 and (p["outdated_views"] == 0) == (p["max_lag_s"] == 0)
+    answers = sorted(results.glob("workload-*-answers.jsonl"))
+    assert len(answers) == 1
+    lines = [json.loads(x) for x in answers[0].read_text().splitlines()]
+    assert len(lines) == sum(p["insights"] for p in out["policies"])
+    assert {x["policy"] for x in lines} == {"ttl", "full"}
     assert len(out["verdicts"]) == 5 and all(isinstance(v["met"], bool) for v in out["verdicts"])
 
 
@@ -100,7 +105,8 @@ def test_freshness_counts_a_view_older_than_a_change_committed_before_it():
     zero = {"chat_calls": 0, "cost_usd": 0.0, "llm_calls": 0, "metrics": {}}
     after = {"chat_calls": 3, "cost_usd": 0.003, "llm_calls": 3, "metrics": {}}
     pre = {"ran": False, "model_calls": 0}
-    s = wl.summarise(side, views, changes, zero, after, pre, {"smart_tips": 3.0}, 1.0 / 240)
+    s = wl.summarise(side, views, changes, zero, after, pre, {"smart_tips": 3.0}, 1.0 / 240,
+                     warmed={2, 4})
     assert s["outdated_views"] == 1
     assert s["outdated_share"] == pytest.approx(1 / 7)
     assert s["max_lag_s"] == pytest.approx(5.0)          # from the first unreflected change
@@ -109,6 +115,7 @@ def test_freshness_counts_a_view_older_than_a_change_committed_before_it():
     assert s["one_refresh_s"] == pytest.approx(0.9)
     assert s["lag_over_bound_insights"] == 1
     assert s["waited_share"] == pytest.approx(3 / 7)     # the misses and the join
-    assert s["wait_causes"] == {"first view": 1, "changed": 1, "expired": 1}
+    # Contact 2's first view waited although warmed; its change came later.
+    assert s["wait_causes"] == {"first view": 1, "first view, warmed": 1, "changed": 1, "expired": 1}
     assert s["model_calls_per_1k_views"] == pytest.approx(3000.0 / 7)
     assert (s["p50_ms"], s["p99_ms"]) == (3.0, 900.0)
