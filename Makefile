@@ -36,7 +36,7 @@ else
   BIN     := $(BUILD)/rapport
 endif
 
-.PHONY: all deps run test unit-tests bench clean asan
+.PHONY: all deps run test unit-tests bench bench-workload clean asan
 all: $(BIN) $(BUILD)/fake_openai $(UNIT_BIN)
 
 $(BIN): $(CORE_OBJ)
@@ -89,6 +89,13 @@ bench: deps
 build/bench/bare_evhttp: bench/bare_evhttp.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -o $@ $< $(shell pkg-config --libs libevent)
+
+# The CRM-day benchmark (bench/workload.py): a compressed working day, the
+# seed-like policy and the full one side by side. WORKLOAD_ARGS="--help" lists its flags.
+bench-workload: deps
+	@$(MAKE) --no-print-directory BENCH=1 build/bench/rapport build/bench/fake_openai
+	@RAPPORT_BIN=build/bench/rapport FAKE_BIN=build/bench/fake_openai \
+	    /usr/bin/python3 bench/workload.py $(WORKLOAD_ARGS)
 
 clean:
 	rm -rf build rapport
