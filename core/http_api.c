@@ -798,9 +798,7 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 		           "the contact id must be a positive integer", false);
 		return;
 	}
-	int n = cache_drop_contact(s->d.cache, id, type);
-	/* A generation already running read the old rows: not to be cached. */
-	analysis_contact_changed(s->d.analysis, id);
+	int n = analysis_drop(s->d.analysis, id, type);
 	char body[128];
 	int len = snprintf(body, sizeof body, "{\"contact_id\":%lld,\"dropped\":%d}", (long long)id, n);
 	send_json(s, req, req_id, 200, body, (size_t)len, false);
@@ -841,11 +839,19 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	int loaded = loaded_scripts(s, &errors);
 	bool db_up = db_pool_is_up(s->d.db);
 	bool ready = db_up && loaded > 0;
+	/* Redis down is degraded, not unready: requests go on from L1 and
+	 * the model. */
+	const l2 *l2 = analysis_l2(s->d.analysis);
+	char l2_part[64] = "";
+	if (l2)
+		snprintf(l2_part, sizeof l2_part, ",\"l2\":\"%s\"", l2_state_name(l2));
+	bool degraded = l2 && !l2_up(l2);
 	char body[256];
 	int n = snprintf(body, sizeof body,
 	                 "{\"status\":\"%s\",\"database\":\"%s\",\"scripts_loaded\":%d,"
-	                 "\"script_errors\":%d}",
-	                 ready ? "ready" : "not_ready", db_up ? "up" : "down", loaded, errors);
+	                 "\"script_errors\":%d%s}",
+	                 !ready ? "not_ready" : degraded ? "degraded" : "ready", db_up ? "up" : "down",
+	                 loaded, errors, l2_part);
 	send_json(s, req, req_id, ready ? 200 : 503, body, (size_t)n, head);
 }
 
