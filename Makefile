@@ -1,7 +1,7 @@
 # rapport — plain Makefile. `make` builds ./rapport (objects under build/).
 # `make run` and `make test` first install missing Debian packages (tools/deps.sh).
 
-PKGS      := libevent libcurl libpq lua5.4 lua5.4-cjson jansson readline libcrypto
+PKGS      := libevent libcurl libpq lua5.4 lua5.4-cjson jansson readline libcrypto hiredis
 CC        ?= cc
 OPT       ?= -O2 -g
 SANITIZE  ?=

@@ -10,6 +10,7 @@
  * in each state and the per-state counts are kept there):
  *
  *   FL_START    created, first waiter attached; starts on the next loop tick
+ *   FL_L2       the shared cache (Redis) is asked first, within its deadline
  *   FL_CONTEXT  the named queries are out (context.c, all at once)
  *   FL_QUERY    run(ctx): one of the script's own queries is out
  *   FL_QUEUED   a model call waits for an upstream slot (the limiter's queue)
@@ -17,8 +18,9 @@
  *               of run(ctx)'s)
  *   FL_DONE     every waiter has its reply (or none is left); being freed
  *
- *   START → CONTEXT | QUERY | QUEUED | LLM | DONE
- *   CONTEXT → QUERY | QUEUED | LLM | DONE      (START/CONTEXT never again)
+ *   START → L2 | CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   L2 → CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   CONTEXT → QUERY | QUEUED | LLM | DONE      (START/L2/CONTEXT never again)
  *   QUERY | QUEUED | LLM → QUERY | QUEUED | LLM | DONE
  *   DONE → nothing
  *
@@ -46,6 +48,12 @@
  * calls depend on earlier replies), so they are always regenerated.
  * RAPPORT_FRESHNESS=ttl turns grace and fingerprints off (the seed's
  * policy, for comparison).
+ *
+ * With an L2 (REDIS_URL), a flight that is not a forced refresh asks it
+ * first (FL_L2): a fresh entry there fills L1 and answers ("hit", tier
+ * l2); a stale one fills L1, answers the waiters at once ("stale") and the
+ * flight goes on as that entry's background refresh; an expired one is
+ * the flight's prior. Every result stored in L1 is written to L2 too.
  */
 #include "analysis.h"
 #include "context.h"
@@ -66,16 +74,18 @@
 #define NBUCKETS 1024
 #define REFRESH_RETRY_MS 5000   /* after a failed refresh, before the next one */
 
-enum flight_state { FL_START, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE, FL_NSTATES };
+enum flight_state { FL_START, FL_L2, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE,
+                    FL_NSTATES };
 
 static const char *const state_names[FL_NSTATES] = {
-	"start", "context", "query", "queued", "llm", "done",
+	"start", "l2", "context", "query", "queued", "llm", "done",
 };
 
 #define ST(s) (1u << (s))
 #define ST_WORK (ST(FL_QUERY) | ST(FL_QUEUED) | ST(FL_LLM) | ST(FL_DONE))
 static const unsigned legal_next[FL_NSTATES] = {
-	[FL_START] = ST(FL_CONTEXT) | ST_WORK,
+	[FL_START] = ST(FL_L2) | ST(FL_CONTEXT) | ST_WORK,
+	[FL_L2] = ST(FL_CONTEXT) | ST_WORK,
 	[FL_CONTEXT] = ST_WORK,
 	[FL_QUERY] = ST_WORK,
 	[FL_QUEUED] = ST_WORK,
@@ -90,6 +100,7 @@ struct analysis_wait {
 	void *arg;
 	double t_start;
 	const char *cache_status;     /* "miss" for the first, then "coalesced" */
+	bool warm;                    /* a warm item: waits for the refresh, never served stale */
 	TAILQ_ENTRY(analysis_wait) link;
 };
 
@@ -116,6 +127,8 @@ struct flight {
 	bool repaired;                /* the one schema repair attempt is used */
 	bool background;              /* a stale entry's refresh: no orphan cancel */
 	bool interactive;             /* someone waits at a screen: the front lane */
+	bool forced;                  /* a forced refresh is among the waiters: no cache answers */
+	l2_get *l2get;                /* FL_L2: the lookup */
 	struct prior *prior;          /* NULL: no revalidation, the model is called */
 	unsigned char fp[CACHE_FP_LEN];   /* the fingerprint of the model request */
 	bool has_fp;
@@ -158,7 +171,8 @@ struct outcome {
 	const char *etag;
 	int64_t created_wall_ms;
 	double remaining_ms;
-	const char *cache_status;     /* overrides the waiter's ("fallback", "revalidated") */
+	const char *cache_status;     /* overrides the waiter's ("fallback", "revalidated", "hit") */
+	const char *tier;             /* "l2" for an answer from the shared cache */
 	int retry_after_s;
 };
 
@@ -271,17 +285,24 @@ type_grace(const analysis *a, const struct script_info *si)
 /* The flight may re-arm e instead of calling the model, if its inputs
  * turn out unchanged. */
 static void
-flight_set_prior(struct flight *f, const struct cache_entry *e)
+flight_set_prior_from(struct flight *f, const char *body, size_t len, const char *etag,
+                      int64_t created_wall_ms, const struct cache_meta *meta)
 {
-	if (f->a->d.ttl_only || !e->meta.has_fingerprint || f->prior)
+	if (f->a->d.ttl_only || !meta->has_fingerprint || f->prior || f->forced)
 		return;
 	struct prior *p = xcalloc(1, sizeof *p);
-	p->prefix = xstrndup(e->body, e->body_len);
-	p->len = e->body_len;
-	p->etag = xstrdup(e->etag);
-	p->created_wall_ms = e->created_wall_ms;
-	p->meta = e->meta;
+	p->prefix = xstrndup(body, len);
+	p->len = len;
+	p->etag = xstrdup(etag);
+	p->created_wall_ms = created_wall_ms;
+	p->meta = *meta;
 	f->prior = p;
+}
+
+static void
+flight_set_prior(struct flight *f, const struct cache_entry *e)
+{
+	flight_set_prior_from(f, e->body, e->body_len, e->etag, e->created_wall_ms, &e->meta);
 }
 
 static void
@@ -302,7 +323,7 @@ reply_cached(analysis *a, const struct script_info *si, const struct cache_entry
 {
 	double age = (double)(util_wall_ms() - e->created_wall_ms);
 	struct analysis_reply r = {
-		.status = 200, .etag = e->etag, .cache_status = stale ? "stale" : "hit",
+		.status = 200, .etag = e->etag, .cache_status = stale ? "stale" : "hit", .tier = "l1",
 		.contact_id = e->contact_id, .type = si->name, .version = si->version,
 		.age_ms = age < 0 ? 0 : age, .ttl_ms = type_ttl(a, si), .grace_ms = type_grace(a, si),
 		.remaining_ms = (stale ? e->expires_ms : e->fresh_until_ms) - t_start,
@@ -375,12 +396,10 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	w->arg = arg;
 	w->t_start = t_start;
 	bool promote = false;
+	w->warm = flags & ANALYSIS_WARM;
 	if (f) {
 		w->cache_status = "coalesced";
 		a->st.coalesced++;
-		/* A forced refresh wants a new result, not a re-armed one. */
-		if (flags & ANALYSIS_REFRESH)
-			flight_drop_prior(f);
 		promote = !(flags & ANALYSIS_WARM) && !f->interactive;
 	} else {
 		f = *slot = flight_new(a, key, h, contact_id, s);
@@ -388,6 +407,12 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 		if (e)
 			flight_set_prior(f, e);   /* stale (a warm item) or past its grace */
 		w->cache_status = "miss";
+	}
+	/* A forced refresh wants a new result: not a re-armed one, not one
+	 * from the L2. */
+	if (flags & ANALYSIS_REFRESH) {
+		f->forced = true;
+		flight_drop_prior(f);
 	}
 	w->f = f;
 	TAILQ_INSERT_TAIL(&f->waiters, w, link);
@@ -408,12 +433,107 @@ flight_slot(analysis *a, const char *key, uint64_t h)
 
 /* ---- context fan-out ---------------------------------------------------- */
 
+static void flight_fetch(struct flight *f);
+static void on_l2(void *arg, const struct l2_found *found);
+
 static void
 flight_start(evutil_socket_t fd, short what, void *arg)
 {
 	struct flight *f = arg;
 	event_free(f->start_ev);
 	f->start_ev = NULL;
+	if (f->a->d.l2 && !f->forced) {
+		f->l2get = l2_get_start(f->a->d.l2, f->key, f->contact_id, on_l2, f);
+		if (f->l2get) {
+			flight_set_state(f, FL_L2);
+			return;
+		}
+	}
+	flight_fetch(f);
+}
+
+/* Replies "stale" to every waiter but warm items (they wait for the
+ * refresh), without ending the flight, which goes on as the entry's
+ * background refresh. */
+static void
+reply_waiters_stale(struct flight *f, const struct cache_entry *e)
+{
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	/* Taken off first: a streaming caller joins this flight again from
+	 * inside its callback, and must not be answered stale twice. */
+	TAILQ_HEAD(, analysis_wait) answered = TAILQ_HEAD_INITIALIZER(answered);
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (!w->warm) {
+			TAILQ_REMOVE(&f->waiters, w, link);
+			TAILQ_INSERT_TAIL(&answered, w, link);
+		}
+	}
+	f->background = true;
+	a->st.refreshes++;
+	while ((w = TAILQ_FIRST(&answered))) {
+		TAILQ_REMOVE(&answered, w, link);
+		a->st.waiters--;
+		a->st.stale_served++;
+		double age = (double)(util_wall_ms() - e->created_wall_ms);
+		struct analysis_reply r = {
+			.status = 200, .etag = e->etag, .cache_status = "stale", .tier = "l2",
+			.contact_id = f->contact_id, .type = si->name, .version = si->version,
+			.age_ms = age > 0 ? age : 0, .ttl_ms = type_ttl(a, si),
+			.grace_ms = type_grace(a, si), .remaining_ms = e->expires_ms - util_now_ms(),
+			.prompt_tokens = -1, .completion_tokens = -1,
+			.total_ms = util_now_ms() - w->t_start,
+		};
+		deliver(w->cb, w->arg, &r, e->body, e->body_len);
+		free(w);
+	}
+}
+
+/* What the shared cache has for the key, if anything, within its deadline. */
+static void
+on_l2(void *arg, const struct l2_found *found)
+{
+	struct flight *f = arg;
+	analysis *a = f->a;
+	const struct script_info *si = script_info(f->s);
+	f->l2get = NULL;
+	if (found && !f->forced) {
+		const struct l2_value *v = &found->v;
+		double now = util_now_ms();
+		if (found->state == CACHE_FRESH) {
+			cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body, v->body_len,
+			          v->etag, v->created_wall_ms, now, found->fresh_left_ms, v->grace_ms,
+			          &v->meta);
+			struct outcome o = {
+				.status = 200, .prefix = v->body, .prefix_len = v->body_len, .etag = v->etag,
+				.created_wall_ms = v->created_wall_ms, .remaining_ms = found->fresh_left_ms,
+				.cache_status = "hit", .tier = "l2",
+			};
+			finish(f, &o);
+			return;
+		}
+		if (found->state == CACHE_STALE) {
+			const struct cache_entry *e =
+			        cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body, v->body_len,
+			                  v->etag, v->created_wall_ms, now, 0, found->grace_left_ms, &v->meta);
+			if (e) {
+				flight_set_prior(f, e);
+				reply_waiters_stale(f, e);
+			}
+		} else {
+			flight_set_prior_from(f, v->body, v->body_len, v->etag, v->created_wall_ms,
+			                      &v->meta);
+		}
+	}
+	flight_fetch(f);
+}
+
+/* The context: the script's named queries, all at once. */
+static void
+flight_fetch(struct flight *f)
+{
 	char now[40];
 	util_iso8601(util_wall_ms(), now, sizeof now);
 	double t0 = util_now_ms();
@@ -516,6 +636,12 @@ revalidate(struct flight *f)
 	if (!cache_rearm(a->d.cache, f->key, now, ttl, grace))
 		cache_put(a->d.cache, f->key, f->contact_id, si->name, p->prefix, p->len, p->etag,
 		          p->created_wall_ms, now, ttl, grace, &p->meta);
+	struct l2_value v = {
+		.body = p->prefix, .body_len = p->len, .etag = p->etag,
+		.created_wall_ms = p->created_wall_ms, .validated_wall_ms = util_wall_ms(),
+		.ttl_ms = ttl, .grace_ms = grace, .meta = p->meta,
+	};
+	l2_put(a->d.l2, f->key, f->contact_id, &v);
 	a->st.revalidated++;
 	if (p->meta.prompt_tokens > 0)
 		a->st.saved_prompt_tokens += p->meta.prompt_tokens;
@@ -1045,6 +1171,12 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 		memcpy(meta.fingerprint, f->fp, CACHE_FP_LEN);
 		cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
 		          type_ttl(a, si), type_grace(a, si), &meta);
+		struct l2_value v = {
+			.body = text, .body_len = len, .etag = etag, .created_wall_ms = wall,
+			.validated_wall_ms = wall, .ttl_ms = type_ttl(a, si), .grace_ms = type_grace(a, si),
+			.meta = meta,
+		};
+		l2_put(a->d.l2, f->key, f->contact_id, &v);
 	}
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
@@ -1093,7 +1225,7 @@ finish(struct flight *f, const struct outcome *o)
 	flight_set_state(f, FL_DONE);
 	double now = util_now_ms();
 	if (o->status == 200) {
-		if (!o->cache_status || strcmp(o->cache_status, "revalidated") != 0)
+		if (!o->cache_status || strcmp(o->cache_status, "fallback") == 0)
 			a->st.generated++;
 	} else {
 		a->st.failed++;
@@ -1111,6 +1243,7 @@ finish(struct flight *f, const struct outcome *o)
 		struct analysis_reply r = {
 			.status = o->status, .error_code = o->code, .error_message = o->message,
 			.etag = o->etag, .cache_status = o->cache_status ? o->cache_status : w->cache_status,
+			.tier = o->tier,
 			.contact_id = f->contact_id, .type = si->name, .version = si->version,
 			.age_ms = age > 0 ? age : 0, .ttl_ms = type_ttl(a, si),
 			.grace_ms = type_grace(a, si), .remaining_ms = o->remaining_ms,
@@ -1161,10 +1294,10 @@ deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *
 	 * "script":%.3f,"llm":%.3f,"total":%.3f}} — built with fmt.c, which gives
 	 * printf's text without printf (a third of a cached hit's instructions
 	 * were printf's). */
-	char suffix[512];       /* 20 + 63 + 70 of names + 6 numbers of < FMT_NUM_MAX */
+	char suffix[512];       /* 20 + 63 + 10 + 15 + 70 of names + 6 numbers of < FMT_NUM_MAX */
 	size_t status_len = strlen(r->cache_status);
 	int n = -1;
-	if (status_len < 64) {
+	if (status_len < 64 && (!r->tier || strlen(r->tier) < 16)) {
 		struct { const char *text; double v; int decimals; } part[] = {
 			{ "\",\"age_ms\":", r->age_ms, 0 }, { ",\"ttl_ms\":", r->ttl_ms, 0 },
 			{ "},\"timings_ms\":{\"db\":", r->db_ms, 3 }, { ",\"script\":", r->script_ms, 3 },
@@ -1175,6 +1308,12 @@ deliver(analysis_reply_cb *cb, void *arg, struct analysis_reply *r, const char *
 		k = 20;
 		memcpy(suffix + k, r->cache_status, status_len);
 		k += status_len;
+		if (r->tier) {         /* ,"tier":"l2" (a short fixed word) */
+			size_t tl = strlen(r->tier);
+			memcpy(suffix + k, "\",\"tier\":\"", 10);
+			memcpy(suffix + k + 10, r->tier, tl);
+			k += 10 + tl;
+		}
 		for (size_t i = 0; i < sizeof part / sizeof *part; i++) {
 			size_t tl = strlen(part[i].text);
 			memcpy(suffix + k, part[i].text, tl);
@@ -1287,6 +1426,7 @@ flight_free(struct flight *f)
 	if (*pp == f)
 		*pp = f->chain;
 	ctx_cancel(f->ctx);
+	l2_get_cancel(f->l2get);
 	if (f->query)
 		db_query_cancel(f->query);
 	if (f->llm)
@@ -1337,6 +1477,7 @@ int
 analysis_invalidate(analysis *a, int64_t contact_id)
 {
 	analysis_contact_changed(a, contact_id);
+	l2_contact_changed(a->d.l2, contact_id, util_wall_ms());
 	if (!a->d.ttl_only)
 		return cache_mark_stale(a->d.cache, contact_id, util_now_ms());
 	if (contact_id >= 0)
@@ -1347,11 +1488,28 @@ analysis_invalidate(analysis *a, int64_t contact_id)
 	return (int)st.entries;
 }
 
+int
+analysis_drop(analysis *a, int64_t contact_id, const char *type)
+{
+	int n = cache_drop_contact(a->d.cache, contact_id, type);
+	/* A generation already running read the old rows: not to be cached. */
+	analysis_contact_changed(a, contact_id);
+	l2_contact_dropped(a->d.l2, contact_id, util_wall_ms());
+	return n;
+}
+
+const l2 *
+analysis_l2(const analysis *a)
+{
+	return a->d.l2;
+}
+
 void
 analysis_stats(const analysis *a, struct analysis_stats *out)
 {
 	*out = a->st;
 	out->starting = a->in_state[FL_START];
+	out->l2_looking = a->in_state[FL_L2];
 	out->fetching = a->in_state[FL_CONTEXT];
 	out->querying = a->in_state[FL_QUERY];
 	out->queued = a->in_state[FL_QUEUED];

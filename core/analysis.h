@@ -27,6 +27,7 @@
 #include "breaker.h"
 #include "cache.h"
 #include "db.h"
+#include "l2.h"
 #include "limiter.h"
 #include "llm.h"
 #include "script.h"
@@ -49,6 +50,7 @@ struct analysis_deps {
 	bool cancel_orphans;         /* no one waits any more: cancel (else finish and cache) */
 	bool ttl_only;               /* RAPPORT_FRESHNESS=ttl: no grace, no revalidation */
 	double ttl_scale;            /* RAPPORT_TTL_SCALE: multiplies every ttl and stale_ttl (0 = 1) */
+	l2 *l2;                      /* the shared cache in Redis, or NULL */
 };
 
 /* What one caller gets. Strings live only during the callback. */
@@ -61,6 +63,7 @@ struct analysis_reply {
 	const char *etag;           /* quoted, 200 only */
 	const char *cache_status;   /* "hit", "stale", "revalidated", "miss", "coalesced",
 	                               "fallback" */
+	const char *tier;           /* "l1" or "l2": which cache answered (hit, stale); else NULL */
 	int64_t contact_id;
 	const char *type;
 	const char *version;        /* script version, or NULL */
@@ -124,6 +127,9 @@ void analysis_contact_changed(analysis *a, int64_t contact_id);
  * become stale (served at once while a refresh checks their fingerprint),
  * or are dropped under RAPPORT_FRESHNESS=ttl. Returns how many entries. */
 int analysis_invalidate(analysis *a, int64_t contact_id);
+/* DELETE: the contact's entries (of one type, or all) go, here and, for
+ * the whole contact, in the L2. Returns how many L1 entries. */
+int analysis_drop(analysis *a, int64_t contact_id, const char *type);
 
 struct analysis_stats {
 	long flights;            /* in progress */
@@ -137,11 +143,14 @@ struct analysis_stats {
 	double saved_cost_usd;
 	/* flights by what they wait on (together they are `flights`) */
 	long starting;           /* created, not started yet */
+	long l2_looking;         /* the L2 lookup is out */
 	long fetching;           /* the context's named queries are out */
 	long querying;           /* run(ctx): one of its own queries is out */
 	long queued;             /* a model call waits for an upstream slot */
 	long calling;            /* a model call is out */
 };
 void analysis_stats(const analysis *a, struct analysis_stats *out);
+/* The L2 it uses, or NULL: for /readyz and /metrics. */
+const l2 *analysis_l2(const analysis *a);
 
 #endif

@@ -132,8 +132,7 @@ run_cache_drop(const struct cmd_parts *p, int argc, char **argv, struct cmd_erro
 	int64_t id;
 	if (!cmd_arg_contact(argv[0], &id, e))
 		return NULL;
-	int n = cache_drop_contact(p->cache, id, argc > 1 ? argv[1] : NULL);
-	analysis_contact_changed(p->analysis, id);
+	int n = analysis_drop(p->analysis, id, argc > 1 ? argv[1] : NULL);
 	return json_pack("{s:I,s:i}", "contact_id", (json_int_t)id, "dropped", n);
 }
 

@@ -62,6 +62,10 @@ static const struct setting settings[] = {
 	{ "RAPPORT_PRICES", NULL, K_STR, OFF(prices), 0 },
 	{ "RAPPORT_ORPHAN_POLICY", NULL, K_STR, OFF(orphan_policy), 0 },
 	{ "RAPPORT_FRESHNESS", NULL, K_STR, OFF(freshness), 0 },
+	{ "REDIS_URL", NULL, K_STR, OFF(redis_url), 0 },
+	{ "RAPPORT_REDIS_PREFIX", NULL, K_STR, OFF(redis_prefix), 0 },
+	{ "RAPPORT_L2_TIMEOUT_MS", NULL, K_INT, OFF(l2_timeout_ms), 0 },
+	{ "RAPPORT_L2_MAX_BYTES", NULL, K_SIZE, OFF(l2_max_bytes), 0 },
 	{ "RAPPORT_TTL_SCALE", NULL, K_STR, OFF(ttl_scale), 0 },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s), 0 },
 	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections), 0 },
@@ -114,6 +118,9 @@ set_defaults(struct config *c)
 	c->breaker_open_ms = 5000;
 	c->orphan_policy = xstrdup("finish");
 	c->freshness = xstrdup("full");
+	c->redis_prefix = xstrdup("rapport");
+	c->l2_timeout_ms = 50;
+	c->l2_max_bytes = 1u << 20;
 	c->ttl_scale = xstrdup("1");
 	c->http_timeout_s = 60;
 	c->max_connections = 0;
@@ -443,6 +450,8 @@ config_free(struct config *c)
 	free(c->prices);
 	free(c->orphan_policy);
 	free(c->freshness);
+	free(c->redis_url);
+	free(c->redis_prefix);
 	free(c->ttl_scale);
 	free(c->web_dir);
 	free(c->cors_origins);

@@ -43,6 +43,10 @@ struct config {
 	char *prices;              /* RAPPORT_PRICES "model=in/out,…" USD per 1M tokens */
 	char *orphan_policy;       /* RAPPORT_ORPHAN_POLICY finish|cancel (finish) */
 	char *freshness;           /* RAPPORT_FRESHNESS full|ttl (full) */
+	char *redis_url;           /* REDIS_URL: the shared L2 (NULL: none) */
+	char *redis_prefix;        /* RAPPORT_REDIS_PREFIX (rapport) */
+	int l2_timeout_ms;         /* RAPPORT_L2_TIMEOUT_MS: a lookup's deadline (50) */
+	size_t l2_max_bytes;       /* RAPPORT_L2_MAX_BYTES: larger values are not stored (1 MiB) */
 	char *ttl_scale;           /* RAPPORT_TTL_SCALE, a factor > 0 on every ttl (1) */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): per read/write on a client connection */
 	int max_connections;       /* RAPPORT_MAX_CONNECTIONS (0 = from the descriptor limit) */

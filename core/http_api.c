@@ -886,9 +886,7 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 		           "the contact id must be a positive integer", false);
 		return;
 	}
-	int n = cache_drop_contact(s->d.cache, id, type);
-	/* A generation already running read the old rows: not to be cached. */
-	analysis_contact_changed(s->d.analysis, id);
+	int n = analysis_drop(s->d.analysis, id, type);
 	char body[128];
 	int len = snprintf(body, sizeof body, "{\"contact_id\":%lld,\"dropped\":%d}", (long long)id, n);
 	send_json(s, req, req_id, 200, body, (size_t)len, false);
@@ -933,7 +931,12 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	 * a state database that is down does not make analyses unready. */
 	const char *state_err = "";
 	const char *state = state_status(s->d.state, &state_err);
-	json_t *doc = json_pack("{s:s, s:s}", "status", ready ? "ready" : "not_ready",
+	/* Redis down is degraded, not unready: requests go on from L1 and
+	 * the model. */
+	const l2 *l2 = analysis_l2(s->d.analysis);
+	bool degraded = l2 && !l2_up(l2);
+	json_t *doc = json_pack("{s:s, s:s}",
+	                        "status", !ready ? "not_ready" : degraded ? "degraded" : "ready",
 	                        "database", db_up ? "up" : "down");
 	/* Down: why, as a class (one of db_error_class's fixed words). */
 	if (!db_up)
@@ -944,6 +947,8 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	json_object_set_new(doc, "state", json_string(state));
 	if (*state_err)
 		json_object_set_new(doc, "state_error", json_string(state_err));
+	if (l2)
+		json_object_set_new(doc, "l2", json_string(l2_state_name(l2)));
 	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(doc);
 	send_json(s, req, req_id, ready ? 200 : 503, text, strlen(text), head);

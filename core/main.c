@@ -86,6 +86,7 @@ struct app {
 	breaker *breaker;        /* upstream health */
 	accounting *acct;        /* tokens and cost */
 	cache *cache;
+	l2 *l2;                  /* the shared cache in Redis (REDIS_URL), or NULL */
 	analysis *analysis;
 	state_db *state;         /* rapport's own schema (serve, warm --local) */
 	jobs *jobs;              /* warm jobs' runner */
@@ -296,12 +297,23 @@ app_start_core(struct app *app)
 	/* Under the full policy entries past their grace stay (until evicted)
 	 * for their fingerprint: a refresh can still re-arm them. */
 	app->cache = cache_create(cfg->cache_bytes, !ttl_only);
+	if (cfg->redis_url && *cfg->redis_url) {
+		struct l2_config lc = {
+			.url = cfg->redis_url, .prefix = cfg->redis_prefix,
+			.timeout_ms = cfg->l2_timeout_ms, .max_value_bytes = cfg->l2_max_bytes,
+		};
+		app->l2 = l2_create(app->base, &lc, err, sizeof err);
+		if (!app->l2) {
+			fprintf(stderr, "rapport: %s\n", err);
+			return false;
+		}
+	}
 	struct analysis_deps ad = {
 		.base = app->base, .db = app->db, .llm = app->llm, .cache = app->cache,
 		.scripts = app->scripts, .llm_timeout_ms = cfg->llm_timeout_ms,
 		.llm_first_token_ms = cfg->llm_first_token_ms, .limiter = app->limiter,
 		.breaker = app->breaker, .acct = app->acct, .cancel_orphans = cancel_orphans,
-		.ttl_only = ttl_only, .ttl_scale = ttl_scale,
+		.ttl_only = ttl_only, .ttl_scale = ttl_scale, .l2 = app->l2,
 	};
 	app->analysis = analysis_create(&ad);
 	return true;
@@ -316,6 +328,7 @@ app_stop(struct app *app)
 	jobs_destroy(app->jobs);          /* its items wait on the pipeline */
 	state_destroy(app->state);
 	analysis_destroy(app->analysis);
+	l2_destroy(app->l2);
 	watch_destroy(app->watch);
 	if (app->sig_int)
 		event_free(app->sig_int);

@@ -29,6 +29,7 @@ struct sample {
 	int nlabels;
 	const char *label_names[MAX_LABELS];
 	char *label_values[MAX_LABELS];
+	const char *suffix;           /* histograms: _bucket, _sum, _count */
 	bool integer;
 	long long i;
 	double d;
@@ -106,6 +107,29 @@ metrics_real(metrics *m, double value, ...)
 	va_start(ap, value);
 	struct sample *s = add_sample(m, ap);
 	va_end(ap);
+	s->d = value;
+}
+
+void
+metrics_int_suffix(metrics *m, const char *suffix, long long value, ...)
+{
+	va_list ap;
+	va_start(ap, value);
+	struct sample *s = add_sample(m, ap);
+	va_end(ap);
+	s->suffix = suffix;
+	s->integer = true;
+	s->i = value;
+}
+
+void
+metrics_real_suffix(metrics *m, const char *suffix, double value, ...)
+{
+	va_list ap;
+	va_start(ap, value);
+	struct sample *s = add_sample(m, ap);
+	va_end(ap);
+	s->suffix = suffix;
 	s->d = value;
 }
 
@@ -333,8 +357,53 @@ gather_acct(metrics *m, const accounting *a)
 }
 
 static void
+gather_l2(metrics *m, const l2 *l)
+{
+	struct l2_stats s;
+	l2_stats(l, &s);
+	metrics_family(m, "rapport_l2_up", "1 when the Redis L2 is connected.", METRICS_GAUGE);
+	metrics_int(m, s.up, NULL);
+	static const struct {
+		const char *name, *help;
+	} f[] = {
+		{ "rapport_l2_hits_total", "L2 lookups that found a fresh entry." },
+		{ "rapport_l2_stale_hits_total", "L2 lookups that found a stale entry." },
+		{ "rapport_l2_misses_total", "L2 lookups that found nothing usable." },
+		{ "rapport_l2_errors_total", "L2 error replies, unreadable values, lost replies." },
+		{ "rapport_l2_timeouts_total", "L2 lookups past their deadline (the request went on)." },
+		{ "rapport_l2_skipped_total", "L2 lookups and writes not tried: Redis not up." },
+		{ "rapport_l2_stores_total", "Results written to the L2." },
+		{ "rapport_l2_too_large_total", "Results over RAPPORT_L2_MAX_BYTES, not written." },
+		{ "rapport_l2_connects_total", "Times the L2 connection came up." },
+		{ "rapport_l2_disconnects_total", "Times it was lost." },
+	};
+	long long v[] = { s.hits, s.stale_hits, s.misses, s.errors, s.timeouts, s.skipped,
+	                  s.stores, s.too_large, s.connects, s.disconnects };
+	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
+		metrics_family(m, f[i].name, f[i].help, METRICS_COUNTER);
+		metrics_int(m, v[i], NULL);
+	}
+	metrics_family(m, "rapport_l2_lookup_ms", "L2 lookup latency, milliseconds.",
+	               METRICS_HISTOGRAM);
+	long long cum = 0;
+	char le[16];
+	for (int i = 0; i < 8; i++) {
+		cum += s.lat_buckets[i];
+		if (i < 7)
+			snprintf(le, sizeof le, "%g", l2_latency_bounds_ms[i]);
+		else
+			snprintf(le, sizeof le, "+Inf");
+		metrics_int_suffix(m, "_bucket", cum, "le", le, NULL);
+	}
+	metrics_real_suffix(m, "_sum", s.lat_sum_ms, NULL);
+	metrics_int_suffix(m, "_count", cum, NULL);
+}
+
+static void
 gather_analysis(metrics *m, const analysis *a)
 {
+	if (analysis_l2(a))
+		gather_l2(m, analysis_l2(a));
 	struct analysis_stats as;
 	analysis_stats(a, &as);
 	metrics_family(m, "rapport_analysis_flights", "Generations in progress.", METRICS_GAUGE);
@@ -403,6 +472,8 @@ static void
 sample_name(struct evbuffer *b, const struct family *f, const struct sample *s)
 {
 	evbuffer_add(b, f->name, strlen(f->name));
+	if (s->suffix)
+		evbuffer_add(b, s->suffix, strlen(s->suffix));
 	if (!s->nlabels)
 		return;
 	evbuffer_add(b, "{", 1);
@@ -439,7 +510,8 @@ metrics_prometheus(const metrics *m, struct evbuffer *out)
 	for (size_t fi = 0; fi < m->nfamilies; fi++) {
 		const struct family *f = &m->families[fi];
 		evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", f->name, f->help, f->name,
-		                    f->type == METRICS_COUNTER ? "counter" : "gauge");
+		                    f->type == METRICS_COUNTER ? "counter"
+		                    : f->type == METRICS_HISTOGRAM ? "histogram" : "gauge");
 		for (; s < m->nsamples && m->samples[s].family == fi; s++) {
 			sample_name(out, f, &m->samples[s]);
 			evbuffer_add(out, " ", 1);

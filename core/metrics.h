@@ -36,7 +36,8 @@
 struct evbuffer;
 typedef struct metrics metrics;
 
-enum metrics_type { METRICS_COUNTER, METRICS_GAUGE };
+/* A histogram family's samples carry a suffix: _bucket{le=…}, _sum, _count. */
+enum metrics_type { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM };
 
 /* The HTTP API's own counters. */
 struct metrics_http {
@@ -67,6 +68,11 @@ void metrics_family(metrics *m, const char *name, const char *help, enum metrics
  * by NULL (values copied). */
 void metrics_int(metrics *m, long long value, ...) __attribute__((sentinel));
 void metrics_real(metrics *m, double value, ...) __attribute__((sentinel));
+/* The same, named the family's name plus suffix (a static string). */
+void metrics_int_suffix(metrics *m, const char *suffix, long long value, ...)
+        __attribute__((sentinel));
+void metrics_real_suffix(metrics *m, const char *suffix, double value, ...)
+        __attribute__((sentinel));
 
 /* Every family rapport reports, from the parts in src. */
 void metrics_gather(metrics *m, const struct metrics_sources *src);

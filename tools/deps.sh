@@ -12,6 +12,7 @@ PACKAGES=(
     liblua5.4-dev lua5.4 lua-cjson-dev libjansson-dev
     libreadline-dev                                 # line editing and history in `rapport console`
     libssl-dev                                      # SHA-256 of model requests (cache fingerprints)
+    libhiredis-dev redis-server                     # the shared L2 cache in Redis (server: tests)
     ca-certificates                                 # TLS to the real upstream (not pulled in without recommends)
     postgresql postgresql-client                    # server 15 (private cluster) and psql
     python3 python3-pytest                          # test driver (Debian's python3, stdlib only)
