@@ -11,7 +11,7 @@ PACKAGES=(
     libevent-dev libcurl4-openssl-dev libpq-dev     # HTTP server, upstream client, PostgreSQL client
     liblua5.4-dev lua5.4 lua-cjson-dev libjansson-dev
     libreadline-dev                                 # line editing and history in `rapport console`
-    libssl-dev                                      # SHA-256 of model requests (cache fingerprints)
+    libssl-dev                                      # libcrypto: SHA-256 of model requests, HMAC of stream tokens
     libhiredis-dev redis-server                     # the shared L2 cache in Redis (server: tests)
     ca-certificates                                 # TLS to the real upstream (not pulled in without recommends)
     postgresql postgresql-client                    # server 15 (private cluster) and psql
@@ -19,7 +19,6 @@ PACKAGES=(
     wrk lua-check valgrind curl procps
     nghttp2-proxy openssl                           # tests: a TLS + HTTP/2 front for the fake upstream
     clang libclang-rt-dev                           # libFuzzer targets: compiler + fuzzer/ASan runtimes (make fuzz)
-    libssl-dev                                      # HMAC of the panel's stream tokens (libcrypto)
     chromium                                        # tests: the panel in a real headless browser
 )
 # node and npm drive chromium in the browser tests (playwright-core, from npm,
