@@ -97,6 +97,25 @@ bench-workload: deps
 	@RAPPORT_BIN=build/bench/rapport FAKE_BIN=build/bench/fake_openai \
 	    /usr/bin/python3 bench/workload.py $(WORKLOAD_ARGS)
 
+# `make install PREFIX=/usr DESTDIR=/tmp/pkg`: the binary to $(BINDIR), the
+# scripts, prompts, web assets and example config to $(SHAREDIR), the systemd
+# units to $(UNITDIR) with their paths pointing at those (docs/operations.md).
+PREFIX    ?= /usr/local
+BINDIR    ?= $(PREFIX)/bin
+SHAREDIR  ?= $(PREFIX)/share/rapport
+UNITDIR   ?= $(PREFIX)/lib/systemd/system
+UNIT_SED  := -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@SHAREDIR@|$(SHAREDIR)|g'
+
+.PHONY: install
+install: $(BIN)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(SHAREDIR) $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/rapport
+	cp -R scripts prompts web $(DESTDIR)$(SHAREDIR)/
+	install -m 0644 etc/rapport.conf.example etc/haproxy.cfg.example $(DESTDIR)$(SHAREDIR)/
+	sed $(UNIT_SED) etc/systemd/rapport@.service > $(DESTDIR)$(UNITDIR)/rapport@.service
+	sed -e 's|/usr/local/bin/rapport|$(BINDIR)/rapport|' etc/rapport.service > $(DESTDIR)$(UNITDIR)/rapport.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/rapport@.service $(DESTDIR)$(UNITDIR)/rapport.service
+
 clean:
 	rm -rf build rapport
 
