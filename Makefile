@@ -60,11 +60,14 @@ $(BUILD)/tests/%: tests/unit/%.c $(LIB_OBJ)
 deps:
 	@tools/deps.sh
 
+# REDIS=1: a private redis-server, two instances sharing it and a local
+# HAProxy in front on RAPPORT_LISTEN (tools/run.sh).
+REDIS     ?=
 # Set-up included: packages, build, private PostgreSQL under ./var, demo data,
 # the fake upstream when OPENAI_API_KEY is unset, then `rapport serve`.
 run: deps
 	@$(MAKE) --no-print-directory $(BIN) $(BUILD)/fake_openai
-	@tools/run.sh
+	@REDIS=$(REDIS) tools/run.sh
 
 # Every test: C unit tests and integration tests (real PostgreSQL, the fake
 # upstream and the real binary over HTTP), all driven by pytest.

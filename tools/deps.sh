@@ -13,6 +13,7 @@ PACKAGES=(
     libreadline-dev                                 # line editing and history in `rapport console`
     libssl-dev                                      # libcrypto: SHA-256 of model requests, HMAC of stream tokens
     libhiredis-dev redis-server                     # the shared L2 cache in Redis (server: tests)
+    haproxy                                         # make run REDIS=1 and tests: several instances behind it
     ca-certificates                                 # TLS to the real upstream (not pulled in without recommends)
     postgresql postgresql-client                    # server 15 (private cluster) and psql
     python3 python3-pytest                          # test driver (Debian's python3, stdlib only)

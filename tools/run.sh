@@ -16,6 +16,11 @@
 # DATABASE_URL is not set, so they reach the same demo.
 # Ctrl-C stops rapport and the fake (exit status 0); the cluster keeps running
 # (tools/pg.sh stop var/pg).
+# REDIS=1 (make run REDIS=1): instead of step 3, a private redis-server on a
+# unix socket under var/redis, two rapport instances on the two ports after
+# RAPPORT_LISTEN's sharing it as their L2 (REDIS_URL), and a local HAProxy on
+# RAPPORT_LISTEN in front of them (config rendered from etc/haproxy.cfg.example
+# into var/run/haproxy-<port>.cfg). Ctrl-C stops all of them, by pid.
 # Several runs side by side: each has its own RAPPORT_LISTEN and
 # RAPPORT_FAKE_PORT and its own files var/run/run-<listen port>.* (owner pid,
 # rapport and fake pids, env); they share the cluster. A later run cleans up
@@ -165,8 +170,16 @@ say "database ready: $count contacts ($DATABASE_URL)"
 FAKE_PID=""
 RAPPORT_PID=""
 STARTED=""
+EXTRA_PIDS=""   # REDIS=1: haproxy, the two instances, redis-server (that order)
 cleanup() {
     trap - INT TERM EXIT
+    local p
+    for p in $EXTRA_PIDS; do
+        kill -TERM "$p" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$p" 2>/dev/null || true
+        wait "$p" 2>/dev/null || true
+    done
     if [[ -n "$RAPPORT_PID" ]] && kill -0 "$RAPPORT_PID" 2>/dev/null; then
         kill -TERM "$RAPPORT_PID" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$RAPPORT_PID" 2>/dev/null || break; sleep 0.1; done
@@ -243,6 +256,74 @@ fi
 # rapport's own schema (warm jobs) needs a role that may create it: the owner here.
 RAPPORT_STATE_URL=$(tools/pg.sh url "$PG_DIR" "$PG_PORT")
 export DATABASE_URL RAPPORT_STATE_URL RAPPORT_LISTEN=$LISTEN
+
+# ---- REDIS=1: redis + two instances + HAProxy ------------------------------------
+if [[ "${REDIS:-}" == 1 ]]; then
+    command -v redis-server >/dev/null || die "redis-server is not installed (tools/deps.sh)"
+    command -v haproxy >/dev/null || die "haproxy is not installed (tools/deps.sh)"
+    PORT_A=$((LISTEN_PORT + 1)); PORT_B=$((LISTEN_PORT + 2))
+    for p in "$PORT_A" "$PORT_B"; do
+        port_busy 127.0.0.1 "$p" && die "port $p (an instance behind HAProxy) is already in use"
+    done
+    REDIS_DIR="$ROOT/var/redis"; mkdir -p "$REDIS_DIR"
+    REDIS_SOCK="$REDIS_DIR/redis-$LISTEN_PORT.sock"
+    rm -f -- "$REDIS_SOCK"
+    redis-server --port 0 --unixsocket "$REDIS_SOCK" --unixsocketperm 700 \
+        --save "" --appendonly no --dir "$REDIS_DIR" \
+        --logfile "$LOG_DIR/redis-$LISTEN_PORT.log" </dev/null >/dev/null 2>&1 &
+    EXTRA_PIDS="$! $EXTRA_PIDS"
+    for _ in $(seq 1 100); do [[ -S "$REDIS_SOCK" ]] && break; sleep 0.1; done
+    [[ -S "$REDIS_SOCK" ]] || die "redis-server did not start (log: var/log/redis-$LISTEN_PORT.log)"
+    say "Redis: private redis-server on unix://${REDIS_SOCK#$ROOT/}"
+    export REDIS_URL="unix://$REDIS_SOCK" RAPPORT_REDIS_PREFIX=${RAPPORT_REDIS_PREFIX:-rapport}
+    for p in "$PORT_A" "$PORT_B"; do
+        RAPPORT_LISTEN=127.0.0.1:$p RAPPORT_ADMIN_SOCKET="$RUN_DIR/admin-$p.sock" \
+            "$RAPPORT_BIN" serve </dev/null >>"$LOG_DIR/rapport-$p.log" 2>&1 &
+        EXTRA_PIDS="$! $EXTRA_PIDS"
+    done
+    HX_CFG="$RUN_DIR/haproxy-$LISTEN_PORT.cfg"
+    { grep -v '# @SERVERS@' etc/haproxy.cfg.example | sed "s|@LISTEN@|$LISTEN|"
+      printf '    server a 127.0.0.1:%s check\n    server b 127.0.0.1:%s check\n' "$PORT_A" "$PORT_B"
+    } | sed -E 's/^(\s+)maxconn [0-9]+$/\1maxconn 1000/' >"$HX_CFG"
+    haproxy -db -f "$HX_CFG" </dev/null >>"$LOG_DIR/haproxy-$LISTEN_PORT.log" 2>&1 &
+    HX_PID=$!
+    EXTRA_PIDS="$HX_PID $EXTRA_PIDS"
+    STARTED=1
+    for _ in $(seq 1 150); do
+        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_A/readyz" &&
+            curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_B/readyz" &&
+            curl -fs -o /dev/null --max-time 1 "http://$LISTEN/readyz" && break
+        kill -0 "$HX_PID" 2>/dev/null || die "haproxy exited (log: var/log/haproxy-$LISTEN_PORT.log)"
+        sleep 0.1
+    done
+    {
+        echo "# written by tools/run.sh (make run REDIS=1, pid $$) — removed when that run ends"
+        printf "DATABASE_URL='%s'\n" "$DATABASE_URL"
+        printf "OPENAI_BASE_URL='%s'\n" "$UPSTREAM"
+        printf "RAPPORT_LISTEN='%s'\n" "$LISTEN"
+        printf "REDIS_URL='%s'\n" "$REDIS_URL"
+    } >"$ENV_FILE"
+    relink_env
+    U="http://$LISTEN/v1/contacts/7/analyses/relationship_health"
+    cat <<EOF
+
+rapport x2 behind HAProxy on http://$LISTEN (instances 127.0.0.1:$PORT_A and :$PORT_B,
+shared L2 in Redis at $REDIS_URL). See the shared cache at work:
+  curl -s -D- -o /dev/null $U | grep -i -e x-cache -e etag
+  curl -s $U | grep -o '"tier":"[a-z0-9]*"'     # again: l2 (the other instance) or l1
+  curl -s http://127.0.0.1:$PORT_A/metrics | grep rapport_l2_hits_total   # which instance answered
+  curl -s http://127.0.0.1:$PORT_B/metrics | grep rapport_l2_hits_total
+  curl -s http://$LISTEN/readyz                 # "l2":"up" on the instance that answers
+Logs: var/log/rapport-$PORT_A.log, rapport-$PORT_B.log, haproxy-$LISTEN_PORT.log, redis-$LISTEN_PORT.log
+Ctrl-C stops HAProxy, both instances and redis-server; PostgreSQL keeps running.
+
+EOF
+    set +e
+    wait -n $EXTRA_PIDS
+    set -e
+    say "a process of the REDIS=1 set exited; stopping the rest"
+    exit 1
+fi
 say "starting rapport serve on $LISTEN"
 # On a terminal, rapport becomes the foreground job (job control, below): the
 # terminal's Ctrl-C then reaches rapport alone, which stops cleanly, and this

@@ -10,12 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from helpers.haproxy import HAProxy
+from helpers.haproxy import EXAMPLE, HAProxy
 from helpers.redis import Redis
 from helpers.upstream import metric, wait_until
 
 TYPE = "relationship_health"
 PATH = "/v1/contacts/%d/analyses/" + TYPE
+
+REPO_ETC = EXAMPLE.parent
 
 _next = [742000]
 
@@ -136,3 +138,81 @@ def test_redis_stopped_under_load_fails_no_request_and_the_l2_comes_back(
     assert r.json()["cache"]["tier"] == "l2" and r.headers["ETag"] == first.headers["ETag"]
     assert metric(b, "rapport_l2_hits_total") == hits + 1
     assert calls(fake) == n + 1
+
+
+class Direct:
+    """An instance started by run.sh, reached by port (for metric())."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def get(self, path):
+        hx = HAProxy.__new__(HAProxy)
+        hx.host, hx.port = "127.0.0.1", self.port
+        return hx.get(path)
+
+
+def test_make_run_redis_1_brings_two_instances_behind_haproxy_sharing_the_l2(tmp_path):
+    """tools/run.sh with REDIS=1 (what `make run REDIS=1` runs), in a copy of
+    the repository so its var/ is private; driven like test_newcomer's demo."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import time
+
+    from helpers.pg import free_port
+    from test_newcomer import clean_env, copy_repo
+
+    root = copy_repo(tmp_path / "rapport")
+    shutil.copytree(REPO_ETC, root / "etc")
+    port, fake_port, pg_port = free_port(), free_port(), free_port()
+    out = root / "run.out"
+    with open(out, "w+b") as log:
+        proc = subprocess.Popen(
+            ["tools/run.sh"], cwd=str(root), stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+            env=clean_env(REDIS="1", RAPPORT_LISTEN="127.0.0.1:%d" % port,
+                          RAPPORT_FAKE_PORT=str(fake_port), RAPPORT_PG_PORT=str(pg_port),
+                          RAPPORT_DEMO_CONTACTS="20", RAPPORT_BIN=str(root / "rapport"),
+                          FAKE_BIN=str(root / "build" / "fake_openai")))
+        try:
+            end = time.monotonic() + 120
+            while "behind HAProxy on" not in out.read_text(errors="replace"):
+                assert proc.poll() is None, "run.sh ended:\n" + out.read_text()
+                assert time.monotonic() < end, out.read_text()
+                time.sleep(0.2)
+            text = out.read_text()
+            assert "unix://" in text and "rapport_l2_hits_total" in text, text
+            hx = HAProxy.__new__(HAProxy)
+            hx.host, hx.port = "127.0.0.1", port
+            first = hx.get(PATH % 7)
+            assert first.status == 200, first.body
+            def stores():
+                return sum(metric(a, "rapport_l2_stores_total") for a in
+                           (Direct(port + 1), Direct(port + 2)))
+            wait_until(lambda: stores() >= 1, "the write to Redis")
+            tiers = []
+            for _ in range(8):
+                r = hx.get(PATH % 7)
+                assert r.status == 200 and r.headers["ETag"] == first.headers["ETag"], (
+                    first.json()["cache"], r.json()["cache"], tiers)
+                tiers.append(r.json()["cache"]["tier"])
+                if "l2" in tiers:
+                    break
+            assert "l2" in tiers, tiers
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+            rc = proc.wait(60)
+            subprocess.run(["tools/pg.sh", "destroy", str(root / "var" / "pg")], cwd=str(root),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert rc == 0, out.read_text()
+    # everything it started is gone: nothing answers on the three ports
+    import socket
+    for p in (port, port + 1, port + 2):
+        try:
+            socket.create_connection(("127.0.0.1", p), 0.5).close()
+            raise AssertionError("port %d still answers after Ctrl-C" % p)
+        except OSError:
+            pass
