@@ -71,12 +71,14 @@ run: deps
 
 # Every test: C unit tests and integration tests (real PostgreSQL, the fake
 # upstream and the real binary over HTTP), all driven by pytest.
-test: deps
+test:
+	@tools/deps.sh --test
 	@$(MAKE) --no-print-directory all
 	@tools/test.sh
 
 # The same suite under AddressSanitizer/UBSan.
-asan: deps
+asan:
+	@tools/deps.sh --test
 	@$(MAKE) --no-print-directory SANITIZE=1 all
 	@RAPPORT_BIN=build/asan/rapport FAKE_BIN=build/asan/fake_openai tools/test.sh
 

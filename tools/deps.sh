@@ -4,6 +4,7 @@
 # missing it prints nothing and exits 0 (one dpkg-query call).
 #   root, something missing     → apt-get update + apt-get install (non-interactive)
 #   not root, something missing → prints the exact command to run, exits 1
+#   --test (make test, make asan): also tests/browser's npm packages (playwright-core)
 set -euo pipefail
 
 PACKAGES=(
@@ -30,9 +31,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
 fi
 
 # playwright-core at the version tests/browser/package-lock.json pins.
+# Only for the tests (`tools/deps.sh --test`, as `make test` calls it): `make
+# run` needs no npm package, and a copy without tests/ has no lock file.
 node_modules() {
     local dir
     dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+    [[ "${1:-}" == --test && -f "$dir/package-lock.json" ]] || return 0
     [[ -d "$dir/node_modules/playwright-core" ]] && return 0
     echo "deps.sh: installing playwright-core into tests/browser/node_modules (npm ci)"
     PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error </dev/null
@@ -43,7 +47,7 @@ installed=$(dpkg-query -W -f='${Package} ${db:Status-Abbrev}\n' "${PACKAGES[@]}"
 for p in "${PACKAGES[@]}"; do
     if ! grep -qx "$p .i.*" <<<"$installed"; then missing+=("$p"); fi
 done
-if [[ ${#missing[@]} -eq 0 ]]; then node_modules; exit 0; fi
+if [[ ${#missing[@]} -eq 0 ]]; then node_modules "${1:-}"; exit 0; fi
 
 if ! command -v apt-get >/dev/null 2>&1; then
     echo "deps.sh: missing packages: ${missing[*]}" >&2
@@ -75,4 +79,4 @@ if [[ ${#still[@]} -gt 0 ]]; then
     exit 1
 fi
 echo "deps.sh: packages installed"
-node_modules
+node_modules "${1:-}"

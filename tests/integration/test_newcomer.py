@@ -211,6 +211,26 @@ def test_documented_analyze_gets_a_result_from_the_demo_without_database_url(dem
     assert '{"ts"' not in err, "no JSON log lines around the answer: %r" % err
 
 
+def test_every_printed_curl_command_works_and_the_stream_shows_text_arriving(demo, repo):
+    out = demo.output()
+    banner = out[out.index("rapport is up on"):]
+    assert re.search(r"^Panel: http://(127\.0\.0\.1|localhost):%d/#contact=\d+" % demo.port,
+                     out[:out.index("rapport is up on")], re.M), "the panel's URL comes first"
+    cmds = [l.strip() for l in banner.splitlines() if l.strip().startswith("curl ")]
+    assert len(cmds) >= 4, banner
+    streamed = False
+    for cmd in cmds:
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=str(repo),
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0 and r.stdout, (cmd, r.stdout, r.stderr)
+        if "text/event-stream" in cmd:
+            text = r.stdout.decode()
+            # Streamed for real: the model's text as deltas, then the result.
+            assert "event: delta" in text and "event: result" in text, (cmd, text)
+            streamed = True
+    assert streamed, "no streaming command printed: %s" % cmds
+
+
 def test_documented_console_analyze_works_on_a_terminal(demo, repo):
     p = PtyProc([str(repo / "rapport"), "console"], repo, clean_env(TERM="dumb", HOME=str(repo)))
     assert p.wait_for(rb"help\(\) lists", 60), p.text
