@@ -88,8 +88,8 @@ url_part(CURLU *u, CURLUPart part)
 	return copy;
 }
 
-/* redis://[user[:password]@]host[:port][/db] or unix:///path, read with
- * libcurl's URL parser. */
+/* redis://[user[:password]@]host[:port][/db] (read with
+ * libcurl's URL parser) or unix:///path. */
 static bool
 parse_url(l2 *l, const char *url, char *err, size_t errlen)
 {
@@ -105,6 +105,17 @@ parse_url(l2 *l, const char *url, char *err, size_t errlen)
 		         "unix:///path (got '%.60s')", url);
 		return false;
 	}
+	if (is_unix) {
+		/* unix:///path: everything after the scheme is the socket's path
+		 * (libcurl reads an unknown scheme's first segment as a host). */
+		const char *path = url + 7;
+		if (path[0] != '/' || !path[1]) {
+			snprintf(err, errlen, "REDIS_URL: unix:///path needs an absolute socket path");
+			return false;
+		}
+		l->unix_path = xstrdup(path);
+		return true;
+	}
 	CURLU *u = curl_url();
 	bool ok = curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK;
 	if (!ok) {
@@ -115,32 +126,23 @@ parse_url(l2 *l, const char *url, char *err, size_t errlen)
 	l->user = url_part(u, CURLUPART_USER);
 	l->password = url_part(u, CURLUPART_PASSWORD);
 	char *path = url_part(u, CURLUPART_PATH);
-	if (is_unix) {
-		if (!path || path[0] != '/' || !path[1]) {
-			snprintf(err, errlen, "REDIS_URL: unix:///path needs an absolute socket path");
+	l->host = url_part(u, CURLUPART_HOST);
+	char *port = url_part(u, CURLUPART_PORT);
+	l->port = port ? atoi(port) : 6379;
+	free(port);
+	if (!l->host || !*l->host || l->port <= 0 || l->port > 65535) {
+		snprintf(err, errlen, "REDIS_URL: no host, or a bad port, in '%.60s'", url);
+		ok = false;
+	}
+	if (ok && path && strcmp(path, "/") != 0) {
+		char *end;
+		long db = strtol(path + 1, &end, 10);
+		if (*end || db < 0 || db > 10000) {
+			snprintf(err, errlen, "REDIS_URL: the path must be a database number (got '%s')",
+			         path);
 			ok = false;
-		} else {
-			l->unix_path = xstrdup(path);
 		}
-	} else {
-		l->host = url_part(u, CURLUPART_HOST);
-		char *port = url_part(u, CURLUPART_PORT);
-		l->port = port ? atoi(port) : 6379;
-		free(port);
-		if (!l->host || !*l->host || l->port <= 0 || l->port > 65535) {
-			snprintf(err, errlen, "REDIS_URL: no host, or a bad port, in '%.60s'", url);
-			ok = false;
-		}
-		if (ok && path && strcmp(path, "/") != 0) {
-			char *end;
-			long db = strtol(path + 1, &end, 10);
-			if (*end || db < 0 || db > 10000) {
-				snprintf(err, errlen, "REDIS_URL: the path must be a database number (got '%s')",
-				         path);
-				ok = false;
-			}
-			l->db = (int)db;
-		}
+		l->db = (int)db;
 	}
 	free(path);
 	curl_url_cleanup(u);
@@ -152,9 +154,10 @@ parse_url(l2 *l, const char *url, char *err, size_t errlen)
 static void
 set_state(l2 *l, enum l2_state to, const char *why)
 {
-	if (l->state == to)
-		return;
 	enum l2_state from = l->state;
+	/* Same state: only a failed attempt with a new reason is worth a line. */
+	if (from == to && !(to == L2_DOWN && strcmp(l->last_error, why ? why : "") != 0))
+		return;
 	l->state = to;
 	l->st.up = to == L2_UP;
 	if (to == L2_UP) {

@@ -11,19 +11,24 @@ from helpers.pg import free_port
 
 
 class Redis:
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, port=None, unix=False):
+        """unix=True: listens on a socket in workdir only (port 0)."""
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
+        self.socket = str(workdir / "redis.sock") if unix else None
+        self.port = 0 if unix else (port or free_port())
         self.proc = None
 
     @property
     def url(self):
+        if self.socket:
+            return "unix://" + self.socket
         return "redis://127.0.0.1:%d/0" % self.port
 
     def start(self, timeout=10.0):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             *(["--unixsocket", self.socket, "--unixsocketperm", "700"] if self.socket else []),
              "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
              "--logfile", str(self.workdir / "redis.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -38,7 +43,7 @@ class Redis:
             except subprocess.CalledProcessError:
                 pass
             time.sleep(0.05)
-        raise AssertionError("redis-server did not answer on port %d" % self.port)
+        raise AssertionError("redis-server did not answer on %s" % self.url)
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -59,6 +64,7 @@ class Redis:
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def cli(self, *args):
-        out = subprocess.run(["redis-cli", "-p", str(self.port), "--raw", *args],
+        where = ["-s", self.socket] if self.socket else ["-p", str(self.port)]
+        out = subprocess.run(["redis-cli", *where, "--raw", *args],
                              capture_output=True, check=True, timeout=10)
         return out.stdout.decode("utf-8", "replace").rstrip("\n")

@@ -251,6 +251,24 @@ def test_redis_not_running_at_start_is_degraded_not_fatal(make_server, fake, pg)
     assert ready.json()["status"] == "degraded"
     cid = new_contact(pg)
     assert get(srv, cid).status == 200
+    wait_until(lambda: any(l.get("msg") == "l2 unreachable" for l in srv.log_lines()),
+               "the line saying why")
+    unreachable = [l for l in srv.log_lines() if l.get("msg") == "l2 unreachable"]
+    assert len(unreachable) == 1 and "refused" in unreachable[0]["error"].lower(), unreachable
+
+
+def test_a_unix_socket_redis_url_reaches_the_socket_by_its_full_path(make_server, fake, pg,
+                                                                     tmp_path):
+    sock = Redis(tmp_path / "a-dir" / "redis-unix", unix=True).start()
+    try:
+        cid = new_contact(pg)
+        srv = make_server(REDIS_URL=sock.url, RAPPORT_REDIS_PREFIX="u")
+        wait_until(lambda: srv.get("/readyz").json().get("l2") == "up", "the L2 over the socket")
+        assert get(srv, cid).status == 200
+        wait_until(lambda: metric(srv, "rapport_l2_stores_total") >= 1, "the write to Redis")
+        assert any(k.startswith("u") for k in sock.cli("KEYS", "*").split("\n")), sock.cli("KEYS", "*")
+    finally:
+        sock.stop()
 
 
 @pytest.mark.parametrize("url, text", [
