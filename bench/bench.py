@@ -1,7 +1,9 @@
 """rapport benchmarks (`make bench`): cached hits against a bare evhttp
 ceiling, the cold path split into rapport's own phases and the upstream
 exchange against two fakes, and how each figure changes with the data
-(10,000 → 100,000 → 1,000,000 contacts) and the cache (1 → 10,000 entries).
+(10,000 → 100,000 → 1,000,000 contacts) and the cache (1 → 10,000 entries),
+and the shared cache: L2 hits in Redis against L1 hits, one instance against
+two behind HAProxy (bench/shared.py).
 
 Parts: one PostgreSQL cluster under var/bench-pg (kept between runs) with
 one database per scale, each loaded once (bench/benchdata.py); the C fake
@@ -17,6 +19,7 @@ of --rounds; compare ratios, not absolute figures, across runs.
 
     bench/run.sh [--scales 10000,100000[,1000000]] [--rounds 3] [--duration 10]
                  [--entries 1,100,1000,10000] [--requests 20] [--skip-callgrind]
+                 [--keys 1000] [--skip-shared]
 """
 
 import argparse
@@ -40,6 +43,7 @@ sys.path.insert(0, str(REPO / "bench"))
 import benchdata                             # noqa: E402
 import cold                                  # noqa: E402
 import hits                                  # noqa: E402
+import shared                                # noqa: E402
 from helpers.fake import FakeOpenAI          # noqa: E402
 from helpers.server import Rapport           # noqa: E402
 
@@ -357,6 +361,8 @@ def main():
     ap.add_argument("--node-latency-ms", type=int, default=800)
     ap.add_argument("--skip-callgrind", action="store_true")
     ap.add_argument("--skip-others", action="store_true")
+    ap.add_argument("--keys", type=int, default=1000, help="L2 results rotated over (bench/shared.py)")
+    ap.add_argument("--skip-shared", action="store_true", help="no Redis L2 / HAProxy figures")
     args = ap.parse_args()
     args.entries = [int(x) for x in args.entries.split(",")]
 
@@ -380,12 +386,18 @@ def main():
             scale(pg, n, fake, args, out)
         if not args.skip_others:
             others(pg, scales[0], fake, out)
+        if not args.skip_shared:
+            log("the shared cache and several instances (bench/shared.py)...")
+            out["shared"] = shared.measure(pg, scales[0], fake, args)
     finally:
         fake.stop()
     out["load_after"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (results / ("bench-%s.json" % stamp)).write_text(json.dumps(out, indent=2))
     table(out, args)
+    if out.get("shared"):
+        print()
+        shared.table(out["shared"], args)
 
 
 if __name__ == "__main__":
