@@ -316,6 +316,15 @@ flight_drop_prior(struct flight *f)
 	f->prior = NULL;
 }
 
+/* The entry a flight stored was made for a person (a click, not only a
+ * warm item): a change to its contact refreshes it (analysis_refresh_viewed). */
+static void
+note_view(struct flight *f, const struct cache_entry *e)
+{
+	if (e && f->interactive)
+		cache_viewed(f->a->d.cache, e, util_now_ms());
+}
+
 /* An answer from the cache, at once: a hit or a stale entry. */
 static void
 reply_cached(analysis *a, const struct script_info *si, const struct cache_entry *e,
@@ -373,6 +382,8 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 	if (!(flags & (ANALYSIS_REFRESH | ANALYSIS_JOIN)))
 		e = cache_lookup(a->d.cache, key, t_start, &st);
 	if (e && st == CACHE_FRESH) {
+		if (!(flags & ANALYSIS_WARM))
+			cache_viewed(a->d.cache, e, t_start);
 		reply_cached(a, si, e, false, t_start, cb, arg);
 		return NULL;
 	}
@@ -386,6 +397,7 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 			a->st.refreshes++;
 		}
 		a->st.stale_served++;
+		cache_viewed(a->d.cache, e, t_start);
 		reply_cached(a, si, e, true, t_start, cb, arg);
 		return NULL;
 	}
@@ -503,9 +515,9 @@ on_l2(void *arg, const struct l2_found *found)
 		const struct l2_value *v = &found->v;
 		double now = util_now_ms();
 		if (found->state == CACHE_FRESH) {
-			cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body, v->body_len,
-			          v->etag, v->created_wall_ms, now, found->fresh_left_ms, v->grace_ms,
-			          &v->meta);
+			note_view(f, cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body,
+			                       v->body_len, v->etag, v->created_wall_ms, now,
+			                       found->fresh_left_ms, v->grace_ms, &v->meta));
 			struct outcome o = {
 				.status = 200, .prefix = v->body, .prefix_len = v->body_len, .etag = v->etag,
 				.created_wall_ms = v->created_wall_ms, .remaining_ms = found->fresh_left_ms,
@@ -519,6 +531,7 @@ on_l2(void *arg, const struct l2_found *found)
 			        cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body, v->body_len,
 			                  v->etag, v->created_wall_ms, now, 0, found->grace_left_ms, &v->meta);
 			if (e) {
+				note_view(f, e);
 				flight_set_prior(f, e);
 				reply_waiters_stale(f, e);
 			}
@@ -633,9 +646,11 @@ revalidate(struct flight *f)
 	const struct script_info *si = script_info(f->s);
 	struct prior *p = f->prior;
 	double now = util_now_ms(), ttl = type_ttl(a, si), grace = type_grace(a, si);
-	if (!cache_rearm(a->d.cache, f->key, now, ttl, grace))
-		cache_put(a->d.cache, f->key, f->contact_id, si->name, p->prefix, p->len, p->etag,
-		          p->created_wall_ms, now, ttl, grace, &p->meta);
+	const struct cache_entry *e = cache_rearm(a->d.cache, f->key, now, ttl, grace);
+	if (!e)
+		e = cache_put(a->d.cache, f->key, f->contact_id, si->name, p->prefix, p->len,
+		              p->etag, p->created_wall_ms, now, ttl, grace, &p->meta);
+	note_view(f, e);
 	struct l2_value v = {
 		.body = p->prefix, .body_len = p->len, .etag = p->etag,
 		.created_wall_ms = p->created_wall_ms, .validated_wall_ms = util_wall_ms(),
@@ -1169,8 +1184,8 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 			.cost_usd = f->cost_usd,
 		};
 		memcpy(meta.fingerprint, f->fp, CACHE_FP_LEN);
-		cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag, wall, now,
-		          type_ttl(a, si), type_grace(a, si), &meta);
+		note_view(f, cache_put(a->d.cache, f->key, f->contact_id, si->name, text, len, etag,
+		                       wall, now, type_ttl(a, si), type_grace(a, si), &meta));
 		struct l2_value v = {
 			.body = text, .body_len = len, .etag = etag, .created_wall_ms = wall,
 			.validated_wall_ms = wall, .ttl_ms = type_ttl(a, si), .grace_ms = type_grace(a, si),
@@ -1486,6 +1501,54 @@ analysis_invalidate(analysis *a, int64_t contact_id)
 	cache_stats(a->d.cache, &st);
 	cache_clear(a->d.cache);
 	return (int)st.entries;
+}
+
+/* ---- refresh on change ------------------------------------------------------
+ * A change to a contact someone looks at: refresh the entries a person saw
+ * within the window now, in the background, so the next click is a hit
+ * instead of a wait past the grace. The fingerprint keeps it cheap: types
+ * whose inputs the change did not touch are re-armed without a model call. */
+
+struct viewed_scan {
+	analysis *a;
+	double now, within_ms;
+	int started;
+};
+
+static void
+refresh_if_viewed(void *arg, const struct cache_entry *e)
+{
+	struct viewed_scan *vs = arg;
+	analysis *a = vs->a;
+	if (e->viewed_ms <= 0 || vs->now - e->viewed_ms > vs->within_ms)
+		return;
+	script *s = script_registry_get(a->d.scripts, e->type);
+	if (!s)
+		return;
+	/* An entry of an older script version: its key is retired. */
+	const char *version = script_info(s)->version;
+	size_t kl = strlen(e->key), vl = strlen(version);
+	if (kl <= vl || strcmp(e->key + kl - vl, version) != 0 || e->key[kl - vl - 1] != ':')
+		return;
+	uint64_t h = util_fnv1a(UTIL_FNV_SEED, e->key, kl);
+	struct flight **slot = flight_slot(a, e->key, h);
+	if (*slot)
+		return;                 /* one is running; it reads the new rows or is marked stale */
+	struct flight *f = *slot = flight_new(a, e->key, h, e->contact_id, s);
+	f->background = true;
+	flight_set_prior(f, e);     /* copies: no call into the cache */
+	a->st.change_refreshes++;
+	vs->started++;
+}
+
+int
+analysis_refresh_viewed(analysis *a, int64_t contact_id, double within_ms)
+{
+	if (a->d.ttl_only || contact_id < 0 || within_ms <= 0)
+		return 0;
+	struct viewed_scan vs = { .a = a, .now = util_now_ms(), .within_ms = within_ms };
+	cache_each_contact(a->d.cache, contact_id, refresh_if_viewed, &vs);
+	return vs.started;
 }
 
 int

@@ -127,6 +127,11 @@ void analysis_contact_changed(analysis *a, int64_t contact_id);
  * become stale (served at once while a refresh checks their fingerprint),
  * or are dropped under RAPPORT_FRESHNESS=ttl. Returns how many entries. */
 int analysis_invalidate(analysis *a, int64_t contact_id);
+/* After a change (full policy): a background refresh for each of the
+ * contact's entries a person was answered from within the last within_ms
+ * and of its script's current version, unless one runs already. Returns
+ * how many started (core/change_refresh.c debounces the NOTIFYs). */
+int analysis_refresh_viewed(analysis *a, int64_t contact_id, double within_ms);
 /* DELETE: the contact's entries (of one type, or all) go, here and, for
  * the whole contact, in the L2. Returns how many L1 entries. */
 int analysis_drop(analysis *a, int64_t contact_id, const char *type);
@@ -137,6 +142,7 @@ struct analysis_stats {
 	long generated, failed, coalesced;
 	long stale_served;       /* replies from a stale entry */
 	long refreshes;          /* background refreshes started by a stale reply */
+	long change_refreshes;   /* background refreshes started by a change (viewed entries) */
 	long refresh_failures;   /* of those, the ones that failed (the entry stays stale) */
 	long revalidated;        /* refreshes whose inputs were unchanged: no model call */
 	long saved_prompt_tokens, saved_completion_tokens;   /* what those calls would have cost */

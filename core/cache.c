@@ -230,8 +230,11 @@ cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
 {
 	uint64_t h = key_hash(key);
 	struct entry *old = *bucket_slot(c, key, h);
-	if (old)
+	double viewed_ms = 0;
+	if (old) {
+		viewed_ms = old->pub.viewed_ms;
 		entry_remove(c, old);
+	}
 
 	size_t bytes = sizeof(struct entry) + strlen(key) + 1 + strlen(type) + 1 +
 	               body_len + 1 + strlen(etag) + 1;
@@ -260,6 +263,7 @@ cache_put(cache *c, const char *key, int64_t contact_id, const char *type,
 	else
 		e->pub.meta.prompt_tokens = e->pub.meta.completion_tokens = -1;
 	e->pub.bytes = bytes;
+	e->pub.viewed_ms = viewed_ms;
 
 	struct entry **slot = &c->buckets[h & (c->nbuckets - 1)];
 	e->chain = *slot;
@@ -358,6 +362,23 @@ cache_each(cache *c, void (*fn)(void *arg, const struct cache_entry *e), void *a
 {
 	for (struct entry *e = c->head; e; e = e->next)
 		fn(arg, &e->pub);
+}
+
+void
+cache_each_contact(cache *c, int64_t contact_id,
+                   void (*fn)(void *arg, const struct cache_entry *e), void *arg)
+{
+	for (struct entry *e = c->cbuckets[contact_bucket(c, contact_id)]; e; e = e->cnext)
+		if (e->pub.contact_id == contact_id)
+			fn(arg, &e->pub);
+}
+
+void
+cache_viewed(cache *c, const struct cache_entry *pub, double now_ms)
+{
+	(void)c;
+	/* pub is the first member of an entry this cache owns. */
+	((struct entry *)(void *)pub)->pub.viewed_ms = now_ms;
 }
 
 void

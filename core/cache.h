@@ -55,6 +55,8 @@ struct cache_entry {
 	double grace_ms;         /* the stale_ttl it was stored with */
 	double refresh_after_ms; /* no background refresh before (after a failed one) */
 	bool stale;              /* its data changed: never FRESH again */
+	double viewed_ms;        /* monotonic: last answer to a person (not a warm
+	                            item) from it or its key; 0 = never */
 	struct cache_meta meta;
 	size_t bytes;            /* what this entry counts against the bound */
 };
@@ -107,6 +109,12 @@ void cache_clear(cache *c);
  * included (they go at their next lookup). For listings (the admin socket,
  * the console): fn must not call into the cache. */
 void cache_each(cache *c, void (*fn)(void *arg, const struct cache_entry *e), void *arg);
+/* cache_each() over one contact's entries (in no particular order). */
+void cache_each_contact(cache *c, int64_t contact_id,
+                        void (*fn)(void *arg, const struct cache_entry *e), void *arg);
+/* A person was answered from e (or from a generation that stored it) at
+ * now_ms; kept when the key's entry is replaced. */
+void cache_viewed(cache *c, const struct cache_entry *e, double now_ms);
 void cache_stats(const cache *c, struct cache_stats *out);
 
 #endif

@@ -70,6 +70,8 @@ struct config {
 	int warm_every_s;          /* RAPPORT_WARM_EVERY (0 = off): a periodic warm job */
 	int warm_top;              /* RAPPORT_WARM_TOP (100): its N (warm_candidates) */
 	int warm_lease_s;          /* RAPPORT_WARM_LEASE_S (30): an item's lease */
+	int refresh_on_change_s;   /* RAPPORT_REFRESH_ON_CHANGE_S (8 h; 0 = off): a change
+	                            * refreshes entries viewed within that long */
 	char *web_dir;             /* RAPPORT_WEB (./web): the panel's static files; "" = no panel */
 	char *cors_origins;        /* RAPPORT_CORS_ORIGINS: browser origins allowed ("a,b" or "*") */
 	char *stream_secret;       /* RAPPORT_STREAM_SECRET: HMAC key of stream tokens, shared by

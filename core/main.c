@@ -15,6 +15,7 @@
  */
 #include "admin.h"
 #include "analysis.h"
+#include "change_refresh.h"
 #include "cache.h"
 #include "check.h"
 #include "config.h"
@@ -71,7 +72,7 @@ static const char usage[] =
 	"client keys; empty = no auth), RAPPORT_LLM_TIMEOUT_MS, RAPPORT_DB_TIMEOUT_MS,\n"
 	"RAPPORT_HTTP_TIMEOUT, RAPPORT_MAX_BODY, RAPPORT_LLM_RETRIES, RAPPORT_DB_ALLOW_WRITE,\n"
 	"RAPPORT_DB_MAX_ROWS, RAPPORT_DB_MAX_BYTES, RAPPORT_STATE_URL, RAPPORT_WARM_SHARE,\n"
-	"RAPPORT_WARM_EVERY, RAPPORT_WARM_TOP, RAPPORT_WARM_LEASE_S.\n";
+	"RAPPORT_WARM_EVERY, RAPPORT_WARM_TOP, RAPPORT_WARM_LEASE_S, RAPPORT_REFRESH_ON_CHANGE_S.\n";
 
 /* Everything one process runs, in creation order. */
 struct app {
@@ -88,6 +89,7 @@ struct app {
 	cache *cache;
 	l2 *l2;                  /* the shared cache in Redis (REDIS_URL), or NULL */
 	analysis *analysis;
+	change_refresh *change_refresh; /* viewed entries refreshed on a change, or NULL */
 	state_db *state;         /* rapport's own schema (serve, warm --local) */
 	jobs *jobs;              /* warm jobs' runner */
 	http_server *http;
@@ -316,6 +318,11 @@ app_start_core(struct app *app)
 		.ttl_only = ttl_only, .ttl_scale = ttl_scale, .l2 = app->l2,
 	};
 	app->analysis = analysis_create(&ad);
+	/* The window is a lifetime like ttl: the scale shortens it too. */
+	if (!ttl_only && cfg->refresh_on_change_s > 0)
+		app->change_refresh = change_refresh_create(app->base, app->analysis,
+		                                            cfg->refresh_on_change_s * 1000.0 * ttl_scale,
+		                                            CHANGE_REFRESH_QUIET_MS);
 	return true;
 }
 
@@ -327,6 +334,7 @@ app_stop(struct app *app)
 	http_server_destroy(app->http);
 	jobs_destroy(app->jobs);          /* its items wait on the pipeline */
 	state_destroy(app->state);
+	change_refresh_destroy(app->change_refresh);
 	analysis_destroy(app->analysis);
 	l2_destroy(app->l2);
 	watch_destroy(app->watch);
@@ -392,6 +400,7 @@ on_contact_changed(void *arg, const char *payload)
 		return;
 	}
 	int n = analysis_invalidate(app->analysis, id);
+	change_refresh_note(app->change_refresh, id);
 	log_event(LOG_DEBUG, "invalidated", LOG_I("contact", id), LOG_I("entries", n), LOG_END);
 }
 

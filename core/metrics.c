@@ -423,6 +423,9 @@ gather_analysis(metrics *m, const analysis *a)
 		{ "rapport_analysis_stale_served_total",
 		  "Replies from a stale entry, at once, while its refresh runs." },
 		{ "rapport_analysis_refreshes_total", "Background refreshes started by a stale reply." },
+		{ "rapport_analysis_change_refreshes_total",
+		  "Background refreshes started by a data change, of entries a person viewed "
+		  "(RAPPORT_REFRESH_ON_CHANGE_S)." },
 		{ "rapport_analysis_refresh_failures_total",
 		  "Background refreshes that failed (the entry stays stale until its grace ends)." },
 		{ "rapport_analysis_revalidated_total",
@@ -432,7 +435,7 @@ gather_analysis(metrics *m, const analysis *a)
 		{ "rapport_analysis_saved_completion_tokens_total",
 		  "Completion tokens the revalidated refreshes did not spend." },
 	};
-	long long v[] = { as.stale_served, as.refreshes, as.refresh_failures, as.revalidated,
+	long long v[] = { as.stale_served, as.refreshes, as.change_refreshes, as.refresh_failures, as.revalidated,
 	                  as.saved_prompt_tokens, as.saved_completion_tokens };
 	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
 		metrics_family(m, f[i].name, f[i].help, METRICS_COUNTER);

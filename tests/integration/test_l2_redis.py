@@ -130,7 +130,8 @@ def test_a_prompt_edit_retires_the_old_entries_on_every_instance(make_server, re
 
 def test_a_change_is_seen_by_an_instance_that_only_reads_the_l2(l2_server, fake, pg):
     cid = new_contact(pg)
-    a = l2_server()
+    # A does not refresh on the change itself: B alone sees to it.
+    a = l2_server(RAPPORT_REFRESH_ON_CHANGE_S="0")
     a.wait_for_log(lambda l: l.get("msg") == "db listen up", timeout=5.0)
     first = get(a, cid)
     wait_until(lambda: metric(a, "rapport_l2_stores_total") >= 1, "the write to Redis")
