@@ -472,8 +472,11 @@ class Side:
             env["RAPPORT_TTL_SCALE"] = repr(args.scale)
         else:
             env["RAPPORT_SCRIPTS"] = str(scripts_dir)
+        extra = dict(kv.split("=", 1) for kv in args.full_env) if policy == "full" else {}
+        env.update(extra)
         self.env_shown = {k: v for k, v in env.items()
-                          if k in ("RAPPORT_FRESHNESS", "RAPPORT_TTL_SCALE", "RAPPORT_SCRIPTS")}
+                          if k in ("RAPPORT_FRESHNESS", "RAPPORT_TTL_SCALE", "RAPPORT_SCRIPTS")
+                          or k in extra}
         self.srv = Rapport(pg=db, fake=self.fake, env=env, binary=args.rapport_bin,
                            workdir=Path(workdir) / ("rapport-" + policy))
         try:
@@ -1078,6 +1081,9 @@ def parse_args(argv=None):
     ap.add_argument("--write-tick", type=float, default=0.2, help="seconds between write transactions")
     ap.add_argument("--threads", type=int, default=160, help="client threads per policy")
     ap.add_argument("--seed", type=int, default=8)
+    ap.add_argument("--full-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="a setting for the full policy's server only (repeatable), e.g. "
+                         "RAPPORT_REFRESH_WARMED=1")
     ap.add_argument("--pg-dir", default=str(REPO / "var" / "bench-pg"),
                     help="the PostgreSQL cluster (bench/bench.py's kept one; started if not running)")
     ap.add_argument("--pg-port", type=int, default=int(env("BENCH_PG_PORT", 54339)))

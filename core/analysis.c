@@ -316,12 +316,14 @@ flight_drop_prior(struct flight *f)
 	f->prior = NULL;
 }
 
-/* The entry a flight stored was made for a person (a click, not only a
- * warm item): a change to its contact refreshes it (analysis_refresh_viewed). */
+/* The entry a flight stored was made for a person (a click), or for a
+ * warm item under refresh_warmed (the warm job's guess of who will look):
+ * a change to its contact refreshes it (analysis_refresh_viewed). A stale
+ * entry's own refresh keeps the mark the entry had. */
 static void
 note_view(struct flight *f, const struct cache_entry *e)
 {
-	if (e && f->interactive)
+	if (e && (f->interactive || (f->a->d.refresh_warmed && !f->background)))
 		cache_viewed(f->a->d.cache, e, util_now_ms());
 }
 

@@ -51,6 +51,7 @@ struct analysis_deps {
 	bool ttl_only;               /* RAPPORT_FRESHNESS=ttl: no grace, no revalidation */
 	double ttl_scale;            /* RAPPORT_TTL_SCALE: multiplies every ttl and stale_ttl (0 = 1) */
 	l2 *l2;                      /* the shared cache in Redis, or NULL */
+	bool refresh_warmed;         /* warm items' results count as viewed (refresh on change) */
 };
 
 /* What one caller gets. Strings live only during the callback. */

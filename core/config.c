@@ -84,6 +84,7 @@ static const struct setting settings[] = {
 	{ "RAPPORT_WARM_TOP", NULL, K_INT, OFF(warm_top), 10000 },
 	{ "RAPPORT_WARM_LEASE_S", NULL, K_INT, OFF(warm_lease_s), 3600 },
 	{ "RAPPORT_REFRESH_ON_CHANGE_S", NULL, K_INT, OFF(refresh_on_change_s), 30 * 86400 },
+	{ "RAPPORT_REFRESH_WARMED", NULL, K_BOOL, OFF(refresh_warmed), 0 },
 	{ "RAPPORT_WEB", NULL, K_STR, OFF(web_dir), 0 },
 	{ "RAPPORT_CORS_ORIGINS", NULL, K_STR, OFF(cors_origins), 0 },
 	{ "RAPPORT_STREAM_SECRET", NULL, K_STR, OFF(stream_secret), 0 },

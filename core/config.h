@@ -72,6 +72,8 @@ struct config {
 	int warm_lease_s;          /* RAPPORT_WARM_LEASE_S (30): an item's lease */
 	int refresh_on_change_s;   /* RAPPORT_REFRESH_ON_CHANGE_S (8 h; 0 = off): a change
 	                            * refreshes entries viewed within that long */
+	int refresh_warmed;        /* RAPPORT_REFRESH_WARMED (0): a warm item's result counts
+	                            * as viewed when it is made */
 	char *web_dir;             /* RAPPORT_WEB (./web): the panel's static files; "" = no panel */
 	char *cors_origins;        /* RAPPORT_CORS_ORIGINS: browser origins allowed ("a,b" or "*") */
 	char *stream_secret;       /* RAPPORT_STREAM_SECRET: HMAC key of stream tokens, shared by

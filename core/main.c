@@ -316,6 +316,7 @@ app_start_core(struct app *app)
 		.llm_first_token_ms = cfg->llm_first_token_ms, .limiter = app->limiter,
 		.breaker = app->breaker, .acct = app->acct, .cancel_orphans = cancel_orphans,
 		.ttl_only = ttl_only, .ttl_scale = ttl_scale, .l2 = app->l2,
+		.refresh_warmed = cfg->refresh_warmed,
 	};
 	app->analysis = analysis_create(&ad);
 	/* The window is a lifetime like ttl: the scale shortens it too. */

@@ -121,3 +121,19 @@ def test_an_entry_viewed_longer_ago_than_the_window_is_not_refreshed(start, fake
     time.sleep(QUIET_S * 3)
     assert calls(fake) == 1
     assert metric(srv, "rapport_analysis_change_refreshes_total") == 0
+
+
+def test_with_refresh_warmed_a_warm_jobs_entry_is_refreshed_on_a_change_like_a_viewed_one(
+        start, fake, pg, state):
+    cid = new_contact(pg)
+    srv = start(RAPPORT_STATE_URL=state, RAPPORT_REFRESH_WARMED="1")
+    state_up(srv)
+    job = post_warm(srv, {"contacts": [cid], "types": ["acts"]})
+    assert wait_job(srv, job.json()["job"]["id"])["state"] == "done"
+    assert calls(fake) == 1
+    add_activity(pg, cid, "a change to a warmed contact")
+    wait_until(lambda: calls(fake) == 2, "the refresh on change")
+    settle(srv)
+    r = get(srv, cid, "acts")
+    assert r.headers["X-Cache"] == "HIT", r.headers.items()
+    assert calls(fake) == 2
