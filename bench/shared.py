@@ -36,6 +36,7 @@ from helpers.fake import FakeOpenAI          # noqa: E402
 from helpers.haproxy import HAProxy          # noqa: E402
 from helpers.redis import Redis              # noqa: E402
 from helpers.server import Rapport           # noqa: E402
+from helpers.upstream import metric          # noqa: E402
 
 TYPE = "relationship_health"
 RAPPORT_BIN = os.environ.get("RAPPORT_BIN", str(REPO / "build" / "bench" / "rapport"))
@@ -44,14 +45,6 @@ FAKE_BIN = os.environ.get("FAKE_BIN", str(REPO / "build" / "bench" / "fake_opena
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
-
-
-def metric(base_url, name):
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
-        for line in r.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def instance(pg, contacts, fake, redis, **env):
@@ -104,11 +97,11 @@ def l2_hits(pg, contacts, fake, redis, args, tmp):
         log("L2: %d results generated on A and written to Redis..." % args.keys)
         for cid in range(1, args.keys + 1):
             get(a.base_url, "/v1/contacts/%d/analyses/%s" % (cid, TYPE))
-        stored = metric(a.base_url, "rapport_l2_stores_total")
+        stored = metric(a, "rapport_l2_stores_total")
         if stored < args.keys:
             raise AssertionError("only %d of %d results reached Redis" % (stored, args.keys))
         calls0 = fake.stats()["chat_calls"]
-        hits0 = metric(b.base_url, "rapport_l2_hits_total")
+        hits0 = metric(b, "rapport_l2_hits_total")
         _, doc = get(b.base_url, "/v1/contacts/1/analyses/%s" % TYPE)
         if doc["cache"].get("tier") != "l2":
             raise AssertionError("B did not answer from the L2: %r" % doc["cache"])
@@ -117,9 +110,9 @@ def l2_hits(pg, contacts, fake, redis, args, tmp):
             args.connections, args.duration, args.keys, args.rounds))
         res = turns({"L1 hit (A)": a.base_url, "L2 hit (B, no L1)": b.base_url}, args.rounds,
                     lambda url: hits.wrk(url, args.duration, args.connections, script=lua))
-        res["l2_hits_counted"] = metric(b.base_url, "rapport_l2_hits_total") - hits0
-        res["l2_errors"] = metric(b.base_url, "rapport_l2_errors_total")
-        res["l2_timeouts"] = metric(b.base_url, "rapport_l2_timeouts_total")
+        res["l2_hits_counted"] = metric(b, "rapport_l2_hits_total") - hits0
+        res["l2_errors"] = metric(b, "rapport_l2_errors_total")
+        res["l2_timeouts"] = metric(b, "rapport_l2_timeouts_total")
         res["model_calls_during"] = fake.stats()["chat_calls"] - calls0
         res["keys"] = args.keys
         return res

@@ -344,6 +344,26 @@ reply_cached(analysis *a, const struct script_info *si, const struct cache_entry
 	deliver(cb, arg, &r, e->body, e->body_len);
 }
 
+/* The cache key of (contact, type, current script version): "%lld:%s:%s"
+ * without printf, since every hit builds it (see fmt.h). */
+#define ANALYSIS_KEY_MAX 160
+static void
+analysis_key(char key[ANALYSIS_KEY_MAX], int64_t contact_id, const struct script_info *si)
+{
+	size_t nl = strlen(si->name), vl = strlen(si->version);
+	if (nl + vl + 2 + FMT_NUM_MAX < ANALYSIS_KEY_MAX) {
+		size_t k = fmt_i64(key, contact_id);
+		key[k++] = ':';
+		memcpy(key + k, si->name, nl);
+		k += nl;
+		key[k++] = ':';
+		memcpy(key + k, si->version, vl + 1);
+	} else {
+		snprintf(key, ANALYSIS_KEY_MAX, "%lld:%s:%s", (long long)contact_id, si->name,
+		         si->version);
+	}
+}
+
 analysis_wait *
 analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
              analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg)
@@ -359,19 +379,8 @@ analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
 		return NULL;
 	}
 	const struct script_info *si = script_info(s);
-	char key[160];
-	/* "%lld:%s:%s" without printf (every hit builds it; see fmt.h) */
-	size_t nl = strlen(si->name), vl = strlen(si->version);
-	if (nl + vl + 2 + FMT_NUM_MAX < sizeof key) {
-		size_t k = fmt_i64(key, contact_id);
-		key[k++] = ':';
-		memcpy(key + k, si->name, nl);
-		k += nl;
-		key[k++] = ':';
-		memcpy(key + k, si->version, vl + 1);
-	} else {
-		snprintf(key, sizeof key, "%lld:%s:%s", (long long)contact_id, si->name, si->version);
-	}
+	char key[ANALYSIS_KEY_MAX];
+	analysis_key(key, contact_id, si);
 
 	uint64_t h = util_fnv1a(UTIL_FNV_SEED, key, strlen(key));
 	struct flight **slot = flight_slot(a, key, h);
@@ -1528,11 +1537,11 @@ refresh_if_viewed(void *arg, const struct cache_entry *e)
 	if (!s)
 		return;
 	/* An entry of an older script version: its key is retired. */
-	const char *version = script_info(s)->version;
-	size_t kl = strlen(e->key), vl = strlen(version);
-	if (kl <= vl || strcmp(e->key + kl - vl, version) != 0 || e->key[kl - vl - 1] != ':')
+	char key[ANALYSIS_KEY_MAX];
+	analysis_key(key, e->contact_id, script_info(s));
+	if (strcmp(key, e->key) != 0)
 		return;
-	uint64_t h = util_fnv1a(UTIL_FNV_SEED, e->key, kl);
+	uint64_t h = util_fnv1a(UTIL_FNV_SEED, e->key, strlen(e->key));
 	struct flight **slot = flight_slot(a, e->key, h);
 	if (*slot)
 		return;                 /* one is running; it reads the new rows or is marked stale */

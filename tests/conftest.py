@@ -38,6 +38,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 from helpers.pg import PgCluster  # noqa: E402
+from helpers.redis import Redis  # noqa: E402
 from helpers.server import Rapport, rapport_binary  # noqa: E402
 
 DEMO_CONTACTS = 200
@@ -189,3 +190,11 @@ class ScriptsCopy:
 @pytest.fixture
 def scripts_copy(tmp_path):
     return ScriptsCopy(tmp_path / "live")
+
+
+@pytest.fixture
+def redis(tmp_path):
+    """A private redis-server on its own port (tests/helpers/redis.py)."""
+    r = Redis(tmp_path / "redis").start()
+    yield r
+    r.stop()

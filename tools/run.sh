@@ -281,6 +281,13 @@ if [[ "${REDIS:-}" == 1 ]]; then
             "$RAPPORT_BIN" serve </dev/null >>"$LOG_DIR/rapport-$p.log" 2>&1 &
         EXTRA_PIDS="$! $EXTRA_PIDS"
     done
+    # HAProxy only once both answer: its first health checks then pass, and
+    # neither instance starts out of the rotation (fall 2, rise 2).
+    for _ in $(seq 1 150); do
+        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_A/readyz" &&
+            curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_B/readyz" && break
+        sleep 0.1
+    done
     HX_CFG="$RUN_DIR/haproxy-$LISTEN_PORT.cfg"
     { grep -v '# @SERVERS@' etc/haproxy.cfg.example | sed "s|@LISTEN@|$LISTEN|"
       printf '    server a 127.0.0.1:%s check\n    server b 127.0.0.1:%s check\n' "$PORT_A" "$PORT_B"
@@ -290,9 +297,7 @@ if [[ "${REDIS:-}" == 1 ]]; then
     EXTRA_PIDS="$HX_PID $EXTRA_PIDS"
     STARTED=1
     for _ in $(seq 1 150); do
-        curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_A/readyz" &&
-            curl -fs -o /dev/null --max-time 1 "http://127.0.0.1:$PORT_B/readyz" &&
-            curl -fs -o /dev/null --max-time 1 "http://$LISTEN/readyz" && break
+        curl -fs -o /dev/null --max-time 1 "http://$LISTEN/readyz" && break
         kill -0 "$HX_PID" 2>/dev/null || die "haproxy exited (log: var/log/haproxy-$LISTEN_PORT.log)"
         sleep 0.1
     done

@@ -1,8 +1,7 @@
 """A private HAProxy for tests, configured from etc/haproxy.cfg.example (its
 @LISTEN@ bind and @SERVERS@ lines replaced by private ports), run in the
-foreground and stopped by pid. Talked to like a Rapport (get, sse)."""
+foreground and stopped by pid. Talked to like a Rapport (HttpClient)."""
 
-import http.client
 import os
 import re
 import signal
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 from helpers.pg import free_port
-from helpers.server import REPO, Headers, Response, parse_sse
+from helpers.server import REPO, HttpClient
 
 EXAMPLE = REPO / "etc" / "haproxy.cfg.example"
 
@@ -31,12 +30,11 @@ def render(listen, backends, inter_ms=None):
     return text
 
 
-class HAProxy:
+class HAProxy(HttpClient):
     def __init__(self, workdir, backends, port=None):
+        super().__init__("127.0.0.1", port or free_port())
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.host = "127.0.0.1"
-        self.port = port or free_port()
         self.cfg = self.workdir / "haproxy.cfg"
         self.cfg.write_text(render("%s:%d" % (self.host, self.port), backends, inter_ms=200))
         self.proc = None
@@ -72,22 +70,3 @@ class HAProxy:
 
     def log_text(self):
         return (self.workdir / "haproxy.log").read_text(errors="replace")
-
-    def request(self, method, path, headers=None, timeout=30.0):
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-        try:
-            conn.request(method, path, headers=dict(headers or {}))
-            r = conn.getresponse()
-            data = r.read()
-            return Response(r.status, r.reason, Headers(r.getheaders()), data)
-        finally:
-            conn.close()
-
-    def get(self, path, headers=None, timeout=30.0):
-        return self.request("GET", path, headers=headers, timeout=timeout)
-
-    def sse(self, path, headers=None, timeout=30.0):
-        h = dict(headers or {})
-        h.setdefault("Accept", "text/event-stream")
-        r = self.request("GET", path, headers=h, timeout=timeout)
-        return r, parse_sse(r.body)

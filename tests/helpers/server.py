@@ -175,7 +175,89 @@ def parse_sse(data):
     return events
 
 
-class Rapport:
+
+class HttpClient:
+    """Requests to host:port, each on a new connection: what a test does to
+    rapport, and to anything in front of it (tests/helpers/haproxy.py)."""
+
+    def __init__(self, host, port):
+        self.host, self.port = host, port
+
+    def _conn(self, timeout):
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=30.0):
+        """One request on a new connection; returns a Response."""
+        headers = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif isinstance(body, str):
+            body = body.encode()
+        conn = self._conn(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            r = conn.getresponse()
+            data = r.read()
+            return Response(r.status, r.reason, Headers(r.getheaders()), data)
+        finally:
+            conn.close()
+
+    def get(self, path, headers=None, timeout=30.0):
+        return self.request("GET", path, headers=headers, timeout=timeout)
+
+    def delete(self, path, headers=None, timeout=30.0):
+        return self.request("DELETE", path, headers=headers, timeout=timeout)
+
+    def post(self, path, body=None, headers=None, timeout=30.0):
+        return self.request("POST", path, body=body, headers=headers,
+                            timeout=timeout)
+
+    def open_stream(self, path, headers=None, method="GET", timeout=30.0):
+        """Starts a request and returns (connection, http.client response)
+        without reading the body: for SSE tests that read incrementally or
+        disconnect early. Close the connection when done."""
+        headers = dict(headers or {})
+        headers.setdefault("Accept", "text/event-stream")
+        conn = self._conn(timeout)
+        conn.request(method, path, headers=headers)
+        return conn, conn.getresponse()
+
+    def sse(self, path, headers=None, timeout=30.0):
+        """GET with Accept: text/event-stream, read to the end; returns
+        (Response with the raw body, list of events as parse_sse gives)."""
+        conn, r = self.open_stream(path, headers=headers, timeout=timeout)
+        try:
+            data = r.read()
+            resp = Response(r.status, r.reason, Headers(r.getheaders()), data)
+        finally:
+            conn.close()
+        return resp, parse_sse(data)
+
+    def raw(self, data, timeout=10.0):
+        """Sends raw bytes on a new connection; returns every byte the server
+        sends back until it closes (or the timeout)."""
+        if isinstance(data, str):
+            data = data.encode()
+        chunks = []
+        with socket.create_connection((self.host, self.port), timeout) as s:
+            s.sendall(data)
+            try:
+                s.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            try:
+                while True:
+                    b = s.recv(65536)
+                    if not b:
+                        break
+                    chunks.append(b)
+            except socket.timeout:
+                pass
+        return b"".join(chunks)
+
+
+class Rapport(HttpClient):
     def __init__(self, pg=None, fake=None, env=None, binary=None, workdir=None,
                  args=("serve",), port=None):
         self.binary = Path(binary) if binary else rapport_binary()
@@ -429,77 +511,3 @@ class Rapport:
                                      " stderr tail:\n%s"
                                      % (timeout, self.stderr_tail()))
             time.sleep(0.05)
-
-    # -- HTTP ---------------------------------------------------------------
-    def _conn(self, timeout):
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
-
-    def request(self, method, path, body=None, headers=None, timeout=30.0):
-        """One request on a new connection; returns a Response."""
-        headers = dict(headers or {})
-        if isinstance(body, (dict, list)):
-            body = json.dumps(body).encode()
-            headers.setdefault("Content-Type", "application/json")
-        elif isinstance(body, str):
-            body = body.encode()
-        conn = self._conn(timeout)
-        try:
-            conn.request(method, path, body=body, headers=headers)
-            r = conn.getresponse()
-            data = r.read()
-            return Response(r.status, r.reason, Headers(r.getheaders()), data)
-        finally:
-            conn.close()
-
-    def get(self, path, headers=None, timeout=30.0):
-        return self.request("GET", path, headers=headers, timeout=timeout)
-
-    def delete(self, path, headers=None, timeout=30.0):
-        return self.request("DELETE", path, headers=headers, timeout=timeout)
-
-    def post(self, path, body=None, headers=None, timeout=30.0):
-        return self.request("POST", path, body=body, headers=headers,
-                            timeout=timeout)
-
-    def open_stream(self, path, headers=None, method="GET", timeout=30.0):
-        """Starts a request and returns (connection, http.client response)
-        without reading the body: for SSE tests that read incrementally or
-        disconnect early. Close the connection when done."""
-        headers = dict(headers or {})
-        headers.setdefault("Accept", "text/event-stream")
-        conn = self._conn(timeout)
-        conn.request(method, path, headers=headers)
-        return conn, conn.getresponse()
-
-    def sse(self, path, headers=None, timeout=30.0):
-        """GET with Accept: text/event-stream, read to the end; returns
-        (Response with the raw body, list of events as parse_sse gives)."""
-        conn, r = self.open_stream(path, headers=headers, timeout=timeout)
-        try:
-            data = r.read()
-            resp = Response(r.status, r.reason, Headers(r.getheaders()), data)
-        finally:
-            conn.close()
-        return resp, parse_sse(data)
-
-    def raw(self, data, timeout=10.0):
-        """Sends raw bytes on a new connection; returns every byte the server
-        sends back until it closes (or the timeout)."""
-        if isinstance(data, str):
-            data = data.encode()
-        chunks = []
-        with socket.create_connection((self.host, self.port), timeout) as s:
-            s.sendall(data)
-            try:
-                s.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            try:
-                while True:
-                    b = s.recv(65536)
-                    if not b:
-                        break
-                    chunks.append(b)
-            except socket.timeout:
-                pass
-        return b"".join(chunks)

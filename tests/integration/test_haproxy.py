@@ -6,13 +6,21 @@ Contacts 742001.. are made here, so no other test's rows interfere.
 """
 
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from helpers.haproxy import EXAMPLE, HAProxy
-from helpers.redis import Redis
+from helpers.pg import free_port
+from helpers.server import HttpClient
 from helpers.upstream import metric, wait_until
+from test_newcomer import clean_env, copy_repo
 
 TYPE = "relationship_health"
 PATH = "/v1/contacts/%d/analyses/" + TYPE
@@ -32,13 +40,6 @@ def new_contact(pg):
 
 def calls(fake):
     return fake.stats()["chat_calls"]
-
-
-@pytest.fixture
-def redis(tmp_path):
-    r = Redis(tmp_path / "redis").start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -140,30 +141,9 @@ def test_redis_stopped_under_load_fails_no_request_and_the_l2_comes_back(
     assert calls(fake) == n + 1
 
 
-class Direct:
-    """An instance started by run.sh, reached by port (for metric())."""
-
-    def __init__(self, port):
-        self.port = port
-
-    def get(self, path):
-        hx = HAProxy.__new__(HAProxy)
-        hx.host, hx.port = "127.0.0.1", self.port
-        return hx.get(path)
-
-
 def test_make_run_redis_1_brings_two_instances_behind_haproxy_sharing_the_l2(tmp_path):
     """tools/run.sh with REDIS=1 (what `make run REDIS=1` runs), in a copy of
     the repository so its var/ is private; driven like test_newcomer's demo."""
-    import os
-    import shutil
-    import signal
-    import subprocess
-    import time
-
-    from helpers.pg import free_port
-    from test_newcomer import clean_env, copy_repo
-
     root = copy_repo(tmp_path / "rapport")
     shutil.copytree(REPO_ETC, root / "etc")
     port, fake_port, pg_port = free_port(), free_port(), free_port()
@@ -184,13 +164,13 @@ def test_make_run_redis_1_brings_two_instances_behind_haproxy_sharing_the_l2(tmp
                 time.sleep(0.2)
             text = out.read_text()
             assert "unix://" in text and "rapport_l2_hits_total" in text, text
-            hx = HAProxy.__new__(HAProxy)
-            hx.host, hx.port = "127.0.0.1", port
+            hx = HttpClient("127.0.0.1", port)     # the HAProxy run.sh started
             first = hx.get(PATH % 7)
             assert first.status == 200, first.body
             def stores():
                 return sum(metric(a, "rapport_l2_stores_total") for a in
-                           (Direct(port + 1), Direct(port + 2)))
+                           (HttpClient("127.0.0.1", port + 1),
+                            HttpClient("127.0.0.1", port + 2)))
             wait_until(lambda: stores() >= 1, "the write to Redis")
             tiers = []
             for _ in range(8):
@@ -209,7 +189,6 @@ def test_make_run_redis_1_brings_two_instances_behind_haproxy_sharing_the_l2(tmp
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert rc == 0, out.read_text()
     # everything it started is gone: nothing answers on the three ports
-    import socket
     for p in (port, port + 1, port + 2):
         try:
             socket.create_connection(("127.0.0.1", p), 0.5).close()

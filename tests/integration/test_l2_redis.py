@@ -32,13 +32,6 @@ def new_contact(pg):
 
 
 @pytest.fixture
-def redis(tmp_path):
-    r = Redis(tmp_path / "redis").start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def l2_server(make_server, redis):
     def start(**env):
         env.setdefault("REDIS_URL", redis.url)
