@@ -331,8 +331,10 @@ def test_two_instances_share_one_job_and_do_each_item_exactly_once(make_server, 
     b.start()
     state_up(a)
     state_up(b)
-    assert state_sql(pg, state, "select version, name from rapport.schema_migrations") == \
-        [["1", "warm jobs and their items"]]
+    assert state_sql(pg, state, "select version, name from rapport.schema_migrations "
+                                "order by version") == \
+        [["1", "warm jobs and their items"],
+         ["2", "feedback on insights and its counts per script version"]]
     job = post_warm(a, {"contacts": list(range(1, 51)), "types": [TYPE]}).json()["job"]
     final = wait_job(b, job["id"], timeout=60)
     assert final["state"] == "done" and final["done"] == 50, final
