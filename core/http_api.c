@@ -932,8 +932,9 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	int loaded = loaded_scripts(s, &errors);
 	bool db_up = db_pool_is_up(s->d.db);
 	bool ready = db_up && loaded > 0;
-	/* rapport's own state only carries warm jobs: its status is shown, and
-	 * a state database that is down does not make analyses unready. */
+	/* rapport's own state only carries warm jobs and feedback, neither on
+	 * an analysis's path: its status is shown, and a state database that
+	 * is down (or still connecting) never makes the server unready. */
 	const char *state_err = "";
 	const char *state = state_status(s->d.state, &state_err);
 	/* Redis down is degraded, not unready: requests go on from L1 and

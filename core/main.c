@@ -10,7 +10,7 @@
  * The database: DATABASE_URL is where scripts' SQL runs, so its role must
  * only read; app_start_core checks it (db_role_check) and refuses a role that
  * may write unless RAPPORT_DB_ALLOW_WRITE=1, and the pool checks every new
- * session again. rapport's own writes (warm jobs) go to RAPPORT_STATE_URL, on
+ * session again. rapport's own writes (warm jobs, feedback) go to RAPPORT_STATE_URL, on
  * the state connection of its own (state.h), never through app->db.
  */
 #include "admin.h"
