@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers.pg import free_port
+from helpers.server import SANITIZER_PATTERNS
 from helpers.upstream import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -327,7 +328,10 @@ def console(srv, code, args=(), timeout=60):
     proc = subprocess.run([str(srv.binary), "console", *args, "-e", code], env=e, cwd=str(REPO),
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, timeout=timeout)
-    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+    err = proc.stderr.decode()
+    for pat in SANITIZER_PATTERNS:
+        assert not pat.search(err), "sanitizer report from the console:\n%s" % err
+    return proc.returncode, proc.stdout.decode(), err
 
 
 def seed_votes(srv):
