@@ -101,8 +101,10 @@ typedef void feedback_reply_cb(void *arg, const struct feedback_reply *r);
 feedback_op *feedback_submit(feedback *f, const struct feedback_vote *v, feedback_reply_cb *cb,
                              void *arg, struct feedback_reply *now);
 /* The latest n votes with a reason for type, newest first, and the type's
- * counts: {"type", "versions": [...], "latest": [{verdict, script_version,
- * reason, contact_id, created_at}]}. Same contract as feedback_submit. */
+ * counts read from the database (not the copy: a console's may not be read
+ * yet): {"type", "up", "down", "acceptance_rate", "versions": [...] as in
+ * feedback_annotate_types, "latest": [{verdict, script_version, reason,
+ * contact_id, created_at}]}. Same contract as feedback_submit. */
 feedback_op *feedback_latest(feedback *f, const char *type, int n, feedback_reply_cb *cb,
                              void *arg, struct feedback_reply *now);
 /* cb will not run. Safe until it has run. */

@@ -590,15 +590,17 @@ def _pty_warm(srv, contacts, answer):
         if wpid:
             status = os.waitstatus_to_exitcode(st)
             break
+    # What it wrote last (after the answer) may still be unread when its
+    # exit is seen: read to the end either way (EIO once the pty is done).
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
     if status is None:
-        try:
-            while True:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                out += chunk
-        except OSError:
-            pass
         _, st = os.waitpid(pid, 0)
         status = os.waitstatus_to_exitcode(st)
     os.close(fd)
