@@ -5,8 +5,9 @@
  * checked with SO_PEERCRED on top of the 0600 file mode), gives it a
  * bufferevent, and each complete input line becomes one command. Commands
  * answer at once, except `analyze`, which hands the request to the
- * pipeline and stops reading that client's lines until the reply callback
- * has written the answer (so replies stay in request order). The next
+ * pipeline, and `feedback`, which reads the state database: each stops
+ * reading that client's lines until the reply callback has written the
+ * answer (so replies stay in request order). The next
  * queued line is taken from the loop, never from inside the pipeline's
  * callback.
  *
@@ -48,6 +49,7 @@ struct admin_client {
 	struct bufferevent *bev;
 	struct event *next_ev;    /* takes the next queued line, from the loop */
 	analysis_wait *wait;      /* a running `analyze` */
+	feedback_op *fb;          /* a running `feedback` */
 	bool eof;                 /* the peer is done sending: close when answered */
 	LIST_ENTRY(admin_client) link;
 };
@@ -159,6 +161,39 @@ cmd_analyze(struct admin_client *cl, int argc, char **argv)
 }
 
 static void
+on_feedback_reply(void *arg, const struct feedback_reply *r)
+{
+	struct admin_client *cl = arg;
+	cl->fb = NULL;
+	if (r->status == 200)
+		reply_ok(cl, json_incref(r->doc));
+	else
+		reply_error(cl, r->status, r->code, "%s", r->message);
+	struct timeval zero = { 0, 0 };
+	evtimer_add(cl->next_ev, &zero);
+}
+
+/* feedback <type> [n]: the latest reasons, from the state database. */
+static void
+cmd_feedback(struct admin_client *cl, int argc, char **argv)
+{
+	struct cmd_error e = { 0 };
+	int n;
+	if (!cmd_arg_feedback(argc, argv, &n, &e)) {
+		reply_error(cl, e.status, e.code, "%s", e.message);
+		return;
+	}
+	if (!cl->a->d.feedback) {
+		reply_error(cl, 503, "feedback_unavailable", "feedback is not running in this process");
+		return;
+	}
+	struct feedback_reply now;
+	cl->fb = feedback_latest(cl->a->d.feedback, argv[0], n, on_feedback_reply, cl, &now);
+	if (!cl->fb)
+		reply_error(cl, now.status, now.code, "%s", now.message);
+}
+
+static void
 run_command(struct admin_client *cl, char *line)
 {
 	char *argv[MAX_ARGS + 1], *save = NULL;
@@ -203,6 +238,10 @@ run_command(struct admin_client *cl, char *line)
 		cmd_analyze(cl, n, argv + skip);
 		return;
 	}
+	if (strcmp(c->words, "feedback") == 0) {
+		cmd_feedback(cl, n, argv + skip);
+		return;
+	}
 	reply_error(cl, 500, "internal_error", "'%s' has no handler on the admin socket", c->words);
 }
 
@@ -213,6 +252,7 @@ client_free(struct admin_client *cl)
 {
 	if (cl->wait)
 		analysis_wait_cancel(cl->wait);
+	feedback_op_cancel(cl->fb);
 	event_free(cl->next_ev);
 	bufferevent_free(cl->bev);
 	LIST_REMOVE(cl, link);
@@ -225,7 +265,7 @@ client_free(struct admin_client *cl)
 static bool
 client_maybe_close(struct admin_client *cl)
 {
-	if (!cl->eof || cl->wait || evbuffer_get_length(bufferevent_get_output(cl->bev)))
+	if (!cl->eof || cl->wait || cl->fb || evbuffer_get_length(bufferevent_get_output(cl->bev)))
 		return false;
 	client_free(cl);
 	return true;
@@ -240,7 +280,7 @@ client_take_lines(struct admin_client *cl)
 {
 	struct evbuffer *in = bufferevent_get_input(cl->bev);
 	struct evbuffer *out = bufferevent_get_output(cl->bev);
-	while (!cl->wait) {
+	while (!cl->wait && !cl->fb) {
 		if (evbuffer_get_length(out) >= OUTPUT_MAX) {
 			bufferevent_disable(cl->bev, EV_READ);
 			return;
@@ -291,7 +331,7 @@ on_write(struct bufferevent *bev, void *arg)
 	struct admin_client *cl = arg;
 	if (!cl->eof)
 		bufferevent_enable(bev, EV_READ);
-	if (!cl->wait)
+	if (!cl->wait && !cl->fb)
 		client_take_lines(cl);
 }
 

@@ -31,6 +31,7 @@
 #include "analysis.h"
 #include "cache.h"
 #include "db.h"
+#include "feedback.h"
 #include "http_api.h"
 #include "llm.h"
 #include "script.h"
@@ -47,6 +48,7 @@ struct admin_deps {
 	db_pool *db;                 /* for `status` */
 	llm_client *llm;             /* for `status` */
 	http_server *http;           /* for `metrics`; may be NULL */
+	feedback *feedback;          /* for `feedback`; may be NULL */
 };
 
 /* Binds the socket (creating its folder 0700 when missing) and starts

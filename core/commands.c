@@ -9,6 +9,7 @@
  * returns a new JSON value, or NULL with the error.
  */
 #include "commands.h"
+#include "feedback.h"
 #include "log.h"
 #include "util.h"
 
@@ -41,6 +42,31 @@ cmd_arg_contact(const char *s, int64_t *id, struct cmd_error *e)
 	cmd_fail(e, 400, "invalid_contact_id",
 	         "the contact id must be a positive integer, got '%.40s'", s);
 	return false;
+}
+
+bool
+cmd_arg_feedback(int argc, char **argv, int *n, struct cmd_error *e)
+{
+	const char *t = argv[0];
+	size_t len = strlen(t);
+	bool ok = len > 0 && len <= 64;
+	for (const char *p = t; ok && *p; p++)
+		ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
+	if (!ok) {
+		cmd_fail(e, 400, "invalid_type", "'%.40s' is not an analysis type name", t);
+		return false;
+	}
+	*n = FEEDBACK_LATEST_DEFAULT;
+	int64_t v;
+	if (argc > 1) {
+		if (!util_parse_i64(argv[1], &v) || v < 1 || v > FEEDBACK_LATEST_MAX) {
+			cmd_fail(e, 400, "invalid_count", "how many: an integer from 1 to %d, got '%.20s'",
+			         FEEDBACK_LATEST_MAX, argv[1]);
+			return false;
+		}
+		*n = (int)v;
+	}
+	return true;
 }
 
 /* ---- scripts ---------------------------------------------------------------- */
@@ -241,6 +267,9 @@ const struct command cmd_table[] = {
 	  "the numbers of GET /metrics: {\"name{labels}\": value}" },
 	{ "status", "status", 0, 0, ADMIN | LOCAL, run_status, "status", "status()",
 	  "database, upstream, cache and flights now" },
+	{ "feedback", "feedback", 1, 2, ADMIN | LOCAL, NULL, "feedback <type> [n]",
+	  "feedback(type [, n])",
+	  "users' votes on a type: up/down per script version, and the latest n (10) reasons" },
 	{ NULL, "admin", 1, 1, ATTACH, NULL, NULL, "admin(line)",
 	  "send one admin command → the whole reply {ok, result | error}" },
 	{ NULL, "time", 1, -1, REPL, NULL, NULL, "time(fn, ...)",

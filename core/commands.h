@@ -65,6 +65,10 @@ struct cmd_error {
 
 /* A positive contact id, or false with a 400 invalid_contact_id in e. */
 bool cmd_arg_contact(const char *s, int64_t *id, struct cmd_error *e);
+/* feedback's arguments: a type name (argv[0]) and an optional count
+ * (argv[1], 1..FEEDBACK_LATEST_MAX, default FEEDBACK_LATEST_DEFAULT) into
+ * *n; false with a 400 in e. */
+bool cmd_arg_feedback(int argc, char **argv, int *n, struct cmd_error *e);
 
 typedef json_t *cmd_run_fn(const struct cmd_parts *p, int argc, char **argv,
                            struct cmd_error *e);

@@ -21,6 +21,7 @@
 #include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "feedback.h"
 #include "llm.h"
 #include "script.h"
 
@@ -43,6 +44,7 @@ struct console_deps {
 	limiter *limiter;         /* for metrics() */
 	breaker *breaker;
 	accounting *acct;
+	feedback *feedback;       /* feedback(): on a state connection of its own */
 };
 
 /* Takes the console's own flags (--attach [SOCKET], --attach=SOCKET) out

@@ -541,6 +541,71 @@ l_analyze(lua_State *L)
 	return 1;
 }
 
+/* ---- feedback ------------------------------------------------------------------------ */
+
+struct fb_job {
+	bool done;
+	int status;
+	char code[48];
+	char message[640];
+	json_t *doc;
+};
+
+static void
+on_feedback(void *arg, const struct feedback_reply *r)
+{
+	struct fb_job *j = arg;
+	j->done = true;
+	j->status = r->status;
+	snprintf(j->code, sizeof j->code, "%s", r->code ? r->code : "");
+	snprintf(j->message, sizeof j->message, "%s", r->message ? r->message : "");
+	j->doc = r->doc ? json_incref(r->doc) : NULL;
+}
+
+static bool
+fb_done(void *arg)
+{
+	return ((struct fb_job *)arg)->done;
+}
+
+static bool
+fb_settled(void *arg)
+{
+	return feedback_state_settled(arg);
+}
+
+/* feedback(type [, n]): as the admin socket's `feedback`, on this console's
+ * own state connection (it may still be connecting: wait for it). */
+static int
+l_feedback(lua_State *L)
+{
+	struct console *c = console_cur;
+	char *words[CONSOLE_MAX_WORDS];
+	const struct command *r = lua_touserdata(L, lua_upvalueindex(1));
+	int nw = console_words(L, r, words);
+	int n;
+	struct cmd_error e = { 0 };
+	if (!cmd_arg_feedback(nw, words, &n, &e))
+		return luaL_error(L, "%s: %s", e.code, e.message);
+	if (!c->d.feedback)
+		return luaL_error(L, "feedback_unavailable: no state connection (check RAPPORT_STATE_URL)");
+	if (!feedback_state_settled(c->d.feedback) && !console_wait(c, fb_settled, c->d.feedback))
+		return luaL_error(L, "interrupted: stopped waiting for the state database");
+	struct fb_job j = { 0 };
+	struct feedback_reply now;
+	feedback_op *op = feedback_latest(c->d.feedback, words[0], n, on_feedback, &j, &now);
+	if (!op)
+		return luaL_error(L, "%s: %s", now.code, now.message);
+	if (!console_wait(c, fb_done, &j)) {
+		feedback_op_cancel(op);
+		return luaL_error(L, "interrupted: the query was cancelled");
+	}
+	if (j.status != 200)
+		return luaL_error(L, "%s: %s", j.code, j.message);
+	luajson_push_owned(L, j.doc);
+	return 1;
+}
+
 /* ---- the rows that run the same on the admin socket ------------------------------ */
 
 /* A row of the command table with a run function (upvalue 1), on this
@@ -574,5 +639,6 @@ const struct console_handler console_local_handlers[] = {
 	{ "post", l_post },
 	{ "fallback", l_fallback },
 	{ "analyze", l_analyze },
+	{ "feedback", l_feedback },
 	{ NULL, NULL },
 };

@@ -898,7 +898,12 @@ static void
 handle_types(http_server *s, struct evhttp_request *req, const char *req_id, bool head)
 {
 	json_t *list = script_registry_describe(s->d.scripts);
+	/* The votes per type and script version, from feedback.c's copy in
+	 * memory: this never waits on the state database. */
+	feedback_annotate_types(s->d.feedback, list);
 	json_t *doc = json_pack("{s:o}", "types", list);
+	if (s->d.feedback)
+		json_object_set_new(doc, "feedback", feedback_counts_status(s->d.feedback));
 	char *text = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
 	json_decref(doc);
 	send_json(s, req, req_id, 200, text, strlen(text), head);
@@ -927,8 +932,9 @@ handle_ready(http_server *s, struct evhttp_request *req, const char *req_id, boo
 	int loaded = loaded_scripts(s, &errors);
 	bool db_up = db_pool_is_up(s->d.db);
 	bool ready = db_up && loaded > 0;
-	/* rapport's own state only carries warm jobs: its status is shown, and
-	 * a state database that is down does not make analyses unready. */
+	/* rapport's own state only carries warm jobs and feedback, neither on
+	 * an analysis's path: its status is shown, and a state database that
+	 * is down (or still connecting) never makes the server unready. */
 	const char *state_err = "";
 	const char *state = state_status(s->d.state, &state_err);
 	/* Redis down is degraded, not unready: requests go on from L1 and
@@ -971,6 +977,7 @@ http_server_metrics(http_server *s, metrics *m)
 	};
 	metrics_gather(m, &src);
 	jobs_metrics(s->d.jobs, m);
+	feedback_metrics(s->d.feedback, m);
 }
 
 static void
@@ -1183,6 +1190,10 @@ route(struct evhttp_request *req, void *arg)
 		} else {
 			method_not_allowed(s, req, req_id, "GET, HEAD, DELETE");
 		}
+	} else if (v1 && n == 6 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0 &&
+	           strcmp(seg[5], "feedback") == 0) {
+		http_feedback_route(s, &s->d, req, req_id, path, seg[2], seg[4]);
+		status_logged = 1;    /* logged by its answer */
 	} else if (v1 && n == 4 && strcmp(seg[1], "contacts") == 0 && strcmp(seg[3], "analyses") == 0) {
 		if (m == EVHTTP_REQ_DELETE)
 			handle_drop(s, req, req_id, seg[2], NULL);

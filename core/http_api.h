@@ -15,6 +15,7 @@
 #include "cache.h"
 #include "config.h"
 #include "db.h"
+#include "feedback.h"
 #include "llm.h"
 #include "metrics.h"
 #include "script.h"
@@ -39,6 +40,7 @@ struct http_deps {
 	accounting *acct;
 	state_db *state;             /* rapport's own state (may be NULL) */
 	jobs *jobs;                  /* warm jobs (http_jobs.c; may be NULL) */
+	feedback *feedback;          /* votes on insights (http_feedback.c; may be NULL) */
 };
 
 /* Binds cfg->listen; NULL with *err set (caller frees) on failure. */
@@ -73,5 +75,12 @@ void http_call_error(http_call *c, int status, const char *code, const char *mes
  * later, and its line logged by the answer). */
 bool http_jobs_route(http_server *s, const struct http_deps *d, struct evhttp_request *req,
                      const char *req_id, const char *path, int nseg, char **seg);
+
+/* http_feedback.c: POST /v1/contacts/{id}/analyses/{type}/feedback (any
+ * other method gets its 405 there). Always answers, now or later, and the
+ * answer logs the request line. */
+bool http_feedback_route(http_server *s, const struct http_deps *d, struct evhttp_request *req,
+                         const char *req_id, const char *path, const char *id_str,
+                         const char *type);
 
 #endif

@@ -10,7 +10,7 @@
  * The database: DATABASE_URL is where scripts' SQL runs, so its role must
  * only read; app_start_core checks it (db_role_check) and refuses a role that
  * may write unless RAPPORT_DB_ALLOW_WRITE=1, and the pool checks every new
- * session again. rapport's own writes (warm jobs) go to RAPPORT_STATE_URL, on
+ * session again. rapport's own writes (warm jobs, feedback) go to RAPPORT_STATE_URL, on
  * the state connection of its own (state.h), never through app->db.
  */
 #include "admin.h"
@@ -23,6 +23,7 @@
 #include "db.h"
 #include "db_listen.h"
 #include "http_api.h"
+#include "feedback.h"
 #include "jobs.h"
 #include "llm.h"
 #include "log.h"
@@ -92,6 +93,7 @@ struct app {
 	change_refresh *change_refresh; /* viewed entries refreshed on a change, or NULL */
 	state_db *state;         /* rapport's own schema (serve, warm --local) */
 	jobs *jobs;              /* warm jobs' runner */
+	feedback *feedback;      /* votes on insights (serve, console) */
 	http_server *http;
 	admin *admin;            /* admin socket (serve only) */
 	watch *watch;
@@ -333,6 +335,7 @@ app_stop(struct app *app)
 	app->tearing_down = true;
 	admin_destroy(app->admin);
 	http_server_destroy(app->http);
+	feedback_destroy(app->feedback);  /* its ops hold state statements */
 	jobs_destroy(app->jobs);          /* its items wait on the pipeline */
 	state_destroy(app->state);
 	change_refresh_destroy(app->change_refresh);
@@ -441,6 +444,16 @@ app_start_jobs(struct app *app, bool local)
 	return true;
 }
 
+/* Votes on insights, on the state connection (made first). */
+static void
+app_start_feedback(struct app *app)
+{
+	struct feedback_deps fd = {
+		.base = app->base, .state = app->state, .db = app->db, .scripts = app->scripts,
+	};
+	app->feedback = feedback_create(&fd);
+}
+
 static int
 cmd_serve(struct app *app)
 {
@@ -457,10 +470,12 @@ cmd_serve(struct app *app)
 	}
 	if (!app_start_jobs(app, false))
 		return 1;
+	app_start_feedback(app);
 	struct http_deps hd = {
 		.base = app->base, .cfg = cfg, .analysis = app->analysis, .scripts = app->scripts,
 		.db = app->db, .llm = app->llm, .cache = app->cache, .limiter = app->limiter,
 		.breaker = app->breaker, .acct = app->acct, .state = app->state, .jobs = app->jobs,
+		.feedback = app->feedback,
 	};
 	char *err = NULL;
 	app->http = http_server_create(&hd, &err);
@@ -473,7 +488,7 @@ cmd_serve(struct app *app)
 	struct admin_deps dd = {
 		.base = app->base, .path = cfg->admin_socket, .cache = app->cache,
 		.scripts = app->scripts, .analysis = app->analysis, .db = app->db, .llm = app->llm,
-		.http = app->http,
+		.http = app->http, .feedback = app->feedback,
 	};
 	if (*cfg->admin_socket && !(app->admin = admin_create(&dd, &err))) {
 		log_event(LOG_ERROR, "cannot open the admin socket", LOG_S("error", err), LOG_END);
@@ -635,6 +650,13 @@ cmd_console(struct app *app, const struct console_opts *co, char **args, int nar
 		cd.limiter = app->limiter;
 		cd.breaker = app->breaker;
 		cd.acct = app->acct;
+		/* feedback() reads rapport's own schema: a state connection of
+		 * the console's own, which connects (and migrates) at once, in
+		 * the background. */
+		app->state = state_create(app->base, app->cfg.state_url, app->cfg.db_timeout_ms);
+		if (app->state)
+			app_start_feedback(app);
+		cd.feedback = app->feedback;
 	}
 	return console_main(&cd, co, args, nargs);
 }

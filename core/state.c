@@ -82,6 +82,49 @@ static const struct state_migration {
 	  "  PRIMARY KEY (job, contact, type));"
 	  "CREATE INDEX job_items_open_idx ON rapport.job_items (job, contact, type)"
 	  "  WHERE state IN ('pending','running');" },
+	/* Votes on insights (feedback.c). feedback_counts is kept by a
+	 * trigger in the voting transaction, so it is never behind the
+	 * votes and /v1/analysis-types reads one row per (type, version)
+	 * however many votes there are; a vote deleted by hand (spam) is
+	 * taken off too. */
+	{ 2, "feedback on insights and its counts per script version",
+	  "CREATE TABLE rapport.feedback ("
+	  "  id             bigserial PRIMARY KEY,"
+	  "  contact_id     bigint NOT NULL,"
+	  "  type           text NOT NULL,"
+	  "  script_version text NOT NULL,"
+	  "  verdict        text NOT NULL CHECK (verdict IN ('up','down')),"
+	  "  reason         text,"
+	  "  generated_at   timestamptz,"
+	  "  request_id     text,"
+	  "  instance       text,"
+	  "  created_at     timestamptz NOT NULL DEFAULT now());"
+	  "CREATE INDEX feedback_type_latest_idx ON rapport.feedback (type, created_at DESC, id DESC);"
+	  "CREATE TABLE rapport.feedback_counts ("
+	  "  type           text NOT NULL,"
+	  "  script_version text NOT NULL,"
+	  "  up             bigint NOT NULL DEFAULT 0,"
+	  "  down           bigint NOT NULL DEFAULT 0,"
+	  "  last_at        timestamptz,"
+	  "  PRIMARY KEY (type, script_version));"
+	  "CREATE FUNCTION rapport.feedback_count() RETURNS trigger LANGUAGE plpgsql AS $f$"
+	  " BEGIN"
+	  "  IF TG_OP = 'INSERT' THEN"
+	  "   INSERT INTO rapport.feedback_counts AS c (type, script_version, up, down, last_at)"
+	  "   VALUES (NEW.type, NEW.script_version, (NEW.verdict = 'up')::int,"
+	  "           (NEW.verdict = 'down')::int, NEW.created_at)"
+	  "   ON CONFLICT (type, script_version) DO UPDATE"
+	  "     SET up = c.up + EXCLUDED.up, down = c.down + EXCLUDED.down,"
+	  "         last_at = greatest(c.last_at, EXCLUDED.last_at);"
+	  "  ELSE"
+	  "   UPDATE rapport.feedback_counts"
+	  "      SET up = up - (OLD.verdict = 'up')::int, down = down - (OLD.verdict = 'down')::int"
+	  "    WHERE type = OLD.type AND script_version = OLD.script_version;"
+	  "  END IF;"
+	  "  RETURN NULL;"
+	  " END $f$;"
+	  "CREATE TRIGGER feedback_count AFTER INSERT OR DELETE ON rapport.feedback"
+	  "  FOR EACH ROW EXECUTE FUNCTION rapport.feedback_count();" },
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))
 

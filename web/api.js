@@ -99,6 +99,13 @@ function analysisPath(contactId, type) {
   return `/v1/contacts/${encodeURIComponent(contactId)}/analyses/${encodeURIComponent(type)}`;
 }
 
+// A user's vote on the result shown: {verdict, reason, script_version,
+// generated_at} → the stored row (201).
+export function sendFeedback(contactId, type, vote) {
+  return request(analysisPath(contactId, type) + "/feedback", { method: "POST", body: vote })
+    .then((r) => r.data);
+}
+
 // The plain (not streamed) answer, for learning why a stream could not
 // start: EventSource reports only "error", never the status or the body.
 export async function analysisPlain(contactId, type) {

@@ -1,6 +1,7 @@
 // app.js — the panel: contact search, the contact card, and one live
 // insight per analysis type rapport serves (GET /v1/analysis-types), each
-// streamed over EventSource and then rendered by render.js. The contact is
+// streamed over EventSource and then rendered by render.js, with a thumbs
+// up / down (and an optional reason) on each result shown. The contact is
 // in the URL's hash (#contact=42), so a CRM can link or embed a card.
 
 import * as api from "./api.js";
@@ -16,6 +17,8 @@ const KNOWN = {
   contextual_research: "Contextual Research",
 };
 const ORDER = ["smart_tips", "relationship_health", "contextual_research"];
+// The server's cap on a feedback reason, in bytes of UTF-8.
+const REASON_MAX = 2000;
 
 const state = {
   types: null,          // from /v1/analysis-types
@@ -54,6 +57,10 @@ function human(err) {
       return { title: "Cannot reach rapport", text: "Check the connection, then try again.", kind: "network" };
     case "shutting_down":
       return { title: "rapport is restarting", text: "Try again in a few seconds.", kind: "network" };
+    case "state_unavailable":
+      return { title: "Feedback cannot be saved right now", text: "rapport's own database is unavailable." + (wait || " Try again in a moment."), kind: "database" };
+    case "reason_too_long":
+      return { title: "The reason is too long", text: `At most ${REASON_MAX} bytes; please shorten it.`, kind: "other" };
     default:
       return { title: "Something went wrong", text: `${err.message} (${err.code})`, kind: "other" };
   }
@@ -270,8 +277,9 @@ function buildInsights() {
     btn.setAttribute("aria-label", `Show ${label}`);
     const again = node.querySelector(".refresh");
     again.setAttribute("aria-label", `Refresh ${label} (ask the model again)`);
-    const ins = { node, stream: null, cachedAt: null, cache: null };
+    const ins = { node, stream: null, cachedAt: null, cache: null, shown: null };
     state.insights.set(name, ins);
+    setupFeedback(name, ins, label);
     // Show: the cached answer when there is one. Refresh: a new generation.
     // Try again (after an error) repeats what failed.
     btn.addEventListener("click", () => runInsight(name, node.dataset.state === "error" && ins.lastRefresh));
@@ -317,10 +325,118 @@ function showResult(name, ins, doc, phases) {
   ph.replaceChildren(renderPhases(phases && phases.length ? phases : parsePhases(null, doc.timings_ms)));
   node.querySelector(".insight-foot").hidden = false;
   node.querySelector(".refresh").hidden = false;
+  resetFeedback(ins, doc);
   const btn = node.querySelector(".run");
   btn.disabled = false;
   btn.textContent = "Show";
   setStatus(ins, doc.fallback ? "Estimate shown: the model is unavailable." : "");
+}
+
+// ---- feedback: a vote on the result shown ------------------------------------------
+
+const encoder = new TextEncoder();
+
+// The block under a result: thumbs up / down (toggle buttons), then an
+// optional reason and Send. The vote carries the result's script_version
+// and generated_at, so the prompt author's counts are per version.
+function setupFeedback(name, ins, label) {
+  const fb = ins.node.querySelector(".feedback");
+  const form = fb.querySelector(".feedback-form");
+  const reason = fb.querySelector(".feedback-reason");
+  const count = fb.querySelector(".feedback-count");
+  const send = fb.querySelector(".feedback-send");
+  const thumbs = [...fb.querySelectorAll(".thumb")];
+  fb.querySelector(".feedback-ask").setAttribute("aria-label", `Was ${label} useful?`);
+  for (const t of thumbs) {
+    t.setAttribute("aria-label", t.dataset.verdict === "up" ? `${label} was useful` : `${label} was not useful`);
+    t.addEventListener("click", () => {
+      if (fb.dataset.feedbackState === "sent" || fb.dataset.feedbackState === "sending") return;
+      for (const o of thumbs) o.setAttribute("aria-pressed", String(o === t));
+      fb.dataset.verdict = t.dataset.verdict;
+      fb.querySelector(".feedback-prompt").textContent =
+        t.dataset.verdict === "up" ? "What made it useful?" : "What was wrong or missing?";
+      fb.dataset.feedbackState = "choosing";
+      fb.querySelector(".feedback-status").textContent = "";
+      form.hidden = false;
+      reason.focus();
+    });
+  }
+  const cancel = () => {
+    for (const o of thumbs) o.setAttribute("aria-pressed", "false");
+    delete fb.dataset.verdict;
+    fb.dataset.feedbackState = "idle";
+    form.hidden = true;
+    thumbs[0].focus();
+  };
+  fb.querySelector(".feedback-cancel").addEventListener("click", cancel);
+  form.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") {
+      e.preventDefault();
+      cancel();
+    } else if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
+      e.preventDefault();
+      form.requestSubmit();
+    }
+  });
+  reason.addEventListener("input", () => {
+    const bytes = encoder.encode(reason.value).length;
+    count.textContent = bytes > REASON_MAX * 0.8 ? `${bytes} / ${REASON_MAX} bytes` : "";
+    count.classList.toggle("over", bytes > REASON_MAX);
+    send.disabled = bytes > REASON_MAX;
+  });
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const shown = ins.shown;
+    const contact = state.contact;
+    if (!shown || !contact || !fb.dataset.verdict) return;
+    const status = fb.querySelector(".feedback-status");
+    fb.dataset.feedbackState = "sending";
+    send.disabled = true;
+    status.textContent = "Sending…";
+    const vote = { verdict: fb.dataset.verdict, script_version: shown.script_version };
+    if (reason.value.trim()) vote.reason = reason.value.trim();
+    if (shown.generated_at) vote.generated_at = shown.generated_at;
+    try {
+      await withAuth(() => api.sendFeedback(contact.id, name, vote));
+      if (ins.shown !== shown) return; // a new result meanwhile
+      fb.dataset.feedbackState = "sent";
+      form.hidden = true;
+      for (const t of thumbs) t.disabled = true;
+      status.textContent = "Thanks for the feedback.";
+      thumbs.find((t) => t.dataset.verdict === vote.verdict).focus();
+    } catch (err) {
+      if (ins.shown !== shown) return;
+      fb.dataset.feedbackState = "error";
+      fb.dataset.error = err.code;
+      send.disabled = false;
+      const h = human(err);
+      status.textContent = `${h.title}. ${h.text}`;
+      status.setAttribute("role", "alert");
+    }
+  });
+}
+
+// A new result is shown: a fresh vote for it (none on an estimate, which
+// is the script's fallback, not the model's answer).
+function resetFeedback(ins, doc) {
+  const fb = ins.node.querySelector(".feedback");
+  ins.shown = doc.fallback || !doc.script_version ? null
+    : { script_version: doc.script_version, generated_at: doc.generated_at || null };
+  fb.hidden = !ins.shown;
+  fb.dataset.feedbackState = "idle";
+  delete fb.dataset.verdict;
+  delete fb.dataset.error;
+  for (const t of fb.querySelectorAll(".thumb")) {
+    t.setAttribute("aria-pressed", "false");
+    t.disabled = false;
+  }
+  fb.querySelector(".feedback-form").hidden = true;
+  fb.querySelector(".feedback-reason").value = "";
+  fb.querySelector(".feedback-count").textContent = "";
+  fb.querySelector(".feedback-send").disabled = false;
+  const status = fb.querySelector(".feedback-status");
+  status.textContent = "";
+  status.setAttribute("role", "status");
 }
 
 function showError(ins, err) {
@@ -361,6 +477,9 @@ async function runInsight(name, refresh) {
   ins.lastRefresh = refresh;
   node.dataset.state = "loading";
   node.querySelector(".insight-error").hidden = true;
+  // The vote is on the result shown: none while another one comes.
+  ins.shown = null;
+  node.querySelector(".feedback").hidden = true;
   live.textContent = "";
   live.hidden = true;
   setStatus(ins, refresh ? "Refreshing…" : "Loading…");

@@ -6,19 +6,24 @@ error states (the model failing, paused with a retry hint, a fallback marked
 as an estimate, the database down) render as such; with API keys the panel
 asks for one and streams with tokens, and no key reaches the log; a page on
 another origin listed in RAPPORT_CORS_ORIGINS streams, one not listed is
-refused. Screenshots land in build/screenshots/ for people to look at.
+refused; a thumbs up or down clicked under an insight lands in PostgreSQL
+(rapport.feedback) and in /v1/analysis-types. Screenshots land in
+build/screenshots/ for people to look at.
 
 No chromium is a failure, not a skip (tools/deps.sh installs it)."""
 
 import http.server
 import json
+import re
 import threading
 import time
+import uuid
 
 import pytest
 
 from helpers.browser import Browser, missing
 from helpers.pg import free_port
+from helpers.upstream import wait_until
 
 KEY = "browser-key-0123456789"
 THREE = ("smart_tips", "relationship_health", "contextual_research")
@@ -310,3 +315,100 @@ def test_a_listed_origin_streams_cross_origin_and_another_is_refused(make_server
     finally:
         site.shutdown()
         site.server_close()
+
+
+@pytest.fixture
+def state_db(pg):
+    """A fresh state database for rapport's own schema (owner role)."""
+    name = "panel_" + uuid.uuid4().hex[:12]
+    pg.create_database(name)
+    yield pg.dsn(dbname=name)
+    pg.sql('drop database if exists "%s" with (force)' % name, dbname="postgres")
+
+
+def votes(pg, state_url):
+    dbname = re.search(r"dbname=(\S+)", state_url).group(1)
+    return pg.sql("select contact_id, type, script_version, verdict, coalesce(reason, '<null>'), "
+                  "generated_at is not null from rapport.feedback order by id", dbname=dbname)
+
+
+def type_feedback(srv, t):
+    doc = srv.get("/v1/analysis-types").json()
+    return next(x for x in doc["types"] if x["name"] == t)
+
+
+@pytest.mark.timeout(240)
+def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
+        make_server, fake, pg, browser, state_db):
+    srv = make_server(RAPPORT_STATE_URL=state_db)
+    wait_until(lambda: srv.get("/readyz").json().get("state") == "up", "the state database", 15)
+    b = browser
+    b.goto(srv.base_url + "/#contact=51")
+    wait_ready(b)
+    b.wait("!document.getElementById('contact').hidden")
+    tips = insight("smart_tips")
+    assert b.eval("document.querySelector(%s).hidden" % js_str(tips + " .feedback")), \
+        "no vote before a result"
+    state, _ = run_insight(b, "smart_tips")
+    assert state == "done"
+    b.wait("!document.querySelector(%s).hidden" % js_str(tips + " .feedback"))
+    # by keyboard: focus the thumbs up, Enter, type a reason, Ctrl+Enter sends
+    b.eval("document.querySelector(%s).focus()" % js_str(tips + " .thumb[data-verdict=up]"))
+    b.press("Enter")
+    assert b.eval("document.querySelector(%s).getAttribute('aria-pressed')"
+                  % js_str(tips + " .thumb[data-verdict=up]")) == "true"
+    assert b.eval("document.activeElement.classList.contains('feedback-reason')"), \
+        "the reason field has the focus"
+    b.eval("(() => { const t = document.activeElement; t.value = 'Clear next step, as we do it'; "
+           "t.dispatchEvent(new Event('input')); return true; })()")
+    b.screenshot("panel-feedback-reason.png")
+    b.press("Control+Enter")
+    b.wait("document.querySelector(%s).dataset.feedbackState === 'sent'" % js_str(tips + " .feedback"))
+    assert "Thanks" in text(b, tips + " .feedback-status")
+    assert b.eval("document.querySelector(%s).disabled" % js_str(tips + " .thumb[data-verdict=down]")), \
+        "one vote per result shown"
+    b.screenshot("panel-feedback.png")
+    version = type_feedback(srv, "smart_tips")["version"]
+    assert votes(pg, state_db) == [["51", "smart_tips", version, "up",
+                                    "Clear next step, as we do it", "t"]]
+    fb = type_feedback(srv, "smart_tips")["feedback"]
+    assert (fb["up"], fb["down"], fb["acceptance_rate"]) == (1, 0, 1.0), fb
+    assert fb["versions"][0]["script_version"] == version and fb["versions"][0]["up"] == 1
+
+    # by mouse, a thumbs down without a reason
+    health = insight("relationship_health")
+    state, _ = run_insight(b, "relationship_health")
+    assert state == "done"
+    b.click(health + " .thumb[data-verdict=down]")
+    assert "wrong" in text(b, health + " .feedback-prompt")
+    b.click(health + " .feedback-send")
+    b.wait("document.querySelector(%s).dataset.feedbackState === 'sent'" % js_str(health + " .feedback"))
+    assert votes(pg, state_db)[1][1:5] == ["relationship_health",
+                                           type_feedback(srv, "relationship_health")["version"],
+                                           "down", "<null>"]
+    assert type_feedback(srv, "relationship_health")["feedback"]["down"] == 1
+    # a refreshed result gets a fresh vote
+    state, _ = run_insight(b, "smart_tips", button=".refresh")
+    assert state == "done"
+    assert b.eval("document.querySelector(%s).dataset.feedbackState" % js_str(tips + " .feedback")) == "idle"
+    assert not b.eval("document.querySelector(%s).disabled" % js_str(tips + " .thumb[data-verdict=up]"))
+
+    # the database stops before Send: an error state in words, nothing lost silently
+    research = insight("contextual_research")
+    state, _ = run_insight(b, "contextual_research")
+    assert state == "done"
+    b.click(research + " .thumb[data-verdict=up]")
+    pg.stop()
+    try:
+        b.click(research + " .feedback-send")
+        b.wait("document.querySelector(%s).dataset.feedbackState === 'error'"
+               % js_str(research + " .feedback"), timeout=30)
+        assert b.eval("document.querySelector(%s).dataset.error" % js_str(research + " .feedback")) in \
+            ("state_unavailable", "database_unavailable")
+        assert "unavailable" in text(b, research + " .feedback-status")
+        assert not b.eval("document.querySelector(%s).disabled" % js_str(research + " .feedback-send")), \
+            "Send works again"
+        b.screenshot("panel-feedback-error.png")
+    finally:
+        pg.start()
+    assert len(votes(pg, state_db)) == 2

@@ -331,8 +331,10 @@ def test_two_instances_share_one_job_and_do_each_item_exactly_once(make_server, 
     b.start()
     state_up(a)
     state_up(b)
-    assert state_sql(pg, state, "select version, name from rapport.schema_migrations") == \
-        [["1", "warm jobs and their items"]]
+    assert state_sql(pg, state, "select version, name from rapport.schema_migrations "
+                                "order by version") == \
+        [["1", "warm jobs and their items"],
+         ["2", "feedback on insights and its counts per script version"]]
     job = post_warm(a, {"contacts": list(range(1, 51)), "types": [TYPE]}).json()["job"]
     final = wait_job(b, job["id"], timeout=60)
     assert final["state"] == "done" and final["done"] == 50, final
@@ -588,15 +590,17 @@ def _pty_warm(srv, contacts, answer):
         if wpid:
             status = os.waitstatus_to_exitcode(st)
             break
+    # What it wrote last (after the answer) may still be unread when its
+    # exit is seen: read to the end either way (EIO once the pty is done).
+    try:
+        while True:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            out += chunk
+    except OSError:
+        pass
     if status is None:
-        try:
-            while True:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                out += chunk
-        except OSError:
-            pass
         _, st = os.waitpid(pid, 0)
         status = os.waitstatus_to_exitcode(st)
     os.close(fd)
