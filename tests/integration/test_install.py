@@ -6,6 +6,7 @@ import re
 import subprocess
 
 from helpers.server import REPO
+from helpers.upstream import wait_until
 
 TYPE = "relationship_health"
 CID = 741001
@@ -57,6 +58,9 @@ def test_the_installed_binary_with_the_units_environment_serves_readyz_and_an_an
     moved = {k: str(dest) + v for k, v in env.items()
              if k in ("RAPPORT_SCRIPTS", "RAPPORT_PROMPTS", "RAPPORT_WEB")}
     srv = make_server(binary=dest / "usr/bin/rapport", **moved)
+    # /healthz answers before the pool's first connection is up; readiness
+    # follows within the connect, so wait for it rather than race it.
+    wait_until(lambda: srv.get("/readyz").status == 200, "/readyz 200")
     r = srv.get("/readyz")
     assert r.status == 200, r.body
     a = srv.get("/v1/contacts/%d/analyses/%s" % (CID, TYPE))
