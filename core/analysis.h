@@ -141,6 +141,7 @@ struct analysis_stats {
 	long flights;            /* in progress */
 	long waiters;
 	long generated, failed, coalesced;
+	long remote_coalesced;   /* flights answered by another instance's generation */
 	long stale_served;       /* replies from a stale entry */
 	long refreshes;          /* background refreshes started by a stale reply */
 	long change_refreshes;   /* background refreshes started by a change (viewed entries) */
@@ -151,6 +152,7 @@ struct analysis_stats {
 	/* flights by what they wait on (together they are `flights`) */
 	long starting;           /* created, not started yet */
 	long l2_looking;         /* the L2 lookup is out */
+	long l2_locking;         /* the key's lock is asked for, or another instance's result awaited */
 	long fetching;           /* the context's named queries are out */
 	long querying;           /* run(ctx): one of its own queries is out */
 	long queued;             /* a model call waits for an upstream slot */

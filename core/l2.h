@@ -33,6 +33,8 @@ struct l2_config {
 	const char *prefix;          /* key namespace (RAPPORT_REDIS_PREFIX) */
 	long timeout_ms;             /* a lookup's deadline */
 	size_t max_value_bytes;      /* larger values are not stored */
+	long lock_lease_ms;          /* the cross-instance lock's lease; 0: no locks (l2_coord.h) */
+	long lock_poll_ms;           /* a waiter's safety-net poll */
 };
 
 /* A finished analysis as stored: the body prefix and what cache.h keeps. */
@@ -79,6 +81,9 @@ void l2_contact_changed(l2 *l, int64_t contact_id, int64_t wall_ms);
 /* The contact's entries were dropped (DELETE): absent on every instance. */
 void l2_contact_dropped(l2 *l, int64_t contact_id, int64_t wall_ms);
 
+/* Another instance dropped a contact's entries (DELETE): type NULL = all. */
+typedef void l2_drop_cb(void *arg, int64_t contact_id, const char *type);
+
 struct l2_stats {
 	bool up;
 	long hits, stale_hits, misses;     /* lookups answered */
@@ -87,6 +92,17 @@ struct l2_stats {
 	long skipped;                      /* lookups and writes not tried: Redis not up */
 	long stores, too_large;
 	long connects, disconnects;
+	/* coordination (l2_coord.h) */
+	bool pubsub_up;                    /* the subscriber connection */
+	long lock_acquired;                /* claims that took the lock and generated */
+	long lock_waits;                   /* claims that found it held and waited */
+	long lock_results;                 /* waits answered by the other instance's result */
+	long lock_takeovers;               /* waits that took the lock over (owner gone) */
+	long lock_skipped;                 /* claims that went on without a lock (Redis not up, slow) */
+	long lock_lost;                    /* renewals that found the lock no longer ours */
+	long relay_published;              /* deltas written for other instances */
+	long relay_deltas;                 /* deltas read from another instance's generation */
+	long remote_drops;                 /* DELETEs heard from other instances */
 	/* Lookup latency, milliseconds: counts per bucket (<= 1, 2, 5, 10, 25, 50,
 	 * 100, +inf) and the sum, for a Prometheus histogram. */
 	long lat_buckets[8];
