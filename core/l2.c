@@ -1,14 +1,19 @@
 /*
  * l2 — Redis as the shared second-level cache. See l2.h for what it owns.
  *
- * The connection is in one state:
+ * Two connections (l2_int.h): cmd for every command, and sub, subscribed
+ * to <prefix>:events, whose messages go to l2_coord.c (locks, relay,
+ * drops). Each is in one state, with its own timer and backoff:
  *   L2_DOWN        no context; the timer starts the next attempt (backoff
  *                  100 ms doubling to 5 s, back to 100 ms once up)
  *   L2_CONNECTING  redisAsyncConnect*() is out, then AUTH/SELECT and a PING;
  *                  the timer is the 2 s budget for all of it (hiredis 0.14
  *                  has no connect timeout of its own)
- *   L2_UP          the PING was answered: lookups and writes go out
- * Each change of state is one log line; a request never logs about Redis.
+ *   L2_UP          the PING was answered: lookups and writes go out (sub:
+ *                  its SUBSCRIBE is sent)
+ * Each change of state is one log line ("l2 …" for cmd, "l2 pubsub …" for
+ * sub); a request never logs about Redis. l2_up() is cmd's state: without
+ * sub, waiters poll instead of being woken, nothing else changes.
  *
  * A lookup (struct l2_get) lives until hiredis calls its reply callback,
  * which it always does: with the reply, or with NULL when the connection

@@ -2,8 +2,10 @@
  * l2 — the shared second-level cache in Redis (REDIS_URL): finished
  * analyses that every instance reads and that survive a restart.
  *
- * Owns one hiredis async connection on the server's libevent loop, its
- * reconnect timer and the lookups in flight. Nothing blocks: a lookup has
+ * Owns two hiredis async connections on the server's libevent loop (one for
+ * commands, one subscribed to the instances' events channel; see
+ * l2_coord.h for what travels on it), their reconnect timers and the
+ * lookups in flight. Nothing blocks: a lookup has
  * its own deadline (RAPPORT_L2_TIMEOUT_MS) and answers "nothing" when Redis
  * is down, slow or restarting, so a request never waits on Redis for longer
  * than that; writes are fire and forget.
