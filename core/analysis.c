@@ -556,7 +556,6 @@ on_claim(void *arg, enum l2_claim_outcome o, const struct l2_found *found)
 		.created_wall_ms = v->created_wall_ms, .remaining_ms = found->fresh_left_ms,
 		.cache_status = "coalesced", .tier = "l2",
 	};
-	a->st.remote_coalesced++;
 	finish(f, &out);
 }
 
@@ -766,6 +765,7 @@ revalidate(struct flight *f)
 		.ttl_ms = ttl, .grace_ms = grace, .meta = p->meta,
 	};
 	l2_put(a->d.l2, f->key, f->contact_id, &v);
+	l2_claim_stored(f->claim);
 	a->st.revalidated++;
 	if (p->meta.prompt_tokens > 0)
 		a->st.saved_prompt_tokens += p->meta.prompt_tokens;
@@ -1284,6 +1284,7 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 			.meta = meta,
 		};
 		l2_put(a->d.l2, f->key, f->contact_id, &v);
+		l2_claim_stored(f->claim);
 	}
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,

@@ -141,7 +141,6 @@ struct analysis_stats {
 	long flights;            /* in progress */
 	long waiters;
 	long generated, failed, coalesced;
-	long remote_coalesced;   /* flights answered by another instance's generation */
 	long stale_served;       /* replies from a stale entry */
 	long refreshes;          /* background refreshes started by a stale reply */
 	long change_refreshes;   /* background refreshes started by a change (viewed entries) */

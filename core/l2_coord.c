@@ -46,7 +46,7 @@ static const char ACQUIRE_LUA[] =
 static const char RENEW_LUA[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then "
 	"return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
-/* Released only if ours, then "done" for the waiters. */
+/* Released only if ours, then "done" or "over" for the waiters. */
 static const char RELEASE_LUA[] =
 	"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
 	"if ARGV[2] ~= '' then redis.call('PUBLISH', KEYS[2], ARGV[2]) end return 1";
@@ -74,6 +74,7 @@ struct l2_claim {
 	bool have_last;               /* the relay's position: the last entry id read */
 	uint64_t last_ms, last_seq;
 	bool relayed;                 /* text went to the caller since the last reset */
+	bool stored;                  /* owner: its result is in the L2 ("done", not "over") */
 	struct event *timer;          /* ACQUIRE: deadline; WAIT: poll; OWNER: renewal */
 	l2_get *get;
 	l2_claim_cb *cb;
@@ -183,14 +184,16 @@ conclude(l2_claim *c, enum l2_claim_outcome o, const struct l2_found *found)
 	claim_unref(c);          /* the caller's */
 }
 
-/* Releases the lock if it is still ours; with done, tells the waiters. */
+/* Releases the lock if it is still ours and tells the waiters: "done" when
+ * a result was stored, "over" when not (a failure, an uncacheable result, a
+ * lock taken too late to be used), so a forced refresh waiting for a new
+ * result takes over instead of reading the old one. */
 static void
-release(l2_claim *c, bool done)
+release(l2_claim *c)
 {
 	l2 *l = c->l;
-	char msg[KEY_MAX + 8] = "";
-	if (done)
-		snprintf(msg, sizeof msg, "done %s", c->key);
+	char msg[KEY_MAX + 8];
+	snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
 	const char *argv[] = { "EVAL", RELEASE_LUA, "2", c->lock_key, l->channel, c->token, msg };
 	if (l2_up(l) && !l->destroying)
 		redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 7, argv, NULL);
@@ -350,7 +353,8 @@ on_verify(void *arg, const struct l2_found *found)
 	c->get = NULL;
 	if (found && found->state == CACHE_FRESH) {
 		/* The last holder stored it just before we took the lock. */
-		release(c, true);
+		c->stored = true;
+		release(c);
 		c->l->st.lock_results++;
 		conclude(c, L2_CLAIM_RESULT, found);
 		return;
@@ -382,7 +386,7 @@ on_acquire(redisAsyncContext *ac, void *r, void *privdata)
 		 * all is given back at once instead of making others wait out
 		 * its lease. */
 		if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 1)
-			release(c, true);
+			release(c);
 		claim_unref(c);
 		return;
 	}
@@ -558,12 +562,19 @@ l2_claim_start(l2 *l, const char *key, int64_t contact_id, bool forced, double l
 }
 
 void
+l2_claim_stored(l2_claim *c)
+{
+	if (c)
+		c->stored = true;
+}
+
+void
 l2_claim_end(l2_claim *c)
 {
 	if (!c)
 		return;
 	if (c->state == C_OWNER || c->state == C_VERIFY)
-		release(c, true);
+		release(c);
 	claim_stop(c);
 	claim_unref(c);
 }
@@ -589,11 +600,11 @@ l2_publish_drop(l2 *l, int64_t contact_id, const char *type)
 	redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 3, argv, NULL);
 }
 
-/* Wakes the claims waiting on key (token NULL: its owner is done; else a
- * delta of that owner's). The next claim is taken first: a woken one may
- * conclude and leave the list. */
+/* Wakes the claims waiting on key (token NULL: its owner has ended, with
+ * a result stored when stored; else a delta of that owner's). The next
+ * claim is taken first: a woken one may conclude and leave the list. */
 static void
-wake(l2 *l, const char *key, const char *token)
+wake(l2 *l, const char *key, const char *token, bool stored)
 {
 	l2_claim *c, *next;
 	for (c = TAILQ_FIRST(&l->waiting); c; c = next) {
@@ -601,7 +612,7 @@ wake(l2 *l, const char *key, const char *token)
 		if (strcmp(c->key, key) != 0)
 			continue;
 		if (!token) {
-			check(c, true);
+			check(c, stored);
 		} else {
 			adopt(c, token);
 			fetch(c);
@@ -617,14 +628,14 @@ l2_coord_message(l2 *l, const char *payload, size_t len)
 		return;               /* not one of ours */
 	memcpy(m, payload, len);
 	m[len] = '\0';
-	if (strncmp(m, "done ", 5) == 0) {
-		wake(l, m + 5, NULL);
+	if (strncmp(m, "done ", 5) == 0 || strncmp(m, "over ", 5) == 0) {
+		wake(l, m + 5, NULL, m[0] == 'd');
 	} else if (strncmp(m, "delta ", 6) == 0) {
 		char *sp = strrchr(m + 6, ' ');
 		if (!sp)
 			return;
 		*sp = '\0';
-		wake(l, m + 6, sp + 1);
+		wake(l, m + 6, sp + 1, false);
 	} else if (strncmp(m, "drop ", 5) == 0) {
 		char inst[32], type[96];
 		long long id;

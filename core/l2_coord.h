@@ -10,7 +10,7 @@
  * of it while it runs (a Lua check-and-PEXPIRE on its token), and released
  * when it ends (check-and-DEL, then PUBLISH "done <key>" on the events
  * channel, after the result's SET on the same connection, so a woken
- * waiter finds it). A claim that finds the lock held waits: woken by that
+ * waiter finds it; "over <key>" when it ends with no result stored). A claim that finds the lock held waits: woken by that
  * message, or by its own poll every RAPPORT_L2_LOCK_POLL_MS, it reads the
  * L2; a fresh result there is its answer; no result and no lock (the owner
  * failed, died, or its lease lapsed) and it takes the lock itself.
@@ -33,7 +33,7 @@
  * the lock" (L2_CLAIM_SKIP): at worst a duplicate model call.
  *
  * Events on <prefix>:events (one channel, one SUBSCRIBE per instance, on
- * its own connection): "done <key>", "delta <key> <token>", and
+ * its own connection): "done <key>", "over <key>", "delta <key> <token>", and
  * "drop <instance> <contact> <type|*>" for a DELETE, which every other
  * instance applies to its L1 (its own is ignored).
  */
@@ -67,13 +67,16 @@ bool l2_locking(const l2 *l);
 /* Claims key. l2_started_ms (util_now_ms) is when this request's L2 step
  * began: the first lock attempt gets what is left of the deadline. forced:
  * a forced refresh, which never takes an older result for an answer (only
- * one announced by a "done" while it waits). NULL (and no callback): no
- * claim, go on without. */
+ * one announced by a "done" while it waits; after "over" or its poll it
+ * tries the lock). NULL (and no callback): no claim, go on without. */
 l2_claim *l2_claim_start(l2 *l, const char *key, int64_t contact_id, bool forced,
                          double l2_started_ms, l2_claim_cb *cb, l2_relay_cb *relay, void *arg);
 /* The owner's text, relayed to the waiters of other instances; text NULL:
  * they discard what they have (a schema repair). */
 void l2_claim_delta(l2_claim *c, const char *text, size_t len);
+/* The owner has written its result to the L2 (l2_put): its end says
+ * "done" (else "over"). */
+void l2_claim_stored(l2_claim *c);
 /* The caller is done with the claim: an owner releases the lock and says
  * so ("done", after its result was stored); a waiter stops waiting. The
  * callback never runs again. NULL is a no-op. */

@@ -177,8 +177,9 @@ def test_with_redis_down_the_lock_is_skipped_and_every_request_succeeds(pair, fa
         assert metric(srv, "rapport_l2_lock_acquired_total") == 0
 
 
-def test_a_stalled_redis_while_waiting_lets_the_waiter_go_on_without_the_lock(pair, fake, pg,
-                                                                            redis):
+@pytest.mark.parametrize("how", ["stalled", "stopped"])
+def test_a_redis_lost_while_waiting_lets_the_waiter_go_on_without_the_lock(how, pair, fake, pg,
+                                                                         redis):
     cid = new_contact(pg)
     a, b = pair(RAPPORT_L2_TIMEOUT_MS="100")
     fake.config(latency_ms=2000)
@@ -186,12 +187,16 @@ def test_a_stalled_redis_while_waiting_lets_the_waiter_go_on_without_the_lock(pa
     wait_until(lambda: fake.stats()["in_flight"] == 1, "A's model call")
     tb, on_b = in_thread(b.get, PATH % cid, None, 60)
     wait_until(lambda: metric(b, "rapport_l2_lock_waits_total") == 1, "B waiting on A")
-    redis.pause()
+    if how == "stalled":
+        redis.pause()
+    else:
+        redis.stop()
     try:
         tb.join(30)
         assert on_b["value"].status == 200 and on_b["value"].headers["X-Cache"] == "MISS"
     finally:
-        redis.resume()
+        if how == "stalled":
+            redis.resume()
     ta.join(30)
     assert calls(fake) == 2
     assert metric(b, "rapport_l2_lock_skipped_total") >= 1
@@ -257,6 +262,25 @@ def test_a_forced_refresh_on_both_instances_is_one_model_call(pair, fake, pg):
     assert [r.status for r in rs] == [200, 200]
     assert calls(fake) == 2, "the first generation and one refresh"
     assert rs[0].headers["ETag"] == rs[1].headers["ETag"] != first.headers["ETag"]
+
+
+def test_a_forced_refresh_whose_owner_fails_gets_a_new_result_not_the_old_one(pair, fake, pg):
+    cid = new_contact(pg)
+    a, b = pair()
+    first = a.get(PATH % cid)
+    wait_until(lambda: metric(a, "rapport_l2_stores_total") >= 1, "the write to Redis")
+    fake.config(latency_ms=300)
+    fake.fail({"status": 400, "message": "bad request, once"})
+    refresh = {"Cache-Control": "no-cache"}
+    ta, on_a = in_thread(a.get, PATH % cid, refresh)
+    wait_until(lambda: fake.stats()["in_flight"] == 1, "A's model call")
+    rb = b.get(PATH % cid, headers=refresh, timeout=60)
+    ta.join(30)
+    assert on_a["value"].status == 502
+    assert rb.status == 200 and rb.headers["X-Cache"] == "MISS", (rb.status, rb.body[:300])
+    assert rb.headers["ETag"] != first.headers["ETag"], "the old entry is no refresh"
+    assert calls(fake) == 3
+    assert metric(b, "rapport_l2_lock_takeovers_total") == 1
 
 
 def test_an_instance_waiting_on_another_shuts_down_cleanly(pair, fake, pg):
