@@ -1469,6 +1469,10 @@ reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *ty
 const char *
 analysis_wait_status(const analysis_wait *w)
 {
+	/* Its flight waits for another instance's generation (it has text
+	 * from there, or a claim that is not ours): joined, not started. */
+	if (w->f->state == FL_LOCK)
+		return "coalesced";
 	return w->cache_status;
 }
 

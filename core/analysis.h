@@ -111,7 +111,8 @@ void analysis_destroy(analysis *a);
 analysis_wait *analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
                             analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg);
 /* "miss" when this caller started the generation, "coalesced" when it
- * joined one in progress. */
+ * joined one in progress (here, or on another instance: its flight waits
+ * for that instance's result). */
 const char *analysis_wait_status(const analysis_wait *w);
 /* The text the model has written so far for this waiter's generation. */
 const char *analysis_wait_text(const analysis_wait *w, size_t *len);

@@ -113,6 +113,7 @@ def test_a_streaming_client_on_b_gets_the_deltas_of_as_generation_then_the_resul
     events_a = on_a["value"]
     names_b = [e["event"] for e in on_b]
     assert names_b[0] == "meta" and names_b[-1] == "result", names_b
+    assert json.loads(on_b[0]["data"])["cache"] == "coalesced"
     assert names_b.count("delta") > 1, names_b
     assert "reset" not in names_b
     assert deltas(on_b) == deltas(events_a), "B relays A's text, nothing lost or doubled"
