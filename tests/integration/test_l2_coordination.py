@@ -284,6 +284,29 @@ def test_a_forced_refresh_whose_owner_fails_gets_a_new_result_not_the_old_one(pa
     assert metric(b, "rapport_l2_lock_takeovers_total") == 1
 
 
+def test_a_client_that_leaves_while_its_instance_waits_on_another_ends_the_wait(pair, fake, pg):
+    """Under the cancel policy the waiting flight ends with its last client
+    (its claim freed, nothing left behind), and the owner's result still
+    reaches the instance through the L2."""
+    cid = new_contact(pg)
+    a, b = pair(RAPPORT_ORPHAN_POLICY="cancel")
+    fake.config(chunk_delay_ms=100, chunks=10)
+    ta, _ = in_thread(stream_events, a, PATH % cid)
+    wait_until(lambda: metric(a, "rapport_l2_relay_published_total") >= 1, "A's first delta")
+    conn, resp = b.open_stream(PATH % cid)
+    assert resp.status == 200
+    first = b""
+    while b"event: delta" not in first:
+        first += resp.readline()
+    conn.close()
+    wait_until(lambda: metric(b, "rapport_analysis_flights") == 0, "B's flight to end")
+    ta.join(30)
+    wait_until(lambda: metric(a, "rapport_l2_stores_total") >= 1, "the write to Redis")
+    r = b.get(PATH % cid)
+    assert r.headers["X-Cache"] == "HIT" and r.json()["cache"]["tier"] == "l2"
+    assert calls(fake) == 1
+
+
 def test_an_instance_waiting_on_another_shuts_down_cleanly(pair, fake, pg):
     """SIGTERM while a flight waits on the other instance's lock: a clean
     exit (the harness checks the status, and sanitizer reports under make
