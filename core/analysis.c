@@ -71,11 +71,11 @@
  * its database connection), so the next instance tries, one at a time.
  * Redis slow or down: no lock, at worst a duplicate call.
  */
-#include "l2_coord.h"
 #include "analysis.h"
 #include "context.h"
 #include "fmt.h"
 #include "jschema.h"
+#include "l2_coord.h"
 #include "log.h"
 #include "util.h"
 
