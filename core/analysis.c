@@ -11,6 +11,8 @@
  *
  *   FL_START    created, first waiter attached; starts on the next loop tick
  *   FL_L2       the shared cache (Redis) is asked first, within its deadline
+ *   FL_LOCK     the key's cross-instance lock is asked for, or another
+ *               instance holds it and its result is awaited (l2_coord.h)
  *   FL_CONTEXT  the named queries are out (context.c, all at once)
  *   FL_QUERY    run(ctx): one of the script's own queries is out
  *   FL_QUEUED   a model call waits for an upstream slot (the limiter's queue)
@@ -18,9 +20,10 @@
  *               of run(ctx)'s)
  *   FL_DONE     every waiter has its reply (or none is left); being freed
  *
- *   START → L2 | CONTEXT | QUERY | QUEUED | LLM | DONE
- *   L2 → CONTEXT | QUERY | QUEUED | LLM | DONE
- *   CONTEXT → QUERY | QUEUED | LLM | DONE      (START/L2/CONTEXT never again)
+ *   START → L2 | LOCK | CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   L2 → LOCK | CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   LOCK → CONTEXT | QUERY | QUEUED | LLM | DONE
+ *   CONTEXT → QUERY | QUEUED | LLM | DONE      (START/L2/LOCK/CONTEXT never again)
  *   QUERY | QUEUED | LLM → QUERY | QUEUED | LLM | DONE
  *   DONE → nothing
  *
@@ -54,11 +57,25 @@
  * l2); a stale one fills L1, answers the waiters at once ("stale") and the
  * flight goes on as that entry's background refresh; an expired one is
  * the flight's prior. Every result stored in L1 is written to L2 too.
+ *
+ * With nothing usable there, the flight claims the key across instances
+ * (FL_LOCK, l2_coord.h) before generating, forced refreshes included (one
+ * call across instances for them too; they skip only the L2 lookup): the
+ * owner generates, relays its text through Redis and, once its result is
+ * stored, tells the others; a flight that waits on another instance hands
+ * the relayed text to its streaming waiters like its own model's text and
+ * answers with the other's result ("coalesced", tier l2); when the owner
+ * ends without a result (failed, died, lease lapsed) a waiter takes the
+ * lock over and generates. The owner's failure is not handed to the other
+ * instances' waiters: the cause may be its own (its breaker, its limiter,
+ * its database connection), so the next instance tries, one at a time.
+ * Redis slow or down: no lock, at worst a duplicate call.
  */
 #include "analysis.h"
 #include "context.h"
 #include "fmt.h"
 #include "jschema.h"
+#include "l2_coord.h"
 #include "log.h"
 #include "util.h"
 
@@ -74,18 +91,19 @@
 #define NBUCKETS 1024
 #define REFRESH_RETRY_MS 5000   /* after a failed refresh, before the next one */
 
-enum flight_state { FL_START, FL_L2, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE,
+enum flight_state { FL_START, FL_L2, FL_LOCK, FL_CONTEXT, FL_QUERY, FL_QUEUED, FL_LLM, FL_DONE,
                     FL_NSTATES };
 
 static const char *const state_names[FL_NSTATES] = {
-	"start", "l2", "context", "query", "queued", "llm", "done",
+	"start", "l2", "lock", "context", "query", "queued", "llm", "done",
 };
 
 #define ST(s) (1u << (s))
 #define ST_WORK (ST(FL_QUERY) | ST(FL_QUEUED) | ST(FL_LLM) | ST(FL_DONE))
 static const unsigned legal_next[FL_NSTATES] = {
-	[FL_START] = ST(FL_L2) | ST(FL_CONTEXT) | ST_WORK,
-	[FL_L2] = ST(FL_CONTEXT) | ST_WORK,
+	[FL_START] = ST(FL_L2) | ST(FL_LOCK) | ST(FL_CONTEXT) | ST_WORK,
+	[FL_L2] = ST(FL_LOCK) | ST(FL_CONTEXT) | ST_WORK,
+	[FL_LOCK] = ST(FL_CONTEXT) | ST_WORK,
 	[FL_CONTEXT] = ST_WORK,
 	[FL_QUERY] = ST_WORK,
 	[FL_QUEUED] = ST_WORK,
@@ -129,6 +147,8 @@ struct flight {
 	bool interactive;             /* someone waits at a screen: the front lane */
 	bool forced;                  /* a forced refresh is among the waiters: no cache answers */
 	l2_get *l2get;                /* FL_L2: the lookup */
+	double l2_t0;                 /* when the L2 step began: the lock shares its deadline */
+	l2_claim *claim;              /* FL_LOCK: the claim; later: the lock we own */
 	struct prior *prior;          /* NULL: no revalidation, the model is called */
 	unsigned char fp[CACHE_FP_LEN];   /* the fingerprint of the model request */
 	bool has_fp;
@@ -208,6 +228,7 @@ static void reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, co
 static struct flight **flight_slot(analysis *a, const char *key, uint64_t h);
 static void flight_free(struct flight *f);
 static void revalidate(struct flight *f);
+static void on_remote_drop(void *arg, int64_t contact_id, const char *type);
 
 /* ---- the flight's state ------------------------------------------------- */
 
@@ -242,6 +263,8 @@ analysis_create(const struct analysis_deps *deps)
 	a->d = *deps;
 	if (!(a->d.ttl_scale > 0))
 		a->d.ttl_scale = 1;
+	if (a->d.l2)
+		l2_set_drop_handler(a->d.l2, on_remote_drop, a);
 	return a;
 }
 
@@ -457,6 +480,7 @@ flight_slot(analysis *a, const char *key, uint64_t h)
 /* ---- context fan-out ---------------------------------------------------- */
 
 static void flight_fetch(struct flight *f);
+static void flight_claim(struct flight *f);
 static void on_l2(void *arg, const struct l2_found *found);
 
 static void
@@ -465,12 +489,85 @@ flight_start(evutil_socket_t fd, short what, void *arg)
 	struct flight *f = arg;
 	event_free(f->start_ev);
 	f->start_ev = NULL;
+	f->l2_t0 = util_now_ms();
 	if (f->a->d.l2 && !f->forced) {
 		f->l2get = l2_get_start(f->a->d.l2, f->key, f->contact_id, on_l2, f);
 		if (f->l2get) {
 			flight_set_state(f, FL_L2);
 			return;
 		}
+	}
+	flight_claim(f);
+}
+
+/* Text of this flight's generation (its model's, or relayed from the
+ * instance that owns the key): kept for callers that join later and handed
+ * to every streaming waiter. text NULL: what was written is void (a schema
+ * repair, or another owner). The next waiter is taken before the callback,
+ * which may cancel its own waiter. */
+static void
+flight_text(struct flight *f, const char *text, size_t len)
+{
+	if (!text) {
+		f->text_len = 0;
+	} else {
+		if (f->text_len + len + 1 > f->text_cap) {
+			f->text_cap = (f->text_len + len + 1) * 2;
+			f->text = xrealloc(f->text, f->text_cap);
+		}
+		memcpy(f->text + f->text_len, text, len);
+		f->text_len += len;
+		f->text[f->text_len] = '\0';
+	}
+	struct analysis_wait *w, *next;
+	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
+		next = TAILQ_NEXT(w, link);
+		if (w->on_delta)
+			w->on_delta(w->arg, text, len);
+	}
+}
+
+static void
+on_relay(void *arg, const char *text, size_t len)
+{
+	flight_text(arg, text, len);
+}
+
+/* The claim's answer: generate (ours, or no lock to be had), or the other
+ * instance's result. */
+static void
+on_claim(void *arg, enum l2_claim_outcome o, const struct l2_found *found)
+{
+	struct flight *f = arg;
+	analysis *a = f->a;
+	if (o != L2_CLAIM_OWNER)
+		f->claim = NULL;         /* over: l2_coord frees it */
+	if (o != L2_CLAIM_RESULT) {
+		flight_fetch(f);
+		return;
+	}
+	const struct script_info *si = script_info(f->s);
+	const struct l2_value *v = &found->v;
+	note_view(f, cache_put(a->d.cache, f->key, f->contact_id, si->name, v->body, v->body_len,
+	                       v->etag, v->created_wall_ms, util_now_ms(), found->fresh_left_ms,
+	                       v->grace_ms, &v->meta));
+	struct outcome out = {
+		.status = 200, .prefix = v->body, .prefix_len = v->body_len, .etag = v->etag,
+		.created_wall_ms = v->created_wall_ms, .remaining_ms = found->fresh_left_ms,
+		.cache_status = "coalesced", .tier = "l2",
+	};
+	finish(f, &out);
+}
+
+/* Nothing usable in the L2: claim the key across instances first. */
+static void
+flight_claim(struct flight *f)
+{
+	f->claim = l2_claim_start(f->a->d.l2, f->key, f->contact_id, f->forced, f->l2_t0,
+	                          on_claim, on_relay, f);
+	if (f->claim) {
+		flight_set_state(f, FL_LOCK);
+		return;
 	}
 	flight_fetch(f);
 }
@@ -551,7 +648,7 @@ on_l2(void *arg, const struct l2_found *found)
 			                      &v->meta);
 		}
 	}
-	flight_fetch(f);
+	flight_claim(f);
 }
 
 /* The context: the script's named queries, all at once. */
@@ -668,6 +765,7 @@ revalidate(struct flight *f)
 		.ttl_ms = ttl, .grace_ms = grace, .meta = p->meta,
 	};
 	l2_put(a->d.l2, f->key, f->contact_id, &v);
+	l2_claim_stored(f->claim);
 	a->st.revalidated++;
 	if (p->meta.prompt_tokens > 0)
 		a->st.saved_prompt_tokens += p->meta.prompt_tokens;
@@ -911,9 +1009,8 @@ model_send(struct flight *f)
 	}
 }
 
-/* Keeps the text for callers that join later and hands it to every
- * streaming waiter. The next waiter is taken before the callback, which may
- * cancel its own waiter. */
+/* The model's text: to this instance's waiters and, when we own the key,
+ * to the other instances' (flight_text). */
 static void
 on_llm_delta(void *arg, const char *text, size_t len)
 {
@@ -922,19 +1019,8 @@ on_llm_delta(void *arg, const char *text, size_t len)
 		event_free(f->first_token_ev);
 		f->first_token_ev = NULL;
 	}
-	if (f->text_len + len + 1 > f->text_cap) {
-		f->text_cap = (f->text_len + len + 1) * 2;
-		f->text = xrealloc(f->text, f->text_cap);
-	}
-	memcpy(f->text + f->text_len, text, len);
-	f->text_len += len;
-	f->text[f->text_len] = '\0';
-	struct analysis_wait *w, *next;
-	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
-		next = TAILQ_NEXT(w, link);
-		if (w->on_delta)
-			w->on_delta(w->arg, text, len);
-	}
+	l2_claim_delta(f->claim, text, len);    /* other instances' waiters */
+	flight_text(f, text, len);
 }
 
 /* Whether this outcome says something about the upstream's health: a 4xx
@@ -1026,13 +1112,8 @@ repair(struct flight *f, const char *content, const char *problem)
 	f->repaired = true;
 	/* What was streamed so far is the rejected reply: streaming callers
 	 * are told to drop it (a NULL delta), joiners start from nothing. */
-	f->text_len = 0;
-	struct analysis_wait *w, *next;
-	for (w = TAILQ_FIRST(&f->waiters); w; w = next) {
-		next = TAILQ_NEXT(w, link);
-		if (w->on_delta)
-			w->on_delta(w->arg, NULL, 0);
-	}
+	l2_claim_delta(f->claim, NULL, 0);
+	flight_text(f, NULL, 0);
 	log_event(LOG_INFO, "schema repair attempt", LOG_S("type", script_info(f->s)->name),
 	          LOG_I("contact", f->contact_id), LOG_S("problem", problem), LOG_END);
 	model_call(f);
@@ -1203,6 +1284,7 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 			.meta = meta,
 		};
 		l2_put(a->d.l2, f->key, f->contact_id, &v);
+		l2_claim_stored(f->claim);
 	}
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,
@@ -1387,6 +1469,10 @@ reply_error(analysis_reply_cb *cb, void *arg, int64_t contact_id, const char *ty
 const char *
 analysis_wait_status(const analysis_wait *w)
 {
+	/* Its flight waits for another instance's generation (it has text
+	 * from there, or a claim that is not ours): joined, not started. */
+	if (w->f->state == FL_LOCK)
+		return "coalesced";
 	return w->cache_status;
 }
 
@@ -1453,6 +1539,9 @@ flight_free(struct flight *f)
 		*pp = f->chain;
 	ctx_cancel(f->ctx);
 	l2_get_cancel(f->l2get);
+	/* Owner: the lock goes and the waiters hear it (after the result's
+	 * write, on the same connection); waiter: it stops waiting. */
+	l2_claim_end(f->claim);
 	if (f->query)
 		db_query_cancel(f->query);
 	if (f->llm)
@@ -1487,6 +1576,8 @@ analysis_destroy(analysis *a)
 	for (int i = 0; i < NBUCKETS; i++)
 		while (a->buckets[i])
 			fail(a->buckets[i], 503, "shutting_down", "the server is shutting down");
+	if (a->d.l2)
+		l2_set_drop_handler(a->d.l2, NULL, NULL);
 	free(a);
 }
 
@@ -1569,7 +1660,20 @@ analysis_drop(analysis *a, int64_t contact_id, const char *type)
 	/* A generation already running read the old rows: not to be cached. */
 	analysis_contact_changed(a, contact_id);
 	l2_contact_dropped(a->d.l2, contact_id, util_wall_ms());
+	l2_publish_drop(a->d.l2, contact_id, type);    /* every other instance's L1 */
 	return n;
+}
+
+/* Another instance's DELETE: the same here (idempotent: dropping what is
+ * not there is nothing). */
+static void
+on_remote_drop(void *arg, int64_t contact_id, const char *type)
+{
+	analysis *a = arg;
+	int n = cache_drop_contact(a->d.cache, contact_id, type);
+	analysis_contact_changed(a, contact_id);
+	log_event(LOG_DEBUG, "dropped by another instance", LOG_I("contact", contact_id),
+	          LOG_S("type", type ? type : "*"), LOG_I("entries", n), LOG_END);
 }
 
 const l2 *
@@ -1584,6 +1688,7 @@ analysis_stats(const analysis *a, struct analysis_stats *out)
 	*out = a->st;
 	out->starting = a->in_state[FL_START];
 	out->l2_looking = a->in_state[FL_L2];
+	out->l2_locking = a->in_state[FL_LOCK];
 	out->fetching = a->in_state[FL_CONTEXT];
 	out->querying = a->in_state[FL_QUERY];
 	out->queued = a->in_state[FL_QUEUED];

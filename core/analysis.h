@@ -111,7 +111,8 @@ void analysis_destroy(analysis *a);
 analysis_wait *analysis_get(analysis *a, int64_t contact_id, const char *type, int flags,
                             analysis_reply_cb *cb, analysis_delta_cb *on_delta, void *arg);
 /* "miss" when this caller started the generation, "coalesced" when it
- * joined one in progress. */
+ * joined one in progress (here, or on another instance: its flight waits
+ * for that instance's result). */
 const char *analysis_wait_status(const analysis_wait *w);
 /* The text the model has written so far for this waiter's generation. */
 const char *analysis_wait_text(const analysis_wait *w, size_t *len);
@@ -151,6 +152,7 @@ struct analysis_stats {
 	/* flights by what they wait on (together they are `flights`) */
 	long starting;           /* created, not started yet */
 	long l2_looking;         /* the L2 lookup is out */
+	long l2_locking;         /* the key's lock is asked for, or another instance's result awaited */
 	long fetching;           /* the context's named queries are out */
 	long querying;           /* run(ctx): one of its own queries is out */
 	long queued;             /* a model call waits for an upstream slot */

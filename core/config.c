@@ -66,6 +66,8 @@ static const struct setting settings[] = {
 	{ "RAPPORT_REDIS_PREFIX", NULL, K_STR, OFF(redis_prefix), 0 },
 	{ "RAPPORT_L2_TIMEOUT_MS", NULL, K_INT, OFF(l2_timeout_ms), 0 },
 	{ "RAPPORT_L2_MAX_BYTES", NULL, K_SIZE, OFF(l2_max_bytes), 0 },
+	{ "RAPPORT_L2_LOCK_LEASE_MS", NULL, K_INT, OFF(l2_lock_lease_ms), 0 },
+	{ "RAPPORT_L2_LOCK_POLL_MS", NULL, K_INT, OFF(l2_lock_poll_ms), 0 },
 	{ "RAPPORT_TTL_SCALE", NULL, K_STR, OFF(ttl_scale), 0 },
 	{ "RAPPORT_HTTP_TIMEOUT", NULL, K_INT, OFF(http_timeout_s), 0 },
 	{ "RAPPORT_MAX_CONNECTIONS", NULL, K_INT, OFF(max_connections), 0 },
@@ -123,6 +125,8 @@ set_defaults(struct config *c)
 	c->redis_prefix = xstrdup("rapport");
 	c->l2_timeout_ms = 50;
 	c->l2_max_bytes = 1u << 20;
+	c->l2_lock_lease_ms = 5000;
+	c->l2_lock_poll_ms = 250;
 	c->ttl_scale = xstrdup("1");
 	c->http_timeout_s = 60;
 	c->max_connections = 0;

@@ -47,6 +47,8 @@ struct config {
 	char *redis_prefix;        /* RAPPORT_REDIS_PREFIX (rapport) */
 	int l2_timeout_ms;         /* RAPPORT_L2_TIMEOUT_MS: a lookup's deadline (50) */
 	size_t l2_max_bytes;       /* RAPPORT_L2_MAX_BYTES: larger values are not stored (1 MiB) */
+	int l2_lock_lease_ms;      /* RAPPORT_L2_LOCK_LEASE_MS: the per-key lock's lease (5000; 0: off) */
+	int l2_lock_poll_ms;       /* RAPPORT_L2_LOCK_POLL_MS: a waiter's safety-net poll (250) */
 	char *ttl_scale;           /* RAPPORT_TTL_SCALE, a factor > 0 on every ttl (1) */
 	int http_timeout_s;        /* RAPPORT_HTTP_TIMEOUT (60): per read/write on a client connection */
 	int max_connections;       /* RAPPORT_MAX_CONNECTIONS (0 = from the descriptor limit) */

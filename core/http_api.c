@@ -533,8 +533,13 @@ on_analysis_delta(void *arg, const char *text, size_t len)
 	struct http_call *c = arg;
 	if (!c->req || !c->sse)
 		return;
-	if (!c->streaming)
+	if (!c->streaming) {
+		/* Known now, not when the request came: a generation this
+		 * instance waits for on another one is "coalesced". */
+		if (c->wait)
+			snprintf(c->meta_cache, sizeof c->meta_cache, "%s", analysis_wait_status(c->wait));
 		sse_start(c, c->meta_cache, c->meta_version, c->contact_id, c->type);
+	}
 	if (!text) {
 		sse_send(c, "reset", "{\"reason\":\"the reply did not match the schema; it is "
 		                     "being regenerated: discard the text so far\"}");

@@ -1,14 +1,19 @@
 /*
  * l2 — Redis as the shared second-level cache. See l2.h for what it owns.
  *
- * The connection is in one state:
+ * Two connections (l2_int.h): cmd for every command, and sub, subscribed
+ * to <prefix>:events, whose messages go to l2_coord.c (locks, relay,
+ * drops). Each is in one state, with its own timer and backoff:
  *   L2_DOWN        no context; the timer starts the next attempt (backoff
  *                  100 ms doubling to 5 s, back to 100 ms once up)
  *   L2_CONNECTING  redisAsyncConnect*() is out, then AUTH/SELECT and a PING;
  *                  the timer is the 2 s budget for all of it (hiredis 0.14
  *                  has no connect timeout of its own)
- *   L2_UP          the PING was answered: lookups and writes go out
- * Each change of state is one log line; a request never logs about Redis.
+ *   L2_UP          the PING was answered: lookups and writes go out (sub:
+ *                  its SUBSCRIBE is sent)
+ * Each change of state is one log line ("l2 …" for cmd, "l2 pubsub …" for
+ * sub); a request never logs about Redis. l2_up() is cmd's state: without
+ * sub, waiters poll instead of being woken, nothing else changes.
  *
  * A lookup (struct l2_get) lives until hiredis calls its reply callback,
  * which it always does: with the reply, or with NULL when the connection
@@ -26,6 +31,7 @@
  * resolved with a blocking getaddrinfo inside redisAsyncConnect.
  */
 #include "l2.h"
+#include "l2_int.h"
 #include "log.h"
 #include "util.h"
 
@@ -47,24 +53,6 @@
 
 const double l2_latency_bounds_ms[7] = { 1, 2, 5, 10, 25, 50, 100 };
 
-enum l2_state { L2_DOWN, L2_CONNECTING, L2_UP };
-
-struct l2 {
-	struct event_base *base;
-	char *host, *unix_path, *user, *password, *prefix;
-	int port, db;
-	long timeout_ms;
-	size_t max_value_bytes;
-	enum l2_state state;
-	redisAsyncContext *ac;
-	struct event *timer;          /* DOWN: reconnect; CONNECTING: budget */
-	long backoff_ms;
-	long pending;                 /* lookups whose reply has not come */
-	bool destroying;
-	char last_error[160];
-	struct l2_stats st;
-};
-
 struct l2_get {
 	l2 *l;
 	l2_get_cb *cb;                /* NULL once answered or cancelled */
@@ -73,7 +61,7 @@ struct l2_get {
 	double t0;
 };
 
-static void l2_connect(l2 *l);
+static void l2_connect(struct l2_conn *c);
 
 /* ---- configuration ------------------------------------------------------ */
 
@@ -149,67 +137,95 @@ parse_url(l2 *l, const char *url, char *err, size_t errlen)
 	return ok;
 }
 
-/* ---- the connection ------------------------------------------------------- */
+/* ---- the connections ------------------------------------------------------ */
 
+/* One line per change of state, for each connection: "l2 up" / "l2 down" /
+ * "l2 unreachable" for the command connection, "l2 pubsub …" for the
+ * subscriber (so an operator sees when only the notifications are gone). */
 static void
-set_state(l2 *l, enum l2_state to, const char *why)
+set_state(struct l2_conn *c, enum l2_state to, const char *why)
 {
-	enum l2_state from = l->state;
+	l2 *l = c->l;
+	enum l2_state from = c->state;
 	/* Same state: only a failed attempt with a new reason is worth a line. */
-	if (from == to && !(to == L2_DOWN && strcmp(l->last_error, why ? why : "") != 0))
+	if (from == to && !(to == L2_DOWN && strcmp(c->last_error, why ? why : "") != 0))
 		return;
-	l->state = to;
-	l->st.up = to == L2_UP;
+	c->state = to;
+	if (c->sub)
+		l->st.pubsub_up = to == L2_UP;
+	else
+		l->st.up = to == L2_UP;
 	if (to == L2_UP) {
-		l->st.connects++;
-		log_event(LOG_INFO, "l2 up", LOG_S("redis", l->unix_path ? l->unix_path : l->host),
-		          LOG_END);
+		if (!c->sub)
+			l->st.connects++;
+		log_event(LOG_INFO, c->sub ? "l2 pubsub up" : "l2 up",
+		          LOG_S("redis", l->unix_path ? l->unix_path : l->host), LOG_END);
 	} else if (to == L2_DOWN && from == L2_UP) {
-		l->st.disconnects++;
-		log_event(LOG_WARN, "l2 down", LOG_S("error", why), LOG_S("effect",
-		          "requests go on from L1 and the model; reconnecting"), LOG_END);
-	} else if (to == L2_DOWN && strcmp(l->last_error, why ? why : "") != 0) {
+		if (!c->sub)
+			l->st.disconnects++;
+		log_event(LOG_WARN, c->sub ? "l2 pubsub down" : "l2 down", LOG_S("error", why),
+		          LOG_S("effect", c->sub
+		                ? "waits for other instances poll instead of being woken; reconnecting"
+		                : "requests go on from L1 and the model; reconnecting"), LOG_END);
+	} else if (to == L2_DOWN && strcmp(c->last_error, why ? why : "") != 0) {
 		/* A failed attempt: logged when the reason changes, not each time. */
-		log_event(LOG_WARN, "l2 unreachable", LOG_S("error", why), LOG_END);
+		log_event(LOG_WARN, c->sub ? "l2 pubsub unreachable" : "l2 unreachable",
+		          LOG_S("error", why), LOG_END);
 	}
-	snprintf(l->last_error, sizeof l->last_error, "%s", why ? why : "");
+	snprintf(c->last_error, sizeof c->last_error, "%s", why ? why : "");
 }
 
 static void
-arm_timer(l2 *l, long ms)
+arm_timer(struct l2_conn *c, long ms)
 {
 	struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
-	evtimer_add(l->timer, &tv);
+	evtimer_add(c->timer, &tv);
 }
 
 /* The context is gone (hiredis frees it after the callback that told us,
  * or we freed it): back off and try again. */
 static void
-lost(l2 *l, const char *why)
+lost(struct l2_conn *c, const char *why)
 {
-	l->ac = NULL;
-	set_state(l, L2_DOWN, why);
-	if (l->destroying)
+	c->ac = NULL;
+	set_state(c, L2_DOWN, why);
+	if (c->l->destroying)
 		return;
-	evtimer_del(l->timer);
-	arm_timer(l, l->backoff_ms);
-	l->backoff_ms = l->backoff_ms * 2 > L2_BACKOFF_MAX_MS ? L2_BACKOFF_MAX_MS : l->backoff_ms * 2;
+	evtimer_del(c->timer);
+	arm_timer(c, c->backoff_ms);
+	c->backoff_ms = c->backoff_ms * 2 > L2_BACKOFF_MAX_MS ? L2_BACKOFF_MAX_MS : c->backoff_ms * 2;
 }
 
 static void
 on_disconnect(const redisAsyncContext *ac, int status)
 {
-	l2 *l = ac->data;
-	if (l)
-		lost(l, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "lost"));
+	struct l2_conn *c = ac->data;
+	if (c)
+		lost(c, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "lost"));
+}
+
+/* Every message on the events channel (and the SUBSCRIBE's own answer).
+ * NULL: the connection ends, on_disconnect tells. */
+static void
+on_message(redisAsyncContext *ac, void *r, void *privdata)
+{
+	struct l2_conn *c = privdata;
+	redisReply *reply = r;
+	if (!reply || c->ac != ac || c->l->destroying)
+		return;
+	if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 3 &&
+	    reply->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(reply->element[0]->str, "message") == 0 &&
+	    reply->element[2]->type == REDIS_REPLY_STRING)
+		l2_coord_message(c->l, reply->element[2]->str, reply->element[2]->len);
 }
 
 static void
 on_ping(redisAsyncContext *ac, void *r, void *privdata)
 {
-	l2 *l = privdata;
+	struct l2_conn *c = privdata;
 	redisReply *reply = r;
-	if (!reply || l->ac != ac)
+	if (!reply || c->ac != ac)
 		return;                 /* the connection ends; on_disconnect tells */
 	if (reply->type != REDIS_REPLY_STATUS) {
 		char why[160];
@@ -219,12 +235,17 @@ on_ping(redisAsyncContext *ac, void *r, void *privdata)
 		 * callback: hiredis defers that for us). */
 		ac->data = NULL;
 		redisAsyncFree(ac);
-		lost(l, why);
+		lost(c, why);
 		return;
 	}
-	evtimer_del(l->timer);
-	l->backoff_ms = L2_BACKOFF_MIN_MS;
-	set_state(l, L2_UP, NULL);
+	evtimer_del(c->timer);
+	c->backoff_ms = L2_BACKOFF_MIN_MS;
+	if (c->sub) {
+		/* From here on this connection only hears messages. */
+		const char *argv[] = { "SUBSCRIBE", c->l->channel };
+		redisAsyncCommandArgv(ac, on_message, c, 2, argv, NULL);
+	}
+	set_state(c, L2_UP, NULL);
 }
 
 /* AUTH and SELECT replies: an error shows in the PING's place below, since
@@ -232,48 +253,49 @@ on_ping(redisAsyncContext *ac, void *r, void *privdata)
 static void
 on_setup_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
-	l2 *l = privdata;
+	struct l2_conn *c = privdata;
 	redisReply *reply = r;
-	if (reply && reply->type == REDIS_REPLY_ERROR && l->ac == ac) {
+	if (reply && reply->type == REDIS_REPLY_ERROR && c->ac == ac) {
 		char why[160];
 		snprintf(why, sizeof why, "%s", reply->str);
 		ac->data = NULL;
 		redisAsyncFree(ac);
-		lost(l, why);
+		lost(c, why);
 	}
 }
 
 static void
 on_connect(const redisAsyncContext *ac, int status)
 {
-	l2 *l = ac->data;
-	if (!l)
+	struct l2_conn *c = ac->data;
+	if (!c)
 		return;
 	if (status != REDIS_OK)
 		/* hiredis frees the context after this callback */
-		lost(l, ac->errstr[0] ? ac->errstr : "connect failed");
+		lost(c, ac->errstr[0] ? ac->errstr : "connect failed");
 }
 
 static void
 on_timer(evutil_socket_t fd, short what, void *arg)
 {
-	l2 *l = arg;
-	if (l->state == L2_CONNECTING) {
-		redisAsyncContext *ac = l->ac;
+	struct l2_conn *c = arg;
+	if (c->state == L2_CONNECTING) {
+		redisAsyncContext *ac = c->ac;
 		if (ac) {
 			ac->data = NULL;
 			redisAsyncFree(ac);
 		}
-		lost(l, "no answer within 2 s");
+		lost(c, "no answer within 2 s");
 		return;
 	}
-	if (l->state == L2_DOWN)
-		l2_connect(l);
+	if (c->state == L2_DOWN)
+		l2_connect(c);
 }
 
 static void
-l2_connect(l2 *l)
+l2_connect(struct l2_conn *c)
 {
+	l2 *l = c->l;
 	redisAsyncContext *ac = l->unix_path ? redisAsyncConnectUnix(l->unix_path)
 	                                     : redisAsyncConnect(l->host, l->port);
 	if (!ac || ac->err) {
@@ -281,35 +303,59 @@ l2_connect(l2 *l)
 		snprintf(why, sizeof why, "%s", ac ? ac->errstr : "out of memory");
 		if (ac)
 			redisAsyncFree(ac);
-		lost(l, why);
+		lost(c, why);
 		return;
 	}
-	ac->data = l;
-	l->ac = ac;
+	ac->data = c;
+	c->ac = ac;
 	redisLibeventAttach(ac, l->base);
 	redisAsyncSetConnectCallback(ac, on_connect);
 	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-	l->state = L2_CONNECTING;
+	c->state = L2_CONNECTING;
 	/* Queued now, written once connected; answered in order. */
 	if (l->password) {
 		if (l->user && *l->user) {
 			const char *argv[] = { "AUTH", l->user, l->password };
-			redisAsyncCommandArgv(ac, on_setup_reply, l, 3, argv, NULL);
+			redisAsyncCommandArgv(ac, on_setup_reply, c, 3, argv, NULL);
 		} else {
 			const char *argv[] = { "AUTH", l->password };
-			redisAsyncCommandArgv(ac, on_setup_reply, l, 2, argv, NULL);
+			redisAsyncCommandArgv(ac, on_setup_reply, c, 2, argv, NULL);
 		}
 	}
 	if (l->db) {
 		char db[16];
 		snprintf(db, sizeof db, "%d", l->db);
 		const char *argv[] = { "SELECT", db };
-		redisAsyncCommandArgv(ac, on_setup_reply, l, 2, argv, NULL);
+		redisAsyncCommandArgv(ac, on_setup_reply, c, 2, argv, NULL);
 	}
 	const char *ping[] = { "PING" };
-	redisAsyncCommandArgv(ac, on_ping, l, 1, ping, NULL);
-	evtimer_del(l->timer);
-	arm_timer(l, L2_CONNECT_BUDGET_MS);
+	redisAsyncCommandArgv(ac, on_ping, c, 1, ping, NULL);
+	evtimer_del(c->timer);
+	arm_timer(c, L2_CONNECT_BUDGET_MS);
+}
+
+static void
+conn_init(l2 *l, struct l2_conn *c, bool sub)
+{
+	c->l = l;
+	c->sub = sub;
+	c->state = L2_DOWN;
+	c->backoff_ms = L2_BACKOFF_MIN_MS;
+	c->timer = evtimer_new(l->base, on_timer, c);
+}
+
+static void
+conn_free(struct l2_conn *c)
+{
+	if (c->ac) {
+		redisAsyncContext *ac = c->ac;
+		c->ac = NULL;
+		ac->data = NULL;
+		redisAsyncFree(ac);    /* pending callbacks run with NULL: structs freed */
+	}
+	if (c->timer)
+		event_free(c->timer);
+	c->timer = NULL;
 }
 
 l2 *
@@ -320,14 +366,18 @@ l2_create(struct event_base *base, const struct l2_config *cfg, char *err, size_
 	l->prefix = xstrdup(cfg->prefix && *cfg->prefix ? cfg->prefix : "rapport");
 	l->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 50;
 	l->max_value_bytes = cfg->max_value_bytes > 0 ? cfg->max_value_bytes : 1u << 20;
-	l->backoff_ms = L2_BACKOFF_MIN_MS;
-	l->state = L2_DOWN;
+	l->lease_ms = cfg->lock_lease_ms > 0 ? cfg->lock_lease_ms : 0;
+	l->poll_ms = cfg->lock_poll_ms > 0 ? cfg->lock_poll_ms : 250;
+	l->cmd.l = l->sub.l = l;
 	if (!parse_url(l, cfg->url, err, errlen)) {
 		l2_destroy(l);
 		return NULL;
 	}
-	l->timer = evtimer_new(base, on_timer, l);
-	l2_connect(l);
+	l2_coord_init(l);
+	conn_init(l, &l->cmd, false);
+	conn_init(l, &l->sub, true);
+	l2_connect(&l->cmd);
+	l2_connect(&l->sub);
 	return l;
 }
 
@@ -337,14 +387,8 @@ l2_destroy(l2 *l)
 	if (!l)
 		return;
 	l->destroying = true;
-	if (l->ac) {
-		redisAsyncContext *ac = l->ac;
-		l->ac = NULL;
-		ac->data = NULL;
-		redisAsyncFree(ac);    /* pending callbacks run with NULL: structs freed */
-	}
-	if (l->timer)
-		event_free(l->timer);
+	conn_free(&l->cmd);
+	conn_free(&l->sub);
 	free(l->host);
 	free(l->unix_path);
 	free(l->user);
@@ -356,13 +400,13 @@ l2_destroy(l2 *l)
 bool
 l2_up(const l2 *l)
 {
-	return l && l->state == L2_UP;
+	return l && l->cmd.state == L2_UP;
 }
 
 const char *
 l2_state_name(const l2 *l)
 {
-	return l->state == L2_UP ? "up" : l->state == L2_CONNECTING ? "connecting" : "down";
+	return l->cmd.state == L2_UP ? "up" : l->cmd.state == L2_CONNECTING ? "connecting" : "down";
 }
 
 /* ---- values ------------------------------------------------------------------- */
@@ -445,8 +489,8 @@ decode(const char *text, size_t len, struct l2_value *v, json_t **meta)
 	return true;
 }
 
-static void
-key_of(const l2 *l, char *out, size_t n, const char *kind, const char *rest)
+void
+l2_key_of(const l2 *l, char *out, size_t n, const char *kind, const char *rest)
 {
 	snprintf(out, n, "%s:%s:%s", l->prefix, kind, rest);
 }
@@ -557,18 +601,18 @@ l2_get_start(l2 *l, const char *key, int64_t contact_id, l2_get_cb *cb, void *ar
 		return NULL;
 	}
 	char k[256], chg[96], drop[96], all[96], id[24];
-	key_of(l, k, sizeof k, "a", key);
+	l2_key_of(l, k, sizeof k, "a", key);
 	snprintf(id, sizeof id, "%lld", (long long)contact_id);
-	key_of(l, chg, sizeof chg, "chg", id);
-	key_of(l, drop, sizeof drop, "drop", id);
-	key_of(l, all, sizeof all, "chg", "all");
+	l2_key_of(l, chg, sizeof chg, "chg", id);
+	l2_key_of(l, drop, sizeof drop, "drop", id);
+	l2_key_of(l, all, sizeof all, "chg", "all");
 	l2_get *g = xcalloc(1, sizeof *g);
 	g->l = l;
 	g->cb = cb;
 	g->arg = arg;
 	g->t0 = util_now_ms();
 	const char *argv[] = { "MGET", k, chg, drop, all };
-	if (redisAsyncCommandArgv(l->ac, on_get_reply, g, 5, argv, NULL) != REDIS_OK) {
+	if (redisAsyncCommandArgv(l->cmd.ac, on_get_reply, g, 5, argv, NULL) != REDIS_OK) {
 		free(g);
 		l->st.errors++;
 		return NULL;
@@ -594,10 +638,11 @@ l2_get_cancel(l2_get *g)
 
 /* ---- writes ------------------------------------------------------------------- */
 
-static void
-on_write_reply(redisAsyncContext *ac, void *r, void *privdata)
+void
+l2_write_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
-	l2 *l = ac->data;
+	struct l2_conn *c = ac->data;
+	l2 *l = c ? c->l : NULL;
 	redisReply *reply = r;
 	if (l && (!reply || reply->type == REDIS_REPLY_ERROR))
 		l->st.errors++;
@@ -621,12 +666,12 @@ l2_put(l2 *l, const char *key, int64_t contact_id, const struct l2_value *v)
 		return;
 	}
 	char k[256], px[32];
-	key_of(l, k, sizeof k, "a", key);
+	l2_key_of(l, k, sizeof k, "a", key);
 	long long ms = (long long)(v->ttl_ms + v->grace_ms);
 	snprintf(px, sizeof px, "%lld", ms > 0 ? ms : 1);
 	const char *argv[] = { "SET", k, value, "PX", px };
 	size_t argvlen[] = { 3, strlen(k), len, 2, strlen(px) };
-	if (redisAsyncCommandArgv(l->ac, on_write_reply, NULL, 5, argv, argvlen) == REDIS_OK)
+	if (redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 5, argv, argvlen) == REDIS_OK)
 		l->st.stores++;
 	else
 		l->st.errors++;
@@ -650,10 +695,10 @@ mark(l2 *l, const char *kind, int64_t contact_id, int64_t wall_ms)
 		snprintf(id, sizeof id, "all");
 	else
 		snprintf(id, sizeof id, "%lld", (long long)contact_id);
-	key_of(l, k, sizeof k, kind, id);
+	l2_key_of(l, k, sizeof k, kind, id);
 	snprintf(v, sizeof v, "%lld", (long long)wall_ms);
 	const char *argv[] = { "SET", k, v, "PX", L2_MARK_PX };
-	redisAsyncCommandArgv(l->ac, on_write_reply, NULL, 5, argv, NULL);
+	redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 5, argv, NULL);
 }
 
 void

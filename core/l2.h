@@ -2,8 +2,10 @@
  * l2 — the shared second-level cache in Redis (REDIS_URL): finished
  * analyses that every instance reads and that survive a restart.
  *
- * Owns one hiredis async connection on the server's libevent loop, its
- * reconnect timer and the lookups in flight. Nothing blocks: a lookup has
+ * Owns two hiredis async connections on the server's libevent loop (one for
+ * commands, one subscribed to the instances' events channel; see
+ * l2_coord.h for what travels on it), their reconnect timers and the
+ * lookups in flight. Nothing blocks: a lookup has
  * its own deadline (RAPPORT_L2_TIMEOUT_MS) and answers "nothing" when Redis
  * is down, slow or restarting, so a request never waits on Redis for longer
  * than that; writes are fire and forget.
@@ -33,6 +35,8 @@ struct l2_config {
 	const char *prefix;          /* key namespace (RAPPORT_REDIS_PREFIX) */
 	long timeout_ms;             /* a lookup's deadline */
 	size_t max_value_bytes;      /* larger values are not stored */
+	long lock_lease_ms;          /* the cross-instance lock's lease; 0: no locks (l2_coord.h) */
+	long lock_poll_ms;           /* a waiter's safety-net poll */
 };
 
 /* A finished analysis as stored: the body prefix and what cache.h keeps. */
@@ -79,6 +83,9 @@ void l2_contact_changed(l2 *l, int64_t contact_id, int64_t wall_ms);
 /* The contact's entries were dropped (DELETE): absent on every instance. */
 void l2_contact_dropped(l2 *l, int64_t contact_id, int64_t wall_ms);
 
+/* Another instance dropped a contact's entries (DELETE): type NULL = all. */
+typedef void l2_drop_cb(void *arg, int64_t contact_id, const char *type);
+
 struct l2_stats {
 	bool up;
 	long hits, stale_hits, misses;     /* lookups answered */
@@ -87,6 +94,17 @@ struct l2_stats {
 	long skipped;                      /* lookups and writes not tried: Redis not up */
 	long stores, too_large;
 	long connects, disconnects;
+	/* coordination (l2_coord.h) */
+	bool pubsub_up;                    /* the subscriber connection */
+	long lock_acquired;                /* claims that took the lock and generated */
+	long lock_waits;                   /* claims that found it held and waited */
+	long lock_results;                 /* waits answered by the other instance's result */
+	long lock_takeovers;               /* waits that took the lock over (owner gone) */
+	long lock_skipped;                 /* claims that went on without a lock (Redis not up, slow) */
+	long lock_lost;                    /* renewals that found the lock no longer ours */
+	long relay_published;              /* deltas written for other instances */
+	long relay_deltas;                 /* deltas read from another instance's generation */
+	long remote_drops;                 /* DELETEs heard from other instances */
 	/* Lookup latency, milliseconds: counts per bucket (<= 1, 2, 5, 10, 25, 50,
 	 * 100, +inf) and the sum, for a Prometheus histogram. */
 	long lat_buckets[8];

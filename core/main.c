@@ -305,6 +305,7 @@ app_start_core(struct app *app)
 		struct l2_config lc = {
 			.url = cfg->redis_url, .prefix = cfg->redis_prefix,
 			.timeout_ms = cfg->l2_timeout_ms, .max_value_bytes = cfg->l2_max_bytes,
+			.lock_lease_ms = cfg->l2_lock_lease_ms, .lock_poll_ms = cfg->l2_lock_poll_ms,
 		};
 		app->l2 = l2_create(app->base, &lc, err, sizeof err);
 		if (!app->l2) {

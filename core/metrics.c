@@ -363,6 +363,10 @@ gather_l2(metrics *m, const l2 *l)
 	l2_stats(l, &s);
 	metrics_family(m, "rapport_l2_up", "1 when the Redis L2 is connected.", METRICS_GAUGE);
 	metrics_int(m, s.up, NULL);
+	metrics_family(m, "rapport_l2_pubsub_up",
+	               "1 when the Redis subscriber (events from other instances) is connected.",
+	               METRICS_GAUGE);
+	metrics_int(m, s.pubsub_up, NULL);
 	static const struct {
 		const char *name, *help;
 	} f[] = {
@@ -376,9 +380,20 @@ gather_l2(metrics *m, const l2 *l)
 		{ "rapport_l2_too_large_total", "Results over RAPPORT_L2_MAX_BYTES, not written." },
 		{ "rapport_l2_connects_total", "Times the L2 connection came up." },
 		{ "rapport_l2_disconnects_total", "Times it was lost." },
+		{ "rapport_l2_lock_acquired_total", "Keys this instance took the lock for and generated." },
+		{ "rapport_l2_lock_waits_total", "Claims that found a key locked by another instance and waited." },
+		{ "rapport_l2_lock_results_total", "Waits answered by the other instance's result." },
+		{ "rapport_l2_lock_takeovers_total", "Waits that took the lock over: its owner ended without a result." },
+		{ "rapport_l2_lock_skipped_total", "Generations that went on without the lock (Redis not up or slow)." },
+		{ "rapport_l2_lock_lost_total", "Lease renewals that found the lock no longer ours." },
+		{ "rapport_l2_relay_published_total", "Deltas written to Redis for other instances' streams." },
+		{ "rapport_l2_relay_deltas_total", "Deltas of another instance's generation relayed here." },
+		{ "rapport_l2_remote_drops_total", "DELETEs of another instance applied to this L1." },
 	};
 	long long v[] = { s.hits, s.stale_hits, s.misses, s.errors, s.timeouts, s.skipped,
-	                  s.stores, s.too_large, s.connects, s.disconnects };
+	                  s.stores, s.too_large, s.connects, s.disconnects, s.lock_acquired,
+	                  s.lock_waits, s.lock_results, s.lock_takeovers, s.lock_skipped, s.lock_lost,
+	                  s.relay_published, s.relay_deltas, s.remote_drops };
 	for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) {
 		metrics_family(m, f[i].name, f[i].help, METRICS_COUNTER);
 		metrics_int(m, v[i], NULL);

@@ -319,6 +319,9 @@ shared L2 in Redis at $REDIS_URL). See the shared cache at work:
   curl -s http://127.0.0.1:$PORT_A/metrics | grep rapport_l2_hits_total   # which instance answered
   curl -s http://127.0.0.1:$PORT_B/metrics | grep rapport_l2_hits_total
   curl -s http://$LISTEN/readyz                 # "l2":"up" on the instance that answers
+One model call across both (a cold contact streamed from each at once: one waits, relayed):
+  for p in $PORT_A $PORT_B; do curl -sN "http://127.0.0.1:\$p/v1/contacts/8/analyses/smart_tips?stream=1" | grep -c '^event: delta' & done; wait
+  curl -s http://127.0.0.1:$PORT_A/metrics http://127.0.0.1:$PORT_B/metrics | grep -e lock_acquired_total -e lock_waits_total
 Logs: var/log/rapport-$PORT_A.log, rapport-$PORT_B.log, haproxy-$LISTEN_PORT.log, redis-$LISTEN_PORT.log
 Ctrl-C stops HAProxy, both instances and redis-server; PostgreSQL keeps running.
 

@@ -216,7 +216,9 @@ def test_an_unreadable_value_is_a_miss_not_an_error(l2_server, fake, pg, redis):
     b = l2_server()
     r = get(b, cid)
     assert r.status == 200 and r.headers["X-Cache"] == "MISS"
-    assert metric(b, "rapport_l2_errors_total") == 1
+    # Read twice: the lookup, and once more when the key's lock was taken
+    # with a value present (the last holder might have just stored it).
+    assert metric(b, "rapport_l2_errors_total") == 2
 
 
 def test_a_value_over_the_cap_is_not_stored(l2_server, fake, pg):
