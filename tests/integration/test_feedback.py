@@ -164,7 +164,8 @@ def test_bad_votes_get_400_with_the_reason_and_nothing_is_stored(make_server, fa
 
 def test_an_unknown_contact_or_type_is_404_and_nothing_is_stored(make_server, fake, pg, state):
     srv = fb_server(make_server, state)
-    r = vote(srv, "up", "0123abcd", cid=999999)
+    version, _ = shown(srv)
+    r = vote(srv, "up", version, cid=999999)
     assert r.status == 404, r.body
     assert r.json()["error"]["code"] == "contact_not_found"
     r = vote(srv, "up", "0123abcd", t="no_such_type")
@@ -205,6 +206,70 @@ def test_with_api_keys_a_vote_needs_one(make_server, fake, pg, state):
     r = vote(srv, "up", version, headers=auth)
     assert r.status == 201, r.body
     assert len(stored(pg, state)) == 1
+
+
+# ---- only versions this server has loaded --------------------------------------------
+
+def test_a_vote_on_a_script_version_this_server_has_not_loaded_is_400_and_not_stored(
+        make_server, scripts_copy, fake, pg, state):
+    srv = fb_server(make_server, state, **scripts_copy.env)
+    v1, _ = shown(srv)
+    # well formed, but no script of the type ever had it: refused, so a caller
+    # cannot add a row to the counts (and to /v1/analysis-types) per vote
+    made_up = "deadbeef" if v1 != "deadbeef" else "beefdead"
+    r = vote(srv, "up", made_up)
+    assert r.status == 400, r.body
+    err = r.json()["error"]
+    assert err["code"] == "invalid_script_version", err
+    assert ("script_version %s is not a version of %s this server has loaded" % (made_up, TYPE)
+            in err["message"]), err
+    # another type's version is not this type's
+    other = type_doc(srv, "relationship_health")["version"]
+    if other != v1:
+        r = vote(srv, "up", other)
+        assert r.status == 400 and "not a version of %s" % TYPE in r.json()["error"]["message"]
+    # a result carries 8 digits: the full 16 are not a result's version
+    r = vote(srv, "up", v1 + "00000000")
+    assert r.status == 400 and r.json()["error"]["code"] == "invalid_script_version", r.body
+    assert stored(pg, state) == []
+    assert state_sql(pg, state, "select count(*) from rapport.feedback_counts") == [["0"]]
+    # the version that served before an edit is still known (results of it
+    # are on pages and in caches), and so is the new one
+    path = scripts_copy.scripts / "smart_tips.lua"
+    path.write_text(path.read_text() + "\n-- version B\n")
+    wait_until(lambda: type_doc(srv)["version"] != v1, "the edited script to serve", 15)
+    v2 = type_doc(srv)["version"]
+    assert vote(srv, "up", v1).status == 201
+    assert vote(srv, "down", v2).status == 201
+    assert [r[2:4] for r in stored(pg, state)] == [[v1, "up"], [v2, "down"]]
+    text = srv.get("/metrics").text
+    assert metric(text, 'rapport_feedback_rejected_total{reason="bad_request"}') >= 2
+
+
+def test_many_versions_of_one_type_never_push_another_types_counts_out(make_server, fake, pg,
+                                                                      state):
+    srv = fb_server(make_server, state)
+    version, _ = shown(srv)
+    # counts written by hand (older rapports, or SQL): 6000 versions of a
+    # type that sorts first, and 60 old versions of smart_tips, one up each
+    state_sql(pg, state, "insert into rapport.feedback_counts (type, script_version, up, down,"
+                         " last_at) select 'a_type', lpad(to_hex(g), 8, '0'), 1, 0,"
+                         " now() - interval '1 day' from generate_series(1, 6000) g")
+    state_sql(pg, state, "insert into rapport.feedback_counts (type, script_version, up, down,"
+                         " last_at) select '%s', lpad(to_hex(g), 8, '0'), 1, 0,"
+                         " now() - g * interval '1 minute' from generate_series(1, 60) g"
+                         % TYPE)
+    assert vote(srv, "down", version).status == 201
+    # after the read that follows the vote: smart_tips's totals over all its
+    # 61 versions, the 50 with the latest votes listed, the serving one first
+    wait_until(lambda: type_doc(srv)["feedback"]["up"] == 60, "smart_tips's totals read", 25)
+    fb = type_doc(srv)["feedback"]
+    assert (fb["up"], fb["down"]) == (60, 1), {k: fb[k] for k in ("up", "down")}
+    assert len(fb["versions"]) == 50, len(fb["versions"])
+    assert fb["versions"][0]["script_version"] == version and fb["versions"][0]["current"]
+    assert (fb["versions"][0]["up"], fb["versions"][0]["down"]) == (0, 1)
+    assert fb["versions"][1]["script_version"] == "00000001"
+    assert len(srv.get("/v1/analysis-types").body) < 100000
 
 
 # ---- counts per script version --------------------------------------------------
