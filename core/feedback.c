@@ -431,15 +431,14 @@ on_inserted(void *arg, const PGresult *res, const char *err)
 	op->st = NULL;
 	if (err || PQntuples(res) != 1) {
 		bool down = !state_is_up(f->d.state);
-		char msg[600];
-		snprintf(msg, sizeof msg, "%s: %s",
-		         down ? "rapport's state database (RAPPORT_STATE_URL) went away"
-		              : "the feedback could not be stored", err ? err : "no row returned");
-		util_utf8_trim(msg);
+		/* libpq's text (SQL, names of tables) is for the log, not for
+		 * API clients. */
 		log_event(LOG_WARN, "feedback not stored", LOG_S("type", op->type),
 		          LOG_S("error", err ? err : "no row"), LOG_END);
 		feedback_note_rejected(f, down ? FEEDBACK_UNAVAILABLE : FEEDBACK_ERROR);
-		op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "feedback_store_failed", msg,
+		op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "feedback_store_failed",
+		          down ? "rapport's state database (RAPPORT_STATE_URL) is unavailable"
+		               : "the feedback could not be stored (the server's log has the cause)",
 		          NULL);
 		return;
 	}
@@ -485,13 +484,14 @@ on_contact(void *arg, const PGresult *res, const struct db_error *err)
 	op->q = NULL;
 	char msg[600];
 	if (err) {
-		snprintf(msg, sizeof msg, "%s: %s",
-		         err->unavailable ? "the CRM database is unavailable"
-		                          : "the contact query failed", err->message);
-		util_utf8_trim(msg);
+		log_event(LOG_WARN, "feedback contact query failed", LOG_S("contact", op->contact),
+		          LOG_S("error", err->message), LOG_END);
 		feedback_note_rejected(op->f, err->unavailable ? FEEDBACK_UNAVAILABLE : FEEDBACK_ERROR);
 		op_finish(op, err->unavailable ? 503 : 500,
-		          err->unavailable ? "database_unavailable" : "query_failed", msg, NULL);
+		          err->unavailable ? "database_unavailable" : "query_failed",
+		          err->unavailable ? "the CRM database is unavailable"
+		                           : "the contact query failed (the server's log has the cause)",
+		          NULL);
 		return;
 	}
 	if (PQntuples(res) == 0) {
@@ -540,11 +540,14 @@ feedback_submit(feedback *f, const struct feedback_vote *v, feedback_reply_cb *c
 static void
 latest_failed(feedback_op *op, const char *err)
 {
-	char msg[600];
-	snprintf(msg, sizeof msg, "cannot read the feedback: %s", err);
-	util_utf8_trim(msg);
+	/* libpq's text goes to the log (at error: a console shows only those). */
+	log_event(LOG_ERROR, "feedback not read", LOG_S("type", op->type), LOG_S("error", err),
+	          LOG_END);
 	bool down = !state_is_up(op->f->d.state);
-	op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "query_failed", msg, NULL);
+	op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "query_failed",
+	          down ? "cannot read the feedback: the state database (RAPPORT_STATE_URL) is "
+	                 "unavailable"
+	               : "cannot read the feedback: the query failed (the log has the cause)", NULL);
 }
 
 /* The second statement: the type's counts, read now rather than taken

@@ -386,6 +386,28 @@ def test_the_state_database_stopping_gives_503_not_a_hang_then_votes_work_again(
     assert srv.is_running()
 
 
+def test_a_database_error_reaches_the_log_and_the_client_gets_a_fixed_message(make_server,
+                                                                               fake, pg, state):
+    srv = fb_server(make_server, state)
+    version, _ = shown(srv)
+    # an operator renamed the table: every statement on it fails in PostgreSQL
+    state_sql(pg, state, "alter table rapport.feedback rename to feedback_moved")
+    r = vote(srv, "up", version)
+    assert r.status == 500, r.body
+    err = r.json()["error"]
+    assert err["code"] == "feedback_store_failed", err
+    assert err["message"] == "the feedback could not be stored (the server's log has the cause)"
+    assert "relation" not in r.text and "INSERT" not in r.text, r.text
+    line = srv.wait_for_log(lambda e: e.get("msg") == "feedback not stored")
+    assert "rapport.feedback" in line["error"] and "does not exist" in line["error"], line
+    # the same for a read (the console, attached: the server's answer)
+    rc, out, errt = console(srv, 'feedback("%s")' % TYPE, args=("--attach",))
+    assert rc == 1 and "query_failed" in errt, (out, errt)
+    assert "relation" not in errt and "does not exist" not in errt, errt
+    line = srv.wait_for_log(lambda e: e.get("msg") == "feedback not read")
+    assert "does not exist" in line["error"], line
+
+
 # ---- the console ----------------------------------------------------------------------
 
 def console(srv, code, args=(), timeout=60):
