@@ -11,6 +11,7 @@ counts. The CRM data (DATABASE_URL) is the shared read-only demo database.
 
 import json
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -501,3 +502,27 @@ def test_console_feedback_without_the_state_database_says_why(make_server, fake)
     srv = make_server(start=False, RAPPORT_STATE_URL=nowhere)
     rc, out, err = console(srv, 'feedback("%s")' % TYPE)
     assert rc == 1 and "state_unavailable" in err and "RAPPORT_STATE_URL" in err, (out, err)
+
+
+def test_a_standalone_console_opens_its_state_connection_only_when_feedback_is_called(
+        make_server, fake):
+    # a listener standing in for the state database: it sees every connect
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.setblocking(False)
+    try:
+        port = lsock.getsockname()[1]
+        srv = make_server(start=False, RAPPORT_STATE_URL="host=127.0.0.1 port=%d dbname=rapport"
+                                                         % port)
+        rc, out, err = console(srv, "print(1)")
+        assert rc == 0 and out == "1\n", (out, err)
+        with pytest.raises(BlockingIOError):
+            lsock.accept()
+        # feedback() opens it (here it never answers: the console says so)
+        rc, out, err = console(srv, 'feedback("%s")' % TYPE)
+        assert rc == 1 and "state_unavailable" in err, (out, err)
+        conn, _ = lsock.accept()
+        conn.close()
+    finally:
+        lsock.close()
