@@ -5,9 +5,10 @@
  *
  * The checks that need nothing but the request come first (the id, the
  * type among the loaded ones, the body: feedback_parse, the script_version
- * one this process has loaded for the type), each answered at once; then the vote becomes a deferred http_call (http_api.c: it notices
- * a client that leaves and the shutdown) and one feedback op (feedback.c)
- * that owns the statements. struct hf ties the two and is freed by
+ * one this process has loaded for the type), each answered at once; then
+ * the vote becomes a deferred http_call (http_api.c: it notices a client
+ * that leaves and the shutdown) and one feedback op (feedback.c) that owns
+ * the statements. struct hf ties the two and is freed by
  * whichever ends first: the op's answer (reply sent) or the call going away
  * (op cancelled).
  */
