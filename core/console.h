@@ -44,7 +44,12 @@ struct console_deps {
 	limiter *limiter;         /* for metrics() */
 	breaker *breaker;
 	accounting *acct;
-	feedback *feedback;       /* feedback(): on a state connection of its own */
+	/* feedback(): on a state connection of the console's own, opened (and
+	 * migrated) by the first call, so a console that never asks opens none.
+	 * Returns the same feedback each time, NULL when there is no state
+	 * database to open; open_arg's owner destroys it. NULL: no feedback(). */
+	feedback *(*open_feedback)(void *open_arg);
+	void *open_arg;
 };
 
 /* Takes the console's own flags (--attach [SOCKET], --attach=SOCKET) out

@@ -575,7 +575,8 @@ fb_settled(void *arg)
 }
 
 /* feedback(type [, n]): as the admin socket's `feedback`, on this console's
- * own state connection (it may still be connecting: wait for it). */
+ * own state connection, opened by the first call (it may still be
+ * connecting: wait for it). */
 static int
 l_feedback(lua_State *L)
 {
@@ -587,13 +588,14 @@ l_feedback(lua_State *L)
 	struct cmd_error e = { 0 };
 	if (!cmd_arg_feedback(nw, words, &n, &e))
 		return luaL_error(L, "%s: %s", e.code, e.message);
-	if (!c->d.feedback)
+	feedback *fb = c->d.open_feedback ? c->d.open_feedback(c->d.open_arg) : NULL;
+	if (!fb)
 		return luaL_error(L, "feedback_unavailable: no state connection (check RAPPORT_STATE_URL)");
-	if (!feedback_state_settled(c->d.feedback) && !console_wait(c, fb_settled, c->d.feedback))
+	if (!feedback_state_settled(fb) && !console_wait(c, fb_settled, fb))
 		return luaL_error(L, "interrupted: stopped waiting for the state database");
 	struct fb_job j = { 0 };
 	struct feedback_reply now;
-	feedback_op *op = feedback_latest(c->d.feedback, words[0], n, on_feedback, &j, &now);
+	feedback_op *op = feedback_latest(fb, words[0], n, on_feedback, &j, &now);
 	if (!op)
 		return luaL_error(L, "%s: %s", now.code, now.message);
 	if (!console_wait(c, fb_done, &j)) {

@@ -29,7 +29,7 @@
 #include "util.h"
 
 #define TICK_MS 1000
-#define COUNTS_MAX_ROWS 5000      /* versions kept in memory over all types */
+#define COUNTS_PER_TYPE 50        /* versions kept in memory per type */
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
 
 static const char sql_insert[] =
@@ -39,15 +39,24 @@ static const char sql_insert[] =
 	" RETURNING id, contact_id, type, script_version, verdict, reason, "
 	TS("generated_at") ", " TS("created_at") ", request_id";
 
-static const char sql_counts[] =
-	"SELECT type, script_version, up, down, " TS("last_at")
-	"  FROM rapport.feedback_counts WHERE up > 0 OR down > 0"
-	" ORDER BY type, last_at DESC NULLS LAST, script_version LIMIT 5000";
+/* The counts, bounded per type so no type can push another's out: the
+ * COUNTS_PER_TYPE versions with the latest votes, each row with its type's
+ * totals over all its versions (summed here, not from the rows kept). */
+#define COUNTS_SQL(where)                                                                   \
+	"SELECT type, script_version, up, down, " TS("last_at") ", type_up, type_down"         \
+	"  FROM (SELECT type, script_version, up, down, last_at,"                                 \
+	"               row_number() OVER (PARTITION BY type"                                     \
+	"                                  ORDER BY last_at DESC NULLS LAST, script_version) AS n," \
+	"               sum(up) OVER (PARTITION BY type) AS type_up,"                             \
+	"               sum(down) OVER (PARTITION BY type) AS type_down"                          \
+	"          FROM rapport.feedback_counts WHERE (up > 0 OR down > 0)" where ") c"           \
+	" WHERE n <= " STR(COUNTS_PER_TYPE) " ORDER BY type, n"
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
-static const char sql_type_counts[] =
-	"SELECT type, script_version, up, down, " TS("last_at")
-	"  FROM rapport.feedback_counts WHERE type = $1 AND (up > 0 OR down > 0)"
-	" ORDER BY last_at DESC NULLS LAST, script_version LIMIT 1000";
+static const char sql_counts[] = COUNTS_SQL("");
+
+static const char sql_type_counts[] = COUNTS_SQL(" AND type = $1");
 
 static const char sql_latest[] =
 	"SELECT verdict, script_version, reason, contact_id, " TS("created_at")
@@ -65,7 +74,7 @@ struct count_row {
 	char last_at[32];
 };
 
-struct votes {                    /* this instance's stored votes, by type */
+struct tally {                    /* up and down of a type */
 	char type[65];
 	long long up, down;
 };
@@ -99,9 +108,11 @@ struct feedback {
 	bool loaded;
 	double refreshed_ms;          /* monotonic, of the last read */
 	int64_t as_of_wall;
-	struct count_row *rows;
+	struct count_row *rows;       /* at most COUNTS_PER_TYPE per type, as read */
 	int nrows;
-	struct votes *votes;
+	struct tally *totals;         /* each type's over all its versions */
+	int ntotals;
+	struct tally *votes;          /* this instance's stored votes, for metrics */
 	int nvotes;
 	long long rejected[FEEDBACK_NREJECT];
 	char instance[128];
@@ -112,12 +123,31 @@ struct feedback {
 
 static void counts_refresh(feedback *f);
 
-/* sql_counts' rows (type, script_version, up, down, last_at). */
+/* The tally of type in *arr, added (zero) when create and not there. */
+static struct tally *
+tally_of(struct tally **arr, int *n, const char *type, bool create)
+{
+	for (int i = 0; i < *n; i++)
+		if (strcmp((*arr)[i].type, type) == 0)
+			return &(*arr)[i];
+	if (!create)
+		return NULL;
+	*arr = xrealloc(*arr, (size_t)(*n + 1) * sizeof **arr);
+	struct tally *t = &(*arr)[(*n)++];
+	memset(t, 0, sizeof *t);
+	snprintf(t->type, sizeof t->type, "%s", type);
+	return t;
+}
+
+/* COUNTS_SQL's rows (type, script_version, up, down, last_at, type_up,
+ * type_down): the rows, and each type's totals in *totals. */
 static struct count_row *
-count_rows(const PGresult *res, int *nrows)
+count_rows(const PGresult *res, int *nrows, struct tally **totals, int *ntotals)
 {
 	int n = PQntuples(res);
 	struct count_row *rows = n ? xcalloc((size_t)n, sizeof *rows) : NULL;
+	*totals = NULL;
+	*ntotals = 0;
 	for (int i = 0; i < n; i++) {
 		struct count_row *r = &rows[i];
 		snprintf(r->type, sizeof r->type, "%s", PQgetvalue(res, i, 0));
@@ -126,6 +156,12 @@ count_rows(const PGresult *res, int *nrows)
 		r->up = util_parse_i64(PQgetvalue(res, i, 2), &v) ? v : 0;
 		r->down = util_parse_i64(PQgetvalue(res, i, 3), &v) ? v : 0;
 		snprintf(r->last_at, sizeof r->last_at, "%s", PQgetvalue(res, i, 4));
+		struct tally *t = tally_of(totals, ntotals, r->type, false);
+		if (!t) {
+			t = tally_of(totals, ntotals, r->type, true);
+			t->up = util_parse_i64(PQgetvalue(res, i, 5), &v) ? v : 0;
+			t->down = util_parse_i64(PQgetvalue(res, i, 6), &v) ? v : 0;
+		}
 	}
 	*nrows = n;
 	return rows;
@@ -139,11 +175,15 @@ on_counts(void *arg, const PGresult *res, const char *err)
 	if (err) {
 		log_event(LOG_WARN, "feedback counts not read", LOG_S("error", err), LOG_END);
 	} else {
-		int n;
-		struct count_row *rows = count_rows(res, &n);
+		int n, nt;
+		struct tally *totals;
+		struct count_row *rows = count_rows(res, &n, &totals, &nt);
 		free(f->rows);
 		f->rows = rows;
 		f->nrows = n;
+		free(f->totals);
+		f->totals = totals;
+		f->ntotals = nt;
 		f->loaded = true;
 		f->refreshed_ms = util_now_ms();
 		f->as_of_wall = util_wall_ms();
@@ -181,7 +221,12 @@ count_row(feedback *f, const char *type, const char *version)
 	for (int i = 0; i < f->nrows; i++)
 		if (strcmp(f->rows[i].type, type) == 0 && strcmp(f->rows[i].version, version) == 0)
 			return &f->rows[i];
-	if (f->nrows >= COUNTS_MAX_ROWS)
+	/* A vote on a version not in the copy: added until the read that
+	 * follows every vote trims the type to COUNTS_PER_TYPE again. */
+	int of_type = 0;
+	for (int i = 0; i < f->nrows; i++)
+		of_type += strcmp(f->rows[i].type, type) == 0;
+	if (of_type >= COUNTS_PER_TYPE + 16)
 		return NULL;
 	f->rows = xrealloc(f->rows, (size_t)(f->nrows + 1) * sizeof *f->rows);
 	struct count_row *r = &f->rows[f->nrows++];
@@ -207,12 +252,14 @@ version_json(const char *version, bool current, long long up, long long down, co
 	return o;
 }
 
-/* The counts of one type: the serving version (may be NULL) first. */
+/* The counts of one type: its totals, then the versions, the serving
+ * one (may be NULL) first. */
 static json_t *
-type_counts(const struct count_row *rows, int nrows, const char *type, const char *current)
+type_counts(const struct count_row *rows, int nrows, const struct tally *total, const char *type,
+            const char *current)
 {
 	json_t *versions = json_array();
-	long long up = 0, down = 0;
+	long long up = total ? total->up : 0, down = total ? total->down : 0;
 	bool seen_current = false;
 	if (current) {
 		for (int i = 0; i < nrows; i++) {
@@ -231,8 +278,6 @@ type_counts(const struct count_row *rows, int nrows, const char *type, const cha
 		const struct count_row *r = &rows[i];
 		if (strcmp(r->type, type) != 0)
 			continue;
-		up += r->up;
-		down += r->down;
 		if (!current || strcmp(r->version, current) != 0)
 			json_array_append_new(versions, version_json(r->version, false, r->up, r->down,
 			                                             r->last_at));
@@ -255,7 +300,11 @@ feedback_annotate_types(const feedback *f, json_t *list)
 		if (!name)
 			continue;
 		const char *version = json_string_value(json_object_get(t, "version"));
-		json_object_set_new(t, "feedback", type_counts(f->rows, f->nrows, name, version));
+		struct tally *totals = f->totals;
+		int ntotals = f->ntotals;
+		json_object_set_new(t, "feedback", type_counts(f->rows, f->nrows,
+		                                               tally_of(&totals, &ntotals, name, false),
+		                                               name, version));
 	}
 }
 
@@ -364,20 +413,14 @@ bump(feedback *f, const char *type, const char *version, bool up, const char *at
 			r->down++;
 		snprintf(r->last_at, sizeof r->last_at, "%s", at);
 	}
-	struct votes *v = NULL;
-	for (int i = 0; i < f->nvotes && !v; i++)
-		if (strcmp(f->votes[i].type, type) == 0)
-			v = &f->votes[i];
-	if (!v) {
-		f->votes = xrealloc(f->votes, (size_t)(f->nvotes + 1) * sizeof *f->votes);
-		v = &f->votes[f->nvotes++];
-		memset(v, 0, sizeof *v);
-		snprintf(v->type, sizeof v->type, "%s", type);
+	struct tally *ts[] = { tally_of(&f->totals, &f->ntotals, type, true),
+	                       tally_of(&f->votes, &f->nvotes, type, true) };
+	for (size_t k = 0; k < sizeof ts / sizeof ts[0]; k++) {
+		if (up)
+			ts[k]->up++;
+		else
+			ts[k]->down++;
 	}
-	if (up)
-		v->up++;
-	else
-		v->down++;
 }
 
 static void
@@ -388,15 +431,14 @@ on_inserted(void *arg, const PGresult *res, const char *err)
 	op->st = NULL;
 	if (err || PQntuples(res) != 1) {
 		bool down = !state_is_up(f->d.state);
-		char msg[600];
-		snprintf(msg, sizeof msg, "%s: %s",
-		         down ? "rapport's state database (RAPPORT_STATE_URL) went away"
-		              : "the feedback could not be stored", err ? err : "no row returned");
-		util_utf8_trim(msg);
+		/* libpq's text (SQL, names of tables) is for the log, not for
+		 * API clients. */
 		log_event(LOG_WARN, "feedback not stored", LOG_S("type", op->type),
 		          LOG_S("error", err ? err : "no row"), LOG_END);
 		feedback_note_rejected(f, down ? FEEDBACK_UNAVAILABLE : FEEDBACK_ERROR);
-		op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "feedback_store_failed", msg,
+		op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "feedback_store_failed",
+		          down ? "rapport's state database (RAPPORT_STATE_URL) is unavailable"
+		               : "the feedback could not be stored (the server's log has the cause)",
 		          NULL);
 		return;
 	}
@@ -442,13 +484,14 @@ on_contact(void *arg, const PGresult *res, const struct db_error *err)
 	op->q = NULL;
 	char msg[600];
 	if (err) {
-		snprintf(msg, sizeof msg, "%s: %s",
-		         err->unavailable ? "the CRM database is unavailable"
-		                          : "the contact query failed", err->message);
-		util_utf8_trim(msg);
+		log_event(LOG_WARN, "feedback contact query failed", LOG_S("contact", op->contact),
+		          LOG_S("error", err->message), LOG_END);
 		feedback_note_rejected(op->f, err->unavailable ? FEEDBACK_UNAVAILABLE : FEEDBACK_ERROR);
 		op_finish(op, err->unavailable ? 503 : 500,
-		          err->unavailable ? "database_unavailable" : "query_failed", msg, NULL);
+		          err->unavailable ? "database_unavailable" : "query_failed",
+		          err->unavailable ? "the CRM database is unavailable"
+		                           : "the contact query failed (the server's log has the cause)",
+		          NULL);
 		return;
 	}
 	if (PQntuples(res) == 0) {
@@ -497,11 +540,14 @@ feedback_submit(feedback *f, const struct feedback_vote *v, feedback_reply_cb *c
 static void
 latest_failed(feedback_op *op, const char *err)
 {
-	char msg[600];
-	snprintf(msg, sizeof msg, "cannot read the feedback: %s", err);
-	util_utf8_trim(msg);
+	/* libpq's text goes to the log (at error: a console shows only those). */
+	log_event(LOG_ERROR, "feedback not read", LOG_S("type", op->type), LOG_S("error", err),
+	          LOG_END);
 	bool down = !state_is_up(op->f->d.state);
-	op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "query_failed", msg, NULL);
+	op_finish(op, down ? 503 : 500, down ? "state_unavailable" : "query_failed",
+	          down ? "cannot read the feedback: the state database (RAPPORT_STATE_URL) is "
+	                 "unavailable"
+	               : "cannot read the feedback: the query failed (the log has the cause)", NULL);
 }
 
 /* The second statement: the type's counts, read now rather than taken
@@ -516,8 +562,9 @@ on_latest_counts(void *arg, const PGresult *res, const char *err)
 		latest_failed(op, err);
 		return;
 	}
-	int n;
-	struct count_row *rows = count_rows(res, &n);
+	int n, nt;
+	struct tally *totals;
+	struct count_row *rows = count_rows(res, &n, &totals, &nt);
 	const char *current = NULL;
 	script *s = f->d.scripts ? script_registry_get(f->d.scripts, op->type) : NULL;
 	char version8[9] = "";
@@ -526,8 +573,10 @@ on_latest_counts(void *arg, const PGresult *res, const char *err)
 		current = version8;
 	}
 	json_t *doc = json_pack("{s:s}", "type", op->type);
-	json_t *counts = type_counts(rows, n, op->type, current);
+	json_t *counts = type_counts(rows, n, tally_of(&totals, &nt, op->type, false), op->type,
+	                             current);
 	free(rows);
+	free(totals);
 	json_object_update(doc, counts);     /* up, down, acceptance_rate, versions */
 	json_decref(counts);
 	json_object_set(doc, "latest", op->latest);
@@ -639,11 +688,12 @@ valid_timestamp(const char *s)
 	       back.tm_mday == want.tm_mday;
 }
 
+/* As a result carries it (analysis.c): the first 8 hex digits of the
+ * script's version. Whether this server knows it is http_feedback's check. */
 static bool
 valid_version(const char *v)
 {
-	size_t n = strlen(v);
-	if (n < 8 || n > 16)
+	if (strlen(v) != 8)
 		return false;
 	for (; *v; v++)
 		if (!isdigit((unsigned char)*v) && !(*v >= 'a' && *v <= 'f'))
@@ -699,7 +749,7 @@ feedback_parse(const char *body, size_t len, struct feedback_vote *v, json_t **d
 	v->script_version = json_string_value(version);
 	if (!v->script_version || !valid_version(v->script_version)) {
 		*code = "invalid_script_version";
-		snprintf(msg, msglen, "script_version must be the result's script_version (8 to 16 "
+		snprintf(msg, msglen, "script_version must be the result's script_version (8 "
 		         "lowercase hex digits)");
 		json_decref(d);
 		return 400;
@@ -771,6 +821,7 @@ feedback_destroy(feedback *f)
 		state_cancel(f->refresh_st);
 	event_free(f->tick);
 	free(f->rows);
+	free(f->totals);
 	free(f->votes);
 	free(f);
 }

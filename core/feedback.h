@@ -12,16 +12,22 @@
  * same transaction.
  *
  * Data flow of a vote:
- *   feedback_parse(body) ─► feedback_submit: the state must be up (else 503
- *   at once) ─► the `contact` named query (scripts/lib/queries.lua) on the
- *   scripts' pool: no row → 404 ─► INSERT … RETURNING on the state
- *   connection ─► the row as JSON, 201; this instance's counts and metrics
- *   bumped, and a refresh of the counts asked for.
+ *   feedback_parse(body) ─► the script_version one this process loaded
+ *   for the type (script_registry_knows_version, in http_feedback.c: else
+ *   400, so no caller adds a row to the counts per vote) ─►
+ *   feedback_submit: the state must be up (else 503 at once) ─► the
+ *   `contact` named query (scripts/lib/queries.lua) on the scripts' pool:
+ *   no row → 404 ─► INSERT … RETURNING on the state connection ─► the row
+ *   as JSON, 201; this instance's counts and metrics bumped, and a refresh
+ *   of the counts asked for.
  *
- * The counts: a copy in memory of rapport.feedback_counts, read again after
- * each vote and every FEEDBACK_REFRESH_MS (other instances' votes), so
- * GET /v1/analysis-types answers from memory and never waits on the state
- * database (when it is down the last copy stands, marked with its age).
+ * The counts: a copy in memory of rapport.feedback_counts, at most 50
+ * versions per type (those with the latest votes) and each type's totals
+ * summed in SQL, so one type's versions never push another's out; read
+ * again after each vote and every FEEDBACK_REFRESH_MS (other instances'
+ * votes), so GET /v1/analysis-types answers from memory and never waits
+ * on the state database (when it is down the last copy stands, marked
+ * with its age).
  *
  * feedback_latest() reads the latest reasons of a type, for the console's
  * feedback("smart_tips"[, n]) and the admin socket's `feedback`.

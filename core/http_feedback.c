@@ -4,10 +4,11 @@
  * too, RAPPORT_MAX_BODY).
  *
  * The checks that need nothing but the request come first (the id, the
- * type among the loaded ones, the body: feedback_parse), each answered at
- * once; then the vote becomes a deferred http_call (http_api.c: it notices
- * a client that leaves and the shutdown) and one feedback op (feedback.c)
- * that owns the statements. struct hf ties the two and is freed by
+ * type among the loaded ones, the body: feedback_parse, the script_version
+ * one this process has loaded for the type), each answered at once; then
+ * the vote becomes a deferred http_call (http_api.c: it notices a client
+ * that leaves and the shutdown) and one feedback op (feedback.c) that owns
+ * the statements. struct hf ties the two and is freed by
  * whichever ends first: the op's answer (reply sent) or the call going away
  * (op cancelled).
  */
@@ -120,6 +121,20 @@ http_feedback_route(http_server *s, const struct http_deps *d, struct evhttp_req
 	if (st) {
 		feedback_note_rejected(d->feedback, st == 413 ? FEEDBACK_TOO_LARGE : FEEDBACK_BAD_REQUEST);
 		http_call_error(c, st, code, msg, NULL);
+		free(h);
+		return true;
+	}
+	/* Only a version this server produced results with: a made-up one
+	 * would add a row to the counts per vote (and to every
+	 * /v1/analysis-types answer). */
+	if (!script_registry_knows_version(d->scripts, type, v.script_version)) {
+		snprintf(msg, sizeof msg, "script_version %.8s is not a version of %s this server has "
+		         "loaded (it serves %.8s): send the script_version of the result shown",
+		         v.script_version, type, script_info(script_registry_get(d->scripts,
+		                                                                  type))->version);
+		json_decref(doc);
+		feedback_note_rejected(d->feedback, FEEDBACK_BAD_REQUEST);
+		http_call_error(c, 400, "invalid_script_version", msg, NULL);
 		free(h);
 		return true;
 	}

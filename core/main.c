@@ -455,6 +455,18 @@ app_start_feedback(struct app *app)
 	app->feedback = feedback_create(&fd);
 }
 
+/* The console's state connection and feedback, on its first feedback(). */
+static feedback *
+console_open_feedback(void *arg)
+{
+	struct app *app = arg;
+	if (!app->state)
+		app->state = state_create(app->base, app->cfg.state_url, app->cfg.db_timeout_ms);
+	if (app->state && !app->feedback)
+		app_start_feedback(app);
+	return app->feedback;
+}
+
 static int
 cmd_serve(struct app *app)
 {
@@ -651,13 +663,11 @@ cmd_console(struct app *app, const struct console_opts *co, char **args, int nar
 		cd.limiter = app->limiter;
 		cd.breaker = app->breaker;
 		cd.acct = app->acct;
-		/* feedback() reads rapport's own schema: a state connection of
-		 * the console's own, which connects (and migrates) at once, in
-		 * the background. */
-		app->state = state_create(app->base, app->cfg.state_url, app->cfg.db_timeout_ms);
-		if (app->state)
-			app_start_feedback(app);
-		cd.feedback = app->feedback;
+		/* feedback() reads rapport's own schema on a state connection of
+		 * the console's own: opened by its first call, not for every
+		 * `rapport console -e …`. app_stop destroys it. */
+		cd.open_feedback = console_open_feedback;
+		cd.open_arg = app;
 	}
 	return console_main(&cd, co, args, nargs);
 }

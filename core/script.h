@@ -80,6 +80,11 @@ const char *script_registry_scripts_dir(const script_registry *r);
 /* The serving version of a type (borrowed: script_ref() to keep it), or
  * NULL when the type is unknown or has never compiled. */
 script *script_registry_get(script_registry *r, const char *type);
+/* True when version8 (the 8 hex digits a result carries as its
+ * script_version) is the serving version of type or one of the last
+ * REG_RETIRED_MAX (script_int.h) it served in this process. */
+bool script_registry_knows_version(const script_registry *r, const char *type,
+                                   const char *version8);
 /* The SQL of a named query of scripts/lib/queries.lua, for the server's
  * own use outside any analysis (warm_candidates, contact_search), as of
  * the last reload; NULL when the file does not define it. Borrowed: valid

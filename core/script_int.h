@@ -66,10 +66,17 @@ struct script {
 	const char *scripts_dir, *prompts_dir;
 };
 
+/* Versions a type served before its current one, kept so a vote on a
+ * result an earlier version produced (still on a page, or cached) is
+ * known: bounded, so edits never grow it. */
+#define REG_RETIRED_MAX 8
+
 struct reg_entry {
 	char *name;
 	script *current;
 	char *error;
+	char retired[REG_RETIRED_MAX][17];   /* full versions, newest first */
+	int nretired;
 };
 
 /* The name → SQL pairs of scripts/lib/queries.lua, for the server's own

@@ -2,6 +2,9 @@
  * script_registry — type names → their serving script. A reload compiles
  * every file of the folder into new scripts and swaps in what compiled (and
  * passed the validator); a file that fails keeps its previous version.
+ * Each type also keeps the last REG_RETIRED_MAX versions it served, so a
+ * vote on a result of an earlier version is told from a made-up one
+ * (script_registry_knows_version, http_feedback.c).
  */
 #include "script_int.h"
 #include "log.h"
@@ -45,6 +48,22 @@ entry_clear(struct reg_entry *e)
 	free(e->name);
 	free(e->error);
 	script_unref(e->current);
+}
+
+/* version stops serving: first in e's retired list (once), the oldest
+ * dropped past REG_RETIRED_MAX. */
+static void
+entry_retire(struct reg_entry *e, const char *version)
+{
+	int k = 0;
+	while (k < e->nretired && strcmp(e->retired[k], version) != 0)
+		k++;
+	if (k == e->nretired && e->nretired < REG_RETIRED_MAX)
+		e->nretired++;
+	if (k == REG_RETIRED_MAX)
+		k--;
+	memmove(e->retired[1], e->retired[0], (size_t)k * sizeof e->retired[0]);
+	snprintf(e->retired[0], sizeof e->retired[0], "%s", version);
 }
 
 void
@@ -119,8 +138,14 @@ script_registry_reload(script_registry *r)
 			script_unref(s);
 			s = NULL;
 		}
+		if (old) {
+			memcpy(e->retired, old->retired, sizeof e->retired);
+			e->nretired = old->nretired;
+		}
 		if (s) {
 			e->current = s;
+			if (old && old->current && strcmp(old->current->version, s->version) != 0)
+				entry_retire(e, old->current->version);
 			if (!old || !old->current || strcmp(old->current->version, s->version) != 0)
 				log_event(LOG_INFO, "script loaded", LOG_S("type", e->name),
 				          LOG_S("version", s->version), LOG_END);
@@ -170,6 +195,20 @@ script_registry_get(script_registry *r, const char *type)
 {
 	struct reg_entry *e = find_entry(r, type);
 	return e ? e->current : NULL;
+}
+
+bool
+script_registry_knows_version(const script_registry *r, const char *type, const char *version8)
+{
+	const struct reg_entry *e = find_entry(r, type);
+	if (!e || !version8 || strlen(version8) != 8)
+		return false;
+	if (e->current && strncmp(e->current->version, version8, 8) == 0)
+		return true;
+	for (int k = 0; k < e->nretired; k++)
+		if (strncmp(e->retired[k], version8, 8) == 0)
+			return true;
+	return false;
 }
 
 json_t *

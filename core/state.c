@@ -86,7 +86,9 @@ static const struct state_migration {
 	 * trigger in the voting transaction, so it is never behind the
 	 * votes and /v1/analysis-types reads one row per (type, version)
 	 * however many votes there are; a vote deleted by hand (spam) is
-	 * taken off too. */
+	 * taken off too, and one changed by hand (its verdict, type or
+	 * version) moves (the old counted off, the new on). TRUNCATE fires
+	 * no row trigger: docs/operations.md gives the recount. */
 	{ 2, "feedback on insights and its counts per script version",
 	  "CREATE TABLE rapport.feedback ("
 	  "  id             bigserial PRIMARY KEY,"
@@ -109,21 +111,23 @@ static const struct state_migration {
 	  "  PRIMARY KEY (type, script_version));"
 	  "CREATE FUNCTION rapport.feedback_count() RETURNS trigger LANGUAGE plpgsql AS $f$"
 	  " BEGIN"
-	  "  IF TG_OP = 'INSERT' THEN"
+	  "  IF TG_OP IN ('UPDATE', 'DELETE') THEN"
+	  "   UPDATE rapport.feedback_counts"
+	  "      SET up = up - (OLD.verdict = 'up')::int, down = down - (OLD.verdict = 'down')::int"
+	  "    WHERE type = OLD.type AND script_version = OLD.script_version;"
+	  "  END IF;"
+	  "  IF TG_OP IN ('INSERT', 'UPDATE') THEN"
 	  "   INSERT INTO rapport.feedback_counts AS c (type, script_version, up, down, last_at)"
 	  "   VALUES (NEW.type, NEW.script_version, (NEW.verdict = 'up')::int,"
 	  "           (NEW.verdict = 'down')::int, NEW.created_at)"
 	  "   ON CONFLICT (type, script_version) DO UPDATE"
 	  "     SET up = c.up + EXCLUDED.up, down = c.down + EXCLUDED.down,"
 	  "         last_at = greatest(c.last_at, EXCLUDED.last_at);"
-	  "  ELSE"
-	  "   UPDATE rapport.feedback_counts"
-	  "      SET up = up - (OLD.verdict = 'up')::int, down = down - (OLD.verdict = 'down')::int"
-	  "    WHERE type = OLD.type AND script_version = OLD.script_version;"
 	  "  END IF;"
 	  "  RETURN NULL;"
 	  " END $f$;"
-	  "CREATE TRIGGER feedback_count AFTER INSERT OR DELETE ON rapport.feedback"
+	  "CREATE TRIGGER feedback_count"
+	  "  AFTER INSERT OR UPDATE OF type, script_version, verdict OR DELETE ON rapport.feedback"
 	  "  FOR EACH ROW EXECUTE FUNCTION rapport.feedback_count();" },
 };
 #define NMIGRATIONS ((int)(sizeof migrations / sizeof migrations[0]))

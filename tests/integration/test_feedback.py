@@ -11,6 +11,7 @@ counts. The CRM data (DATABASE_URL) is the shared read-only demo database.
 
 import json
 import re
+import socket
 import subprocess
 import time
 import uuid
@@ -164,7 +165,8 @@ def test_bad_votes_get_400_with_the_reason_and_nothing_is_stored(make_server, fa
 
 def test_an_unknown_contact_or_type_is_404_and_nothing_is_stored(make_server, fake, pg, state):
     srv = fb_server(make_server, state)
-    r = vote(srv, "up", "0123abcd", cid=999999)
+    version, _ = shown(srv)
+    r = vote(srv, "up", version, cid=999999)
     assert r.status == 404, r.body
     assert r.json()["error"]["code"] == "contact_not_found"
     r = vote(srv, "up", "0123abcd", t="no_such_type")
@@ -205,6 +207,70 @@ def test_with_api_keys_a_vote_needs_one(make_server, fake, pg, state):
     r = vote(srv, "up", version, headers=auth)
     assert r.status == 201, r.body
     assert len(stored(pg, state)) == 1
+
+
+# ---- only versions this server has loaded --------------------------------------------
+
+def test_a_vote_on_a_script_version_this_server_has_not_loaded_is_400_and_not_stored(
+        make_server, scripts_copy, fake, pg, state):
+    srv = fb_server(make_server, state, **scripts_copy.env)
+    v1, _ = shown(srv)
+    # well formed, but no script of the type ever had it: refused, so a caller
+    # cannot add a row to the counts (and to /v1/analysis-types) per vote
+    made_up = "deadbeef" if v1 != "deadbeef" else "beefdead"
+    r = vote(srv, "up", made_up)
+    assert r.status == 400, r.body
+    err = r.json()["error"]
+    assert err["code"] == "invalid_script_version", err
+    assert ("script_version %s is not a version of %s this server has loaded" % (made_up, TYPE)
+            in err["message"]), err
+    # another type's version is not this type's
+    other = type_doc(srv, "relationship_health")["version"]
+    if other != v1:
+        r = vote(srv, "up", other)
+        assert r.status == 400 and "not a version of %s" % TYPE in r.json()["error"]["message"]
+    # a result carries 8 digits: the full 16 are not a result's version
+    r = vote(srv, "up", v1 + "00000000")
+    assert r.status == 400 and r.json()["error"]["code"] == "invalid_script_version", r.body
+    assert stored(pg, state) == []
+    assert state_sql(pg, state, "select count(*) from rapport.feedback_counts") == [["0"]]
+    # the version that served before an edit is still known (results of it
+    # are on pages and in caches), and so is the new one
+    path = scripts_copy.scripts / "smart_tips.lua"
+    path.write_text(path.read_text() + "\n-- version B\n")
+    wait_until(lambda: type_doc(srv)["version"] != v1, "the edited script to serve", 15)
+    v2 = type_doc(srv)["version"]
+    assert vote(srv, "up", v1).status == 201
+    assert vote(srv, "down", v2).status == 201
+    assert [r[2:4] for r in stored(pg, state)] == [[v1, "up"], [v2, "down"]]
+    text = srv.get("/metrics").text
+    assert metric(text, 'rapport_feedback_rejected_total{reason="bad_request"}') >= 2
+
+
+def test_many_versions_of_one_type_never_push_another_types_counts_out(make_server, fake, pg,
+                                                                      state):
+    srv = fb_server(make_server, state)
+    version, _ = shown(srv)
+    # counts written by hand (older rapports, or SQL): 6000 versions of a
+    # type that sorts first, and 60 old versions of smart_tips, one up each
+    state_sql(pg, state, "insert into rapport.feedback_counts (type, script_version, up, down,"
+                         " last_at) select 'a_type', lpad(to_hex(g), 8, '0'), 1, 0,"
+                         " now() - interval '1 day' from generate_series(1, 6000) g")
+    state_sql(pg, state, "insert into rapport.feedback_counts (type, script_version, up, down,"
+                         " last_at) select '%s', lpad(to_hex(g), 8, '0'), 1, 0,"
+                         " now() - g * interval '1 minute' from generate_series(1, 60) g"
+                         % TYPE)
+    assert vote(srv, "down", version).status == 201
+    # after the read that follows the vote: smart_tips's totals over all its
+    # 61 versions, the 50 with the latest votes listed, the serving one first
+    wait_until(lambda: type_doc(srv)["feedback"]["up"] == 60, "smart_tips's totals read", 25)
+    fb = type_doc(srv)["feedback"]
+    assert (fb["up"], fb["down"]) == (60, 1), {k: fb[k] for k in ("up", "down")}
+    assert len(fb["versions"]) == 50, len(fb["versions"])
+    assert fb["versions"][0]["script_version"] == version and fb["versions"][0]["current"]
+    assert (fb["versions"][0]["up"], fb["versions"][0]["down"]) == (0, 1)
+    assert fb["versions"][1]["script_version"] == "00000001"
+    assert len(srv.get("/v1/analysis-types").body) < 100000
 
 
 # ---- counts per script version --------------------------------------------------
@@ -256,6 +322,44 @@ def test_analysis_types_show_up_down_and_the_rate_per_script_version(make_server
     assert state_sql(pg, state, "select script_version, up, down from rapport.feedback_counts "
                                 "order by script_version = '%s'" % v2) == \
         [[v1, "4", "1"], [v2, "0", "2"]]
+
+
+COUNTS = "select type, script_version, up, down from rapport.feedback_counts " \
+         "where up > 0 or down > 0 order by 1, 2"
+RECOUNT = ("select type, script_version, count(*) filter (where verdict = 'up'), "
+           "count(*) filter (where verdict = 'down') from rapport.feedback "
+           "group by 1, 2 order by 1, 2")
+
+
+def test_votes_changed_or_removed_by_hand_keep_the_counts_equal_to_a_recount(make_server,
+                                                                             fake, pg, state):
+    srv = fb_server(make_server, state)
+    version, _ = shown(srv)
+    for verdict in ("up", "up", "down"):
+        assert vote(srv, verdict, version).status == 201
+    assert state_sql(pg, state, COUNTS) == [[TYPE, version, "2", "1"]]
+    # an operator flips a verdict, moves a vote to another version and type,
+    # and deletes one: the trigger follows every change
+    ids = [r[0] for r in state_sql(pg, state, "select id from rapport.feedback order by id")]
+    state_sql(pg, state, "update rapport.feedback set verdict = 'down' where id = %s" % ids[0])
+    assert state_sql(pg, state, COUNTS) == [[TYPE, version, "1", "2"]]
+    state_sql(pg, state, "update rapport.feedback set script_version = 'aaaaaaaa', "
+                         "type = 'relationship_health' where id = %s" % ids[1])
+    assert state_sql(pg, state, COUNTS) == state_sql(pg, state, RECOUNT) == [
+        ["relationship_health", "aaaaaaaa", "1", "0"], [TYPE, version, "0", "2"]]
+    state_sql(pg, state, "update rapport.feedback set reason = 'edited' where id = %s" % ids[2])
+    state_sql(pg, state, "delete from rapport.feedback where id = %s" % ids[2])
+    assert state_sql(pg, state, COUNTS) == state_sql(pg, state, RECOUNT)
+    # TRUNCATE fires no row trigger: docs/operations.md's recount puts it right
+    state_sql(pg, state, "truncate rapport.feedback")
+    assert state_sql(pg, state, COUNTS) != []
+    doc = (REPO / "docs" / "operations.md").read_text()
+    recount = re.search(r"<!-- feedback-recount -->\s*```sql\n(.*?)```", doc, re.S).group(1)
+    state_sql(pg, state, recount)
+    assert state_sql(pg, state, COUNTS) == []
+    assert vote(srv, "up", version).status == 201
+    assert state_sql(pg, state, COUNTS) == state_sql(pg, state, RECOUNT) == [
+        [TYPE, version, "1", "0"]]
 
 
 def test_metrics_count_votes_by_type_and_verdict_and_refusals_by_reason(make_server, fake, pg,
@@ -321,6 +425,28 @@ def test_the_state_database_stopping_gives_503_not_a_hang_then_votes_work_again(
     assert srv.is_running()
 
 
+def test_a_database_error_reaches_the_log_and_the_client_gets_a_fixed_message(make_server,
+                                                                               fake, pg, state):
+    srv = fb_server(make_server, state)
+    version, _ = shown(srv)
+    # an operator renamed the table: every statement on it fails in PostgreSQL
+    state_sql(pg, state, "alter table rapport.feedback rename to feedback_moved")
+    r = vote(srv, "up", version)
+    assert r.status == 500, r.body
+    err = r.json()["error"]
+    assert err["code"] == "feedback_store_failed", err
+    assert err["message"] == "the feedback could not be stored (the server's log has the cause)"
+    assert "relation" not in r.text and "INSERT" not in r.text, r.text
+    line = srv.wait_for_log(lambda e: e.get("msg") == "feedback not stored")
+    assert "rapport.feedback" in line["error"] and "does not exist" in line["error"], line
+    # the same for a read (the console, attached: the server's answer)
+    rc, out, errt = console(srv, 'feedback("%s")' % TYPE, args=("--attach",))
+    assert rc == 1 and "query_failed" in errt, (out, errt)
+    assert "relation" not in errt and "does not exist" not in errt, errt
+    line = srv.wait_for_log(lambda e: e.get("msg") == "feedback not read")
+    assert "does not exist" in line["error"], line
+
+
 # ---- the console ----------------------------------------------------------------------
 
 def console(srv, code, args=(), timeout=60):
@@ -376,3 +502,27 @@ def test_console_feedback_without_the_state_database_says_why(make_server, fake)
     srv = make_server(start=False, RAPPORT_STATE_URL=nowhere)
     rc, out, err = console(srv, 'feedback("%s")' % TYPE)
     assert rc == 1 and "state_unavailable" in err and "RAPPORT_STATE_URL" in err, (out, err)
+
+
+def test_a_standalone_console_opens_its_state_connection_only_when_feedback_is_called(
+        make_server, fake):
+    # a listener standing in for the state database: it sees every connect
+    lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(16)
+    lsock.setblocking(False)
+    try:
+        port = lsock.getsockname()[1]
+        srv = make_server(start=False, RAPPORT_STATE_URL="host=127.0.0.1 port=%d dbname=rapport"
+                                                         % port)
+        rc, out, err = console(srv, "print(1)")
+        assert rc == 0 and out == "1\n", (out, err)
+        with pytest.raises(BlockingIOError):
+            lsock.accept()
+        # feedback() opens it (here it never answers: the console says so)
+        rc, out, err = console(srv, 'feedback("%s")' % TYPE)
+        assert rc == 1 and "state_unavailable" in err, (out, err)
+        conn, _ = lsock.accept()
+        conn.close()
+    finally:
+        lsock.close()
