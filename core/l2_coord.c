@@ -75,12 +75,16 @@ struct l2_claim {
 	uint64_t last_ms, last_seq;
 	bool relayed;                 /* text went to the caller since the last reset */
 	bool stored;                  /* owner: its result is in the L2 ("done", not "over") */
+	bool lost;                    /* owner: the lock is no longer ours (lease lapsed, or
+	                               * given back at shutdown): no renewal, relay or release */
+	bool owned_listed;            /* in l->owned */
 	struct event *timer;          /* ACQUIRE: deadline; WAIT: poll; OWNER: renewal */
 	l2_get *get;
 	l2_claim_cb *cb;
 	l2_relay_cb *relay;
 	void *arg;
 	TAILQ_ENTRY(l2_claim) link;
+	TAILQ_ENTRY(l2_claim) olink;
 };
 
 /* An XRANGE out: which owner's stream it reads. */
@@ -105,6 +109,7 @@ l2_coord_init(l2 *l)
 		snprintf(l->instance + 2 * i, 3, "%02x", r[i]);
 	snprintf(l->channel, sizeof l->channel, "%s:events", l->prefix);
 	TAILQ_INIT(&l->waiting);
+	TAILQ_INIT(&l->owned);
 }
 
 bool
@@ -140,6 +145,9 @@ unlist(l2_claim *c)
 	if (c->listed)
 		TAILQ_REMOVE(&c->l->waiting, c, link);
 	c->listed = false;
+	if (c->owned_listed)
+		TAILQ_REMOVE(&c->l->owned, c, olink);
+	c->owned_listed = false;
 }
 
 /* Over: no callback, no timer, no lookup; freed with its last reference. */
@@ -170,18 +178,29 @@ claim_send(l2_claim *c, redisCallbackFn *cb, void *priv, int argc, const char **
 	return true;
 }
 
-/* RESULT or SKIP: the caller's last callback, then the claim is over. */
+/* RESULT or SKIP: the caller's last callback, then the claim is over. A
+ * waiter that goes on without the lock generates its own text: what it
+ * relayed of the other owner's is discarded first, as when it becomes the
+ * owner, or its callers would get both texts run together. */
 static void
 conclude(l2_claim *c, enum l2_claim_outcome o, const struct l2_found *found)
 {
-	l2_claim_cb *cb = c->cb;
-	void *arg = c->arg;
 	if (o == L2_CLAIM_SKIP)
 		c->l->st.lock_skipped++;
-	claim_stop(c);
-	if (cb)
-		cb(arg, o, found);
-	claim_unref(c);          /* the caller's */
+	c->refs++;               /* the reset's callbacks may end the claim */
+	if (o == L2_CLAIM_SKIP && c->relayed && c->relay) {
+		c->relayed = false;
+		c->relay(c->arg, NULL, 0);
+	}
+	if (c->state != C_ENDED) {
+		l2_claim_cb *cb = c->cb;
+		void *arg = c->arg;
+		claim_stop(c);
+		if (cb)
+			cb(arg, o, found);
+		c->refs--;           /* the caller's (l2_claim_end drops it otherwise); ours is held */
+	}
+	claim_unref(c);
 }
 
 /* Releases the lock if it is still ours and tells the waiters: "done" when
@@ -192,6 +211,8 @@ static void
 release(l2_claim *c)
 {
 	l2 *l = c->l;
+	if (c->lost)
+		return;              /* not ours to release, nor to speak for: the new owner does */
 	char msg[KEY_MAX + 8];
 	snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
 	const char *argv[] = { "EVAL", RELEASE_LUA, "2", c->lock_key, l->channel, c->token, msg };
@@ -205,6 +226,8 @@ become_owner(l2_claim *c)
 	l2 *l = c->l;
 	c->state = C_OWNER;
 	unlist(c);
+	TAILQ_INSERT_TAIL(&l->owned, c, olink);
+	c->owned_listed = true;
 	l->st.lock_acquired++;
 	if (c->waited)
 		l->st.lock_takeovers++;
@@ -325,7 +348,9 @@ fetch(l2_claim *c)
 void
 l2_claim_delta(l2_claim *c, const char *text, size_t len)
 {
-	if (!c || c->state != C_OWNER)
+	/* A lost lease: another instance generates and its waiters follow
+	 * its relay, not ours. */
+	if (!c || c->state != C_OWNER || c->lost)
 		return;
 	l2 *l = c->l;
 	char key[KEY_MAX + 64], msg[KEY_MAX + 64];
@@ -482,12 +507,15 @@ on_renew(redisAsyncContext *ac, void *r, void *privdata)
 {
 	l2_claim *c = privdata;
 	redisReply *reply = r;
-	if (c->state == C_OWNER && reply && reply->type == REDIS_REPLY_INTEGER &&
+	if (c->state == C_OWNER && !c->lost && reply && reply->type == REDIS_REPLY_INTEGER &&
 	    reply->integer == 0 && !c->l->destroying) {
 		/* Our lease lapsed (a stall longer than the lease) and another
-		 * instance may have taken over: we finish anyway, at worst a
-		 * duplicate call. */
+		 * instance may have taken over: we finish for our own callers
+		 * (at worst a duplicate call) but no longer renew, relay or
+		 * release, so the other instances' waiters follow one owner. */
+		c->lost = true;
 		c->l->st.lock_lost++;
+		evtimer_del(c->timer);
 	}
 	claim_unref(c);
 }
@@ -507,6 +535,8 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
 		check(c, false);
 		return;
 	case C_OWNER: {
+		if (c->lost)
+			return;
 		char lease[24];
 		snprintf(lease, sizeof lease, "%ld", l->lease_ms);
 		const char *argv[] = { "EVAL", RENEW_LUA, "1", c->lock_key, c->token, lease };
@@ -528,7 +558,7 @@ l2_claim_start(l2 *l, const char *key, int64_t contact_id, bool forced, double l
 {
 	if (!l || l->lease_ms <= 0)
 		return NULL;
-	if (!l2_up(l)) {
+	if (!l2_up(l) || l->stopping) {
 		l->st.lock_skipped++;
 		return NULL;
 	}
@@ -579,6 +609,22 @@ l2_claim_end(l2_claim *c)
 	claim_unref(c);
 }
 
+void
+l2_coord_shutdown(l2 *l)
+{
+	if (!l)
+		return;
+	l->stopping = true;
+	l2_claim *c;
+	while ((c = TAILQ_FIRST(&l->owned))) {
+		TAILQ_REMOVE(&l->owned, c, olink);
+		c->owned_listed = false;
+		release(c);          /* "over" (or "done" if stored): a waiter takes the key */
+		c->lost = true;      /* the generation goes on for our callers only */
+		evtimer_del(c->timer);
+	}
+}
+
 /* ---- events ---------------------------------------------------------------- */
 
 void
@@ -588,10 +634,27 @@ l2_set_drop_handler(l2 *l, l2_drop_cb *cb, void *arg)
 	l->drop_arg = arg;
 }
 
+/* A type name as the message carries it: [a-z0-9_]{1,64}. The callers
+ * check it; this keeps a name with a space or a "*" from ever meaning
+ * another type, or all of them, on the other instances. */
+static bool
+drop_type_ok(const char *t)
+{
+	size_t n = strlen(t);
+	if (n == 0 || n > 64)
+		return false;
+	for (; *t; t++)
+		if (!((*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9') || *t == '_'))
+			return false;
+	return true;
+}
+
 void
 l2_publish_drop(l2 *l, int64_t contact_id, const char *type)
 {
 	if (!l2_up(l))
+		return;
+	if (type && !drop_type_ok(type))
 		return;
 	char msg[200];
 	snprintf(msg, sizeof msg, "drop %s %lld %s", l->instance, (long long)contact_id,
@@ -611,12 +674,14 @@ wake(l2 *l, const char *key, const char *token, bool stored)
 		next = TAILQ_NEXT(c, link);
 		if (strcmp(c->key, key) != 0)
 			continue;
-		if (!token) {
+		if (!token)
 			check(c, stored);
-		} else {
-			adopt(c, token);
+		else if (strcmp(c->owner, token) == 0)
 			fetch(c);
-		}
+		/* Another token's delta is not followed: a waiter learns its
+		 * owner only from the lock (the ACQUIRE reply), so an owner whose
+		 * lease lapsed and that still writes cannot pull it back and
+		 * forth between two generations. */
 	}
 }
 
@@ -639,9 +704,11 @@ l2_coord_message(l2 *l, const char *payload, size_t len)
 	} else if (strncmp(m, "drop ", 5) == 0) {
 		char inst[32], type[96];
 		long long id;
-		if (sscanf(m + 5, "%31s %lld %95s", inst, &id, type) != 3 ||
+		int end = 0;
+		if (sscanf(m + 5, "%31s %lld %95s%n", inst, &id, type, &end) != 3 ||
+		    m[5 + end] != '\0' || (strcmp(type, "*") != 0 && !drop_type_ok(type)) ||
 		    strcmp(inst, l->instance) == 0)
-			return;           /* ours was applied when it was made */
+			return;           /* not one of ours, or ours, applied when it was made */
 		l->st.remote_drops++;
 		if (l->on_drop)
 			l->on_drop(l->drop_arg, id, strcmp(type, "*") == 0 ? NULL : type);
