@@ -78,6 +78,9 @@ struct l2_claim {
 	bool lost;                    /* owner: the lock is no longer ours (lease lapsed, or
 	                               * given back at shutdown): no renewal, relay or release */
 	bool owned_listed;            /* in l->owned */
+	bool done_seen;               /* forced: a "done" came while it was not in C_WAIT */
+	bool by_done;                 /* this check was woken by "done" (else the poll, "over") */
+	bool tail_read;               /* the relay was read once more after the result was seen */
 	struct event *timer;          /* ACQUIRE: deadline; WAIT: poll; OWNER: renewal */
 	l2_get *get;
 	l2_claim_cb *cb;
@@ -208,16 +211,23 @@ conclude(l2_claim *c, enum l2_claim_outcome o, const struct l2_found *found)
  * lock taken too late to be used), so a forced refresh waiting for a new
  * result takes over instead of reading the old one. */
 static void
-release(l2_claim *c)
+release_as(l2_claim *c, bool tell)
 {
 	l2 *l = c->l;
 	if (c->lost)
 		return;              /* not ours to release, nor to speak for: the new owner does */
-	char msg[KEY_MAX + 8];
-	snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
+	char msg[KEY_MAX + 8] = "";
+	if (tell)
+		snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
 	const char *argv[] = { "EVAL", RELEASE_LUA, "2", c->lock_key, l->channel, c->token, msg };
 	if (l2_up(l) && !l->destroying)
 		redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 7, argv, NULL);
+}
+
+static void
+release(l2_claim *c)
+{
+	release_as(c, true);
 }
 
 static void
@@ -417,13 +427,20 @@ on_acquire(redisAsyncContext *ac, void *r, void *privdata)
 	}
 	evtimer_del(c->timer);
 	if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 1) {
-		if (c->forced || reply->integer == 1) {
+		if ((c->forced && !c->done_seen) || reply->integer == 1) {
 			become_owner(c);
 		} else {
 			c->state = C_VERIFY;
 			c->get = l2_get_start(l, c->key, c->contact_id, on_verify, c);
-			if (!c->get)
+			if (!c->get && c->waited) {
+				/* Too many lookups out: a result is there but cannot be
+				 * read now. The lock goes back, quietly, and the poll
+				 * reads the value later instead of generating it again. */
+				release_as(c, false);
+				wait_for_owner(c);
+			} else if (!c->get) {
 				become_owner(c);
+			}
 		}
 	} else if (reply && reply->type == REDIS_REPLY_STRING) {
 		if (!c->waited) {
@@ -466,6 +483,18 @@ on_check(void *arg, const struct l2_found *found)
 	l2_claim *c = arg;
 	c->get = NULL;
 	if (found && found->state == CACHE_FRESH) {
+		if (!c->by_done && c->relayed && c->relay && !c->tail_read) {
+			/* Woken by the poll: the owner's last deltas may have been
+			 * written between our XRANGE and this read. They are all in
+			 * before its result (the SET follows them), so the stream
+			 * once more, then the result again, in order on one
+			 * connection, and the text is whole. */
+			c->tail_read = true;
+			fetch(c);
+			c->get = l2_get_start(c->l, c->key, c->contact_id, on_check, c);
+			if (c->get)
+				return;
+		}
 		c->l->st.lock_results++;
 		conclude(c, L2_CLAIM_RESULT, found);
 		return;
@@ -487,18 +516,24 @@ check(l2_claim *c, bool woken)
 	if (c->state != C_WAIT)
 		return;
 	c->state = C_CHECK;
+	c->by_done = woken;
 	evtimer_del(c->timer);
 	fetch(c);
-	if (c->forced && !woken) {
+	if (c->forced && !woken && !c->done_seen) {
 		acquire(c, c->l->timeout_ms);
 		return;
 	}
 	c->get = l2_get_start(c->l, c->key, c->contact_id, on_check, c);
 	if (!c->get) {
-		if (!l2_up(c->l))
+		if (!l2_up(c->l)) {
 			conclude(c, L2_CLAIM_SKIP, NULL);
-		else
-			acquire(c, c->l->timeout_ms);
+		} else {
+			/* Too many lookups out (l2.c's cap): the result may be
+			 * there, unread; taking the lock now would generate it
+			 * again. The next poll reads it. */
+			c->state = C_WAIT;
+			arm(c, c->l->poll_ms);
+		}
 	}
 }
 
@@ -674,8 +709,14 @@ wake(l2 *l, const char *key, const char *token, bool stored)
 		next = TAILQ_NEXT(c, link);
 		if (strcmp(c->key, key) != 0)
 			continue;
-		if (!token)
+		if (!token) {
+			/* A forced refresh busy reading or locking when a new result
+			 * is announced takes it instead of missing it and generating
+			 * once more. */
+			if (stored && c->state != C_WAIT)
+				c->done_seen = true;
 			check(c, stored);
+		}
 		else if (strcmp(c->owner, token) == 0)
 			fetch(c);
 		/* Another token's delta is not followed: a waiter learns its
