@@ -716,13 +716,13 @@ wake(l2 *l, const char *key, const char *token, bool stored)
 			if (stored && c->state != C_WAIT)
 				c->done_seen = true;
 			check(c, stored);
-		}
-		else if (strcmp(c->owner, token) == 0)
+		} else if (strcmp(c->owner, token) == 0) {
+			/* Another token's delta is not followed: a waiter learns its
+			 * owner only from the lock (the ACQUIRE reply), so an owner
+			 * whose lease lapsed and that still writes cannot pull it
+			 * back and forth between two generations. */
 			fetch(c);
-		/* Another token's delta is not followed: a waiter learns its
-		 * owner only from the lock (the ACQUIRE reply), so an owner whose
-		 * lease lapsed and that still writes cannot pull it back and
-		 * forth between two generations. */
+		}
 	}
 }
 
