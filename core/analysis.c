@@ -764,8 +764,8 @@ revalidate(struct flight *f)
 		.created_wall_ms = p->created_wall_ms, .validated_wall_ms = util_wall_ms(),
 		.ttl_ms = ttl, .grace_ms = grace, .meta = p->meta,
 	};
-	l2_put(a->d.l2, f->key, f->contact_id, &v);
-	l2_claim_stored(f->claim);
+	if (l2_put(a->d.l2, f->key, f->contact_id, &v))
+		l2_claim_stored(f->claim);
 	a->st.revalidated++;
 	if (p->meta.prompt_tokens > 0)
 		a->st.saved_prompt_tokens += p->meta.prompt_tokens;
@@ -1283,8 +1283,8 @@ succeed(struct flight *f, json_t *result, const char *model, bool fallback)
 			.validated_wall_ms = wall, .ttl_ms = type_ttl(a, si), .grace_ms = type_grace(a, si),
 			.meta = meta,
 		};
-		l2_put(a->d.l2, f->key, f->contact_id, &v);
-		l2_claim_stored(f->claim);
+		if (l2_put(a->d.l2, f->key, f->contact_id, &v))
+			l2_claim_stored(f->claim);    /* else "over": nothing for the waiters to read */
 	}
 	struct outcome o = {
 		.status = 200, .prefix = text, .prefix_len = len, .etag = etag,

@@ -158,7 +158,17 @@ run_cache_drop(const struct cmd_parts *p, int argc, char **argv, struct cmd_erro
 	int64_t id;
 	if (!cmd_arg_contact(argv[0], &id, e))
 		return NULL;
-	int n = analysis_drop(p->analysis, id, argc > 1 ? argv[1] : NULL);
+	/* As over HTTP: the name goes to the other instances too. */
+	const char *type = argc > 1 ? argv[1] : NULL;
+	size_t len = type ? strlen(type) : 1;
+	bool ok = len > 0 && len <= 64;
+	for (const char *q = type; ok && q && *q; q++)
+		ok = (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_';
+	if (!ok) {
+		cmd_fail(e, 400, "invalid_type", "'%.40s' is not an analysis type name", type);
+		return NULL;
+	}
+	int n = analysis_drop(p->analysis, id, type);
 	return json_pack("{s:I,s:i}", "contact_id", (json_int_t)id, "dropped", n);
 }
 

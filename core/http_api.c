@@ -891,6 +891,15 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 		           "the contact id must be a positive integer", false);
 		return;
 	}
+	/* Checked like a GET's: the name also goes to the other instances
+	 * in a space-separated message, where "x y" or "*" would mean
+	 * another type, or every type. A well-formed name that is not
+	 * loaded (a type since removed) still drops what is cached. */
+	if (type && !valid_type(type)) {
+		send_error(s, req, req_id, 400, "invalid_type",
+		           "the type must be an analysis type name: a-z, 0-9 and _, at most 64", false);
+		return;
+	}
 	int n = analysis_drop(s->d.analysis, id, type);
 	char body[128];
 	int len = snprintf(body, sizeof body, "{\"contact_id\":%lld,\"dropped\":%d}", (long long)id, n);

@@ -648,22 +648,22 @@ l2_write_reply(redisAsyncContext *ac, void *r, void *privdata)
 		l->st.errors++;
 }
 
-void
+bool
 l2_put(l2 *l, const char *key, int64_t contact_id, const struct l2_value *v)
 {
 	if (!l2_up(l)) {
 		if (l)
 			l->st.skipped++;
-		return;
+		return false;
 	}
 	size_t len;
 	char *value = encode(v, contact_id, &len);
 	if (!value)
-		return;
+		return false;
 	if (len > l->max_value_bytes) {
 		l->st.too_large++;
 		free(value);
-		return;
+		return false;
 	}
 	char k[256], px[32];
 	l2_key_of(l, k, sizeof k, "a", key);
@@ -671,11 +671,14 @@ l2_put(l2 *l, const char *key, int64_t contact_id, const struct l2_value *v)
 	snprintf(px, sizeof px, "%lld", ms > 0 ? ms : 1);
 	const char *argv[] = { "SET", k, value, "PX", px };
 	size_t argvlen[] = { 3, strlen(k), len, 2, strlen(px) };
-	if (redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 5, argv, argvlen) == REDIS_OK)
+	bool queued = redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 5, argv, argvlen) ==
+	              REDIS_OK;
+	if (queued)
 		l->st.stores++;
 	else
 		l->st.errors++;
 	free(value);
+	return queued;
 }
 
 /* Change and drop marks outlive any entry they could concern: 30 days, the

@@ -75,8 +75,10 @@ l2_get *l2_get_start(l2 *l, const char *key, int64_t contact_id, l2_get_cb *cb, 
 void l2_get_cancel(l2_get *g);
 
 /* Stores v under key, to expire with its grace. Dropped when Redis is not up
- * or the value is over the cap. */
-void l2_put(l2 *l, const char *key, int64_t contact_id, const struct l2_value *v);
+ * or the value is over the cap: false, so an owner of the key's lock says
+ * "over", not "done" (l2_claim_stored), and its waiters go on at once
+ * instead of looking for a value that is not there. */
+bool l2_put(l2 *l, const char *key, int64_t contact_id, const struct l2_value *v);
 /* The contact's data changed at wall_ms (contact_id < 0: everyone's): its
  * entries are stale from now on, on every instance. */
 void l2_contact_changed(l2 *l, int64_t contact_id, int64_t wall_ms);

@@ -75,12 +75,19 @@ struct l2_claim {
 	uint64_t last_ms, last_seq;
 	bool relayed;                 /* text went to the caller since the last reset */
 	bool stored;                  /* owner: its result is in the L2 ("done", not "over") */
+	bool lost;                    /* owner: the lock is no longer ours (lease lapsed, or
+	                               * given back at shutdown): no renewal, relay or release */
+	bool owned_listed;            /* in l->owned */
+	bool done_seen;               /* forced: a "done" came while it was not in C_WAIT */
+	bool by_done;                 /* this check was woken by "done" (else the poll, "over") */
+	bool tail_read;               /* the relay was read once more after the result was seen */
 	struct event *timer;          /* ACQUIRE: deadline; WAIT: poll; OWNER: renewal */
 	l2_get *get;
 	l2_claim_cb *cb;
 	l2_relay_cb *relay;
 	void *arg;
 	TAILQ_ENTRY(l2_claim) link;
+	TAILQ_ENTRY(l2_claim) olink;
 };
 
 /* An XRANGE out: which owner's stream it reads. */
@@ -105,6 +112,7 @@ l2_coord_init(l2 *l)
 		snprintf(l->instance + 2 * i, 3, "%02x", r[i]);
 	snprintf(l->channel, sizeof l->channel, "%s:events", l->prefix);
 	TAILQ_INIT(&l->waiting);
+	TAILQ_INIT(&l->owned);
 }
 
 bool
@@ -140,6 +148,9 @@ unlist(l2_claim *c)
 	if (c->listed)
 		TAILQ_REMOVE(&c->l->waiting, c, link);
 	c->listed = false;
+	if (c->owned_listed)
+		TAILQ_REMOVE(&c->l->owned, c, olink);
+	c->owned_listed = false;
 }
 
 /* Over: no callback, no timer, no lookup; freed with its last reference. */
@@ -170,18 +181,29 @@ claim_send(l2_claim *c, redisCallbackFn *cb, void *priv, int argc, const char **
 	return true;
 }
 
-/* RESULT or SKIP: the caller's last callback, then the claim is over. */
+/* RESULT or SKIP: the caller's last callback, then the claim is over. A
+ * waiter that goes on without the lock generates its own text: what it
+ * relayed of the other owner's is discarded first, as when it becomes the
+ * owner, or its callers would get both texts run together. */
 static void
 conclude(l2_claim *c, enum l2_claim_outcome o, const struct l2_found *found)
 {
-	l2_claim_cb *cb = c->cb;
-	void *arg = c->arg;
 	if (o == L2_CLAIM_SKIP)
 		c->l->st.lock_skipped++;
-	claim_stop(c);
-	if (cb)
-		cb(arg, o, found);
-	claim_unref(c);          /* the caller's */
+	c->refs++;               /* the reset's callbacks may end the claim */
+	if (o == L2_CLAIM_SKIP && c->relayed && c->relay) {
+		c->relayed = false;
+		c->relay(c->arg, NULL, 0);
+	}
+	if (c->state != C_ENDED) {
+		l2_claim_cb *cb = c->cb;
+		void *arg = c->arg;
+		claim_stop(c);
+		if (cb)
+			cb(arg, o, found);
+		c->refs--;           /* the caller's (l2_claim_end drops it otherwise); ours is held */
+	}
+	claim_unref(c);
 }
 
 /* Releases the lock if it is still ours and tells the waiters: "done" when
@@ -189,14 +211,23 @@ conclude(l2_claim *c, enum l2_claim_outcome o, const struct l2_found *found)
  * lock taken too late to be used), so a forced refresh waiting for a new
  * result takes over instead of reading the old one. */
 static void
-release(l2_claim *c)
+release_as(l2_claim *c, bool tell)
 {
 	l2 *l = c->l;
-	char msg[KEY_MAX + 8];
-	snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
+	if (c->lost)
+		return;              /* not ours to release, nor to speak for: the new owner does */
+	char msg[KEY_MAX + 8] = "";
+	if (tell)
+		snprintf(msg, sizeof msg, "%s %s", c->stored ? "done" : "over", c->key);
 	const char *argv[] = { "EVAL", RELEASE_LUA, "2", c->lock_key, l->channel, c->token, msg };
 	if (l2_up(l) && !l->destroying)
 		redisAsyncCommandArgv(l->cmd.ac, l2_write_reply, NULL, 7, argv, NULL);
+}
+
+static void
+release(l2_claim *c)
+{
+	release_as(c, true);
 }
 
 static void
@@ -205,6 +236,8 @@ become_owner(l2_claim *c)
 	l2 *l = c->l;
 	c->state = C_OWNER;
 	unlist(c);
+	TAILQ_INSERT_TAIL(&l->owned, c, olink);
+	c->owned_listed = true;
 	l->st.lock_acquired++;
 	if (c->waited)
 		l->st.lock_takeovers++;
@@ -325,7 +358,9 @@ fetch(l2_claim *c)
 void
 l2_claim_delta(l2_claim *c, const char *text, size_t len)
 {
-	if (!c || c->state != C_OWNER)
+	/* A lost lease: another instance generates and its waiters follow
+	 * its relay, not ours. */
+	if (!c || c->state != C_OWNER || c->lost)
 		return;
 	l2 *l = c->l;
 	char key[KEY_MAX + 64], msg[KEY_MAX + 64];
@@ -392,13 +427,20 @@ on_acquire(redisAsyncContext *ac, void *r, void *privdata)
 	}
 	evtimer_del(c->timer);
 	if (reply && reply->type == REDIS_REPLY_INTEGER && reply->integer >= 1) {
-		if (c->forced || reply->integer == 1) {
+		if ((c->forced && !c->done_seen) || reply->integer == 1) {
 			become_owner(c);
 		} else {
 			c->state = C_VERIFY;
 			c->get = l2_get_start(l, c->key, c->contact_id, on_verify, c);
-			if (!c->get)
+			if (!c->get && c->waited) {
+				/* Too many lookups out: a result is there but cannot be
+				 * read now. The lock goes back, quietly, and the poll
+				 * reads the value later instead of generating it again. */
+				release_as(c, false);
+				wait_for_owner(c);
+			} else if (!c->get) {
 				become_owner(c);
+			}
 		}
 	} else if (reply && reply->type == REDIS_REPLY_STRING) {
 		if (!c->waited) {
@@ -441,6 +483,18 @@ on_check(void *arg, const struct l2_found *found)
 	l2_claim *c = arg;
 	c->get = NULL;
 	if (found && found->state == CACHE_FRESH) {
+		if (!c->by_done && c->relayed && c->relay && !c->tail_read) {
+			/* Woken by the poll: the owner's last deltas may have been
+			 * written between our XRANGE and this read. They are all in
+			 * before its result (the SET follows them), so the stream
+			 * once more, then the result again, in order on one
+			 * connection, and the text is whole. */
+			c->tail_read = true;
+			fetch(c);
+			c->get = l2_get_start(c->l, c->key, c->contact_id, on_check, c);
+			if (c->get)
+				return;
+		}
 		c->l->st.lock_results++;
 		conclude(c, L2_CLAIM_RESULT, found);
 		return;
@@ -462,18 +516,24 @@ check(l2_claim *c, bool woken)
 	if (c->state != C_WAIT)
 		return;
 	c->state = C_CHECK;
+	c->by_done = woken;
 	evtimer_del(c->timer);
 	fetch(c);
-	if (c->forced && !woken) {
+	if (c->forced && !woken && !c->done_seen) {
 		acquire(c, c->l->timeout_ms);
 		return;
 	}
 	c->get = l2_get_start(c->l, c->key, c->contact_id, on_check, c);
 	if (!c->get) {
-		if (!l2_up(c->l))
+		if (!l2_up(c->l)) {
 			conclude(c, L2_CLAIM_SKIP, NULL);
-		else
-			acquire(c, c->l->timeout_ms);
+		} else {
+			/* Too many lookups out (l2.c's cap): the result may be
+			 * there, unread; taking the lock now would generate it
+			 * again. The next poll reads it. */
+			c->state = C_WAIT;
+			arm(c, c->l->poll_ms);
+		}
 	}
 }
 
@@ -482,12 +542,15 @@ on_renew(redisAsyncContext *ac, void *r, void *privdata)
 {
 	l2_claim *c = privdata;
 	redisReply *reply = r;
-	if (c->state == C_OWNER && reply && reply->type == REDIS_REPLY_INTEGER &&
+	if (c->state == C_OWNER && !c->lost && reply && reply->type == REDIS_REPLY_INTEGER &&
 	    reply->integer == 0 && !c->l->destroying) {
 		/* Our lease lapsed (a stall longer than the lease) and another
-		 * instance may have taken over: we finish anyway, at worst a
-		 * duplicate call. */
+		 * instance may have taken over: we finish for our own callers
+		 * (at worst a duplicate call) but no longer renew, relay or
+		 * release, so the other instances' waiters follow one owner. */
+		c->lost = true;
 		c->l->st.lock_lost++;
+		evtimer_del(c->timer);
 	}
 	claim_unref(c);
 }
@@ -507,6 +570,8 @@ on_claim_timer(evutil_socket_t fd, short what, void *arg)
 		check(c, false);
 		return;
 	case C_OWNER: {
+		if (c->lost)
+			return;
 		char lease[24];
 		snprintf(lease, sizeof lease, "%ld", l->lease_ms);
 		const char *argv[] = { "EVAL", RENEW_LUA, "1", c->lock_key, c->token, lease };
@@ -528,7 +593,7 @@ l2_claim_start(l2 *l, const char *key, int64_t contact_id, bool forced, double l
 {
 	if (!l || l->lease_ms <= 0)
 		return NULL;
-	if (!l2_up(l)) {
+	if (!l2_up(l) || l->stopping) {
 		l->st.lock_skipped++;
 		return NULL;
 	}
@@ -579,6 +644,22 @@ l2_claim_end(l2_claim *c)
 	claim_unref(c);
 }
 
+void
+l2_coord_shutdown(l2 *l)
+{
+	if (!l)
+		return;
+	l->stopping = true;
+	l2_claim *c;
+	while ((c = TAILQ_FIRST(&l->owned))) {
+		TAILQ_REMOVE(&l->owned, c, olink);
+		c->owned_listed = false;
+		release(c);          /* "over" (or "done" if stored): a waiter takes the key */
+		c->lost = true;      /* the generation goes on for our callers only */
+		evtimer_del(c->timer);
+	}
+}
+
 /* ---- events ---------------------------------------------------------------- */
 
 void
@@ -588,10 +669,27 @@ l2_set_drop_handler(l2 *l, l2_drop_cb *cb, void *arg)
 	l->drop_arg = arg;
 }
 
+/* A type name as the message carries it: [a-z0-9_]{1,64}. The callers
+ * check it; this keeps a name with a space or a "*" from ever meaning
+ * another type, or all of them, on the other instances. */
+static bool
+drop_type_ok(const char *t)
+{
+	size_t n = strlen(t);
+	if (n == 0 || n > 64)
+		return false;
+	for (; *t; t++)
+		if (!((*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9') || *t == '_'))
+			return false;
+	return true;
+}
+
 void
 l2_publish_drop(l2 *l, int64_t contact_id, const char *type)
 {
 	if (!l2_up(l))
+		return;
+	if (type && !drop_type_ok(type))
 		return;
 	char msg[200];
 	snprintf(msg, sizeof msg, "drop %s %lld %s", l->instance, (long long)contact_id,
@@ -612,9 +710,17 @@ wake(l2 *l, const char *key, const char *token, bool stored)
 		if (strcmp(c->key, key) != 0)
 			continue;
 		if (!token) {
+			/* A forced refresh busy reading or locking when a new result
+			 * is announced takes it instead of missing it and generating
+			 * once more. */
+			if (stored && c->state != C_WAIT)
+				c->done_seen = true;
 			check(c, stored);
-		} else {
-			adopt(c, token);
+		} else if (strcmp(c->owner, token) == 0) {
+			/* Another token's delta is not followed: a waiter learns its
+			 * owner only from the lock (the ACQUIRE reply), so an owner
+			 * whose lease lapsed and that still writes cannot pull it
+			 * back and forth between two generations. */
 			fetch(c);
 		}
 	}
@@ -639,9 +745,11 @@ l2_coord_message(l2 *l, const char *payload, size_t len)
 	} else if (strncmp(m, "drop ", 5) == 0) {
 		char inst[32], type[96];
 		long long id;
-		if (sscanf(m + 5, "%31s %lld %95s", inst, &id, type) != 3 ||
+		int end = 0;
+		if (sscanf(m + 5, "%31s %lld %95s%n", inst, &id, type, &end) != 3 ||
+		    m[5 + end] != '\0' || (strcmp(type, "*") != 0 && !drop_type_ok(type)) ||
 		    strcmp(inst, l->instance) == 0)
-			return;           /* ours was applied when it was made */
+			return;           /* not one of ours, or ours, applied when it was made */
 		l->st.remote_drops++;
 		if (l->on_drop)
 			l->on_drop(l->drop_arg, id, strcmp(type, "*") == 0 ? NULL : type);

@@ -22,9 +22,14 @@
  * notification from the last entry id it has (entries at or before it are
  * skipped, so overlapping reads never duplicate text); before reading the
  * result it reads the stream's tail, on the same connection, so no delta
- * is lost. The owner token is the epoch: a waiter that learns of a new
- * owner (a takeover) tells its caller to discard the text so far and reads
- * the new owner's stream; so does a waiter that becomes the owner.
+ * is lost. The owner token is the epoch, learnt only from the lock (the
+ * ACQUIRE reply, at the first attempt and at each poll), never from a
+ * delta's token: a waiter that learns of a new owner (a takeover) tells its
+ * caller to discard the text so far and reads the new owner's stream; so
+ * does a waiter that becomes the owner or goes on without the lock. An
+ * owner whose renewal finds the lock another's (its lease lapsed) stops
+ * renewing, relaying and publishing: it finishes for its own callers only.
+ * At shutdown (l2_coord_shutdown) an instance releases the locks it owns.
  *
  * Redis is never in the way: no claim when Redis is not up or locking is
  * off (RAPPORT_L2_LOCK_LEASE_MS=0); the first lock attempt gets what is
@@ -81,6 +86,12 @@ void l2_claim_stored(l2_claim *c);
  * so ("done", after its result was stored); a waiter stops waiting. The
  * callback never runs again. NULL is a no-op. */
 void l2_claim_end(l2_claim *c);
+
+/* The process is stopping: every lock this instance owns is released now,
+ * while the loop still runs to send it, so the other instances' waiters
+ * take over at once instead of waiting out the lease; no new claims from
+ * here on (generations go on without the lock). */
+void l2_coord_shutdown(l2 *l);
 
 /* Another instance's DELETE: cb(arg, contact, type or NULL). */
 void l2_set_drop_handler(l2 *l, l2_drop_cb *cb, void *arg);

@@ -51,6 +51,8 @@ struct l2 {
 	unsigned long next_claim;     /* claim tokens are <instance>.<n> */
 	char channel[96];             /* <prefix>:events */
 	TAILQ_HEAD(, l2_claim) waiting;   /* claims waiting for another instance */
+	TAILQ_HEAD(, l2_claim) owned;     /* claims whose lock is ours: released at shutdown */
+	bool stopping;                /* l2_coord_shutdown: no new claims */
 	l2_drop_cb *on_drop;
 	void *drop_arg;
 };

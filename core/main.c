@@ -25,6 +25,7 @@
 #include "http_api.h"
 #include "feedback.h"
 #include "jobs.h"
+#include "l2_coord.h"
 #include "llm.h"
 #include "log.h"
 #include "luajson.h"
@@ -157,6 +158,9 @@ on_signal(evutil_socket_t sig, short what, void *arg)
 	if (app->http)
 		http_server_drain(app->http);
 	jobs_drain(app->jobs);
+	/* Locks this instance holds go now, while the loop can still send
+	 * the release: other instances waiting on them take over at once. */
+	l2_coord_shutdown(app->l2);
 	struct timeval grace = { 0, 300 * 1000 };
 	event_base_loopexit(app->base, &grace);
 }

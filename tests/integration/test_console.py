@@ -749,3 +749,17 @@ def test_attached_terminal(make_server, contact, tmp_path):
     t.send("\x04")
     assert t.wait() == 0, t.text()
     assert not sanitizer_report(t.text())
+
+
+def test_admin_cache_drop_refuses_a_malformed_type(make_server, fake, contact):
+    """The type also goes to other instances in a space-separated message,
+    where '*' would mean every type: refused, like DELETE's."""
+    cid, _ = contact
+    srv = make_server()
+    url = "/v1/contacts/%d/analyses/smart_tips" % cid
+    srv.get(url)
+    replies = admin_talk(admin_socket(srv), "cache drop %d *\ncache drop %d Smart\n"
+                                            "cache drop %d smart_tips\n" % (cid, cid, cid))
+    assert [r["ok"] for r in replies] == [False, False, True], replies
+    assert replies[0]["error"]["code"] == "invalid_type"
+    assert replies[2]["result"]["dropped"] == 1

@@ -9,7 +9,10 @@ Contacts 730001.. are made here, so no other test's rows interfere.
 """
 
 import json
+import signal
+import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -321,3 +324,164 @@ def test_an_instance_waiting_on_another_shuts_down_cleanly(pair, fake, pg):
     assert b.stop() == 0
     tb.join(10)
     ta.join(30)
+
+
+def after_last_reset(events):
+    n = [e["event"] for e in events]
+    return events[len(n) - n[::-1].index("reset"):] if "reset" in n else events
+
+
+class Channel:
+    """What is published on <prefix>:events, heard by a redis-cli SUBSCRIBE."""
+
+    def __init__(self, redis, channel="c:events"):
+        self.proc = subprocess.Popen(["redis-cli", "-p", str(redis.port), "--raw", "SUBSCRIBE",
+                                      channel], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL)
+        self.lines = []
+        self.t = threading.Thread(target=self._read, daemon=True)
+        self.t.start()
+        wait_until(lambda: "subscribe" in self.lines, "the SUBSCRIBE")
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line.decode("utf-8", "replace").rstrip("\n"))
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def test_a_waiter_that_goes_on_without_the_lock_discards_the_relayed_text_first(pair, fake, pg,
+                                                                               redis):
+    cid = new_contact(pg)
+    a, b = pair(RAPPORT_L2_TIMEOUT_MS="100")
+    fake.config(chunk_delay_ms=300, chunks=10)
+    ta, on_a = in_thread(stream_events, a, PATH % cid)
+    wait_until(lambda: metric(a, "rapport_l2_relay_published_total") >= 1, "A's first delta")
+    tb, on_b = in_thread(stream_events, b, PATH % cid)
+    wait_until(lambda: metric(b, "rapport_l2_relay_deltas_total") >= 2, "B relaying A's text")
+    redis.stop()          # B's wait ends without a lock: it generates on its own
+    tb.join(60)
+    ta.join(60)
+    assert "error" not in on_b, on_b.get("error")
+    events = on_b["value"]
+    n = [e["event"] for e in events]
+    assert n[-1] == "result", n
+    assert "reset" in n, "A's partial text was not discarded before B's own"
+    assert n.index("reset") < len(n) - 1 - n[::-1].index("delta"), "B's own text follows"
+    result = json.loads(events[-1]["data"])
+    assert result["cache"]["status"] == "miss"
+    text = json.loads(deltas(after_last_reset(events)))     # B's own reply, whole
+    assert all(result["result"][k] == v for k, v in text.items()), (text, result["result"])
+    assert calls(fake) == 2
+
+
+def test_an_owner_shut_down_gracefully_releases_its_lock_so_a_waiter_takes_over_at_once(
+        pair, fake, pg):
+    cid = new_contact(pg)
+    lease_s = 10
+    a, b = pair(RAPPORT_L2_LOCK_LEASE_MS=str(lease_s * 1000))
+    fake.config(latency_ms=30000)
+    in_thread(a.get, PATH % cid, None, 60)
+    wait_until(lambda: fake.stats()["in_flight"] == 1, "A's model call")
+    tb, on_b = in_thread(b.get, PATH % cid, None, 60)
+    wait_until(lambda: metric(b, "rapport_l2_lock_waits_total") == 1, "B waiting on A")
+    fake.config(latency_ms=10)
+    t0 = time.monotonic()
+    a.stop()
+    tb.join(60)
+    waited = time.monotonic() - t0
+    assert "error" not in on_b, on_b.get("error")
+    assert on_b["value"].status == 200 and on_b["value"].headers["X-Cache"] == "MISS"
+    assert waited < lease_s / 2, "B waited out A's lease (%.1f s): the lock was not released" \
+        % waited
+    assert metric(b, "rapport_l2_lock_takeovers_total") == 1
+
+
+def test_an_owner_whose_result_is_too_large_for_the_l2_says_over_not_done(pair, fake, pg,
+                                                                          redis):
+    """Nothing was stored, so "done" would send its waiters to read a value
+    that is not there; "over" lets one take the key over at once (such a
+    result costs one model call per instance)."""
+    cid = new_contact(pg)
+    a, b = pair(RAPPORT_L2_MAX_BYTES="100")
+    ch = Channel(redis)
+    try:
+        fake.config(latency_ms=1000)
+        ta, on_a = in_thread(a.get, PATH % cid, None, 60)
+        wait_until(lambda: fake.stats()["in_flight"] == 1, "A's model call")
+        tb, on_b = in_thread(b.get, PATH % cid, None, 60)
+        wait_until(lambda: metric(b, "rapport_l2_lock_waits_total") == 1, "B waiting on A")
+        ta.join(30)
+        tb.join(30)
+        assert on_a["value"].status == 200 and on_b["value"].status == 200
+        assert on_b["value"].headers["X-Cache"] == "MISS"
+        assert metric(a, "rapport_l2_too_large_total") == 1
+        assert metric(a, "rapport_l2_stores_total") == 0
+        wait_until(lambda: any(x.startswith("over ") for x in ch.lines), "A's over")
+        time.sleep(0.2)
+        assert not [x for x in ch.lines if x.startswith("done ")], ch.lines
+    finally:
+        ch.stop()
+    assert calls(fake) == 2
+    assert metric(b, "rapport_l2_lock_takeovers_total") == 1
+    assert metric(b, "rapport_l2_lock_results_total") == 0
+
+
+def test_an_owner_whose_lease_lapsed_stops_relaying_so_waiters_follow_one_owner(make_server,
+                                                                                redis, fake, pg):
+    cid = new_contact(pg)
+    env = dict(REDIS_URL=redis.url, RAPPORT_REDIS_PREFIX="c", RAPPORT_L2_LOCK_LEASE_MS="600")
+    a, b, c = make_server(**env), make_server(**env), make_server(**env)
+    for srv in (a, b, c):
+        wait_until(lambda: metric(srv, "rapport_l2_pubsub_up") == 1, "the subscriber")
+    fake.config(chunk_delay_ms=150, chunks=20)
+    ta, on_a = in_thread(stream_events, a, PATH % cid)
+    wait_until(lambda: metric(a, "rapport_l2_relay_published_total") >= 2, "A's deltas")
+    a.signal(signal.SIGSTOP)     # a stall longer than the lease: A's lock lapses
+    try:
+        tb, _ = in_thread(stream_events, b, PATH % cid)
+        wait_until(lambda: metric(b, "rapport_l2_lock_acquired_total") == 1, "B takes over",
+                   timeout=10)
+        tc, on_c = in_thread(stream_events, c, PATH % cid)
+        wait_until(lambda: metric(c, "rapport_l2_lock_waits_total") == 1, "C waits on B")
+        time.sleep(0.5)
+    finally:
+        a.signal(signal.SIGCONT)
+    tc.join(60)
+    tb.join(60)
+    ta.join(60)
+    assert "error" not in on_c, on_c.get("error")
+    events = on_c["value"]
+    n = [e["event"] for e in events]
+    assert n[-1] == "result", n
+    assert n.count("reset") <= 1, "C flapped between A's and B's text: %d resets" % n.count(
+        "reset")
+    # One owner's text from its start, never two run together. (It may be
+    # cut short: A, resumed, can still store its result first, and that
+    # answers C.)
+    whole = deltas(on_a["value"])
+    assert whole.startswith(deltas(after_last_reset(events))), deltas(after_last_reset(events))
+    assert metric(a, "rapport_l2_lock_lost_total") == 1, "counted once for the claim"
+
+
+@pytest.mark.parametrize("bad", ["smart_tips%20x", "*"])
+def test_a_delete_with_a_malformed_type_is_refused_and_drops_nothing_anywhere(bad, pair, fake,
+                                                                             pg):
+    cid = new_contact(pg)
+    a, b = pair()
+    other = "/v1/contacts/%d/analyses/smart_tips" % cid
+    a.get(other)
+    wait_until(lambda: metric(a, "rapport_l2_stores_total") >= 1, "the write to Redis")
+    b.get(other)
+    assert b.get(other).json()["cache"]["tier"] == "l1"
+    r = a.delete("/v1/contacts/%d/analyses/%s" % (cid, bad))
+    assert r.status == 400 and r.json()["error"]["code"] == "invalid_type", (r.status, r.body)
+    # A valid DELETE after it, of another type: once B has heard that one,
+    # it would have heard the bad one before it (one channel, in order).
+    assert a.delete(PATH % cid).status == 200
+    wait_until(lambda: metric(b, "rapport_l2_remote_drops_total") >= 1, "B hears the DELETE")
+    assert metric(b, "rapport_l2_remote_drops_total") == 1, "only the valid one was published"
+    assert b.get(other).headers["X-Cache"] == "HIT", "B dropped smart_tips"
+    assert a.get(other).headers["X-Cache"] == "HIT"
