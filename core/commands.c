@@ -48,11 +48,7 @@ bool
 cmd_arg_feedback(int argc, char **argv, int *n, struct cmd_error *e)
 {
 	const char *t = argv[0];
-	size_t len = strlen(t);
-	bool ok = len > 0 && len <= 64;
-	for (const char *p = t; ok && *p; p++)
-		ok = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') || *p == '_';
-	if (!ok) {
+	if (!util_type_name_ok(t)) {
 		cmd_fail(e, 400, "invalid_type", "'%.40s' is not an analysis type name", t);
 		return false;
 	}
@@ -160,11 +156,7 @@ run_cache_drop(const struct cmd_parts *p, int argc, char **argv, struct cmd_erro
 		return NULL;
 	/* As over HTTP: the name goes to the other instances too. */
 	const char *type = argc > 1 ? argv[1] : NULL;
-	size_t len = type ? strlen(type) : 1;
-	bool ok = len > 0 && len <= 64;
-	for (const char *q = type; ok && q && *q; q++)
-		ok = (*q >= 'a' && *q <= 'z') || (*q >= '0' && *q <= '9') || *q == '_';
-	if (!ok) {
+	if (type && !util_type_name_ok(type)) {
 		cmd_fail(e, 400, "invalid_type", "'%.40s' is not an analysis type name", type);
 		return NULL;
 	}

@@ -769,18 +769,6 @@ wants_sse(struct evhttp_request *req, struct evkeyvalq *q)
 	return query_flag(q, "stream") || (accept && strstr(accept, "text/event-stream"));
 }
 
-static bool
-valid_type(const char *t)
-{
-	size_t n = strlen(t);
-	if (n == 0 || n > 64)
-		return false;
-	for (; *t; t++)
-		if (!islower((unsigned char)*t) && !isdigit((unsigned char)*t) && *t != '_')
-			return false;
-	return true;
-}
-
 /* A forced regeneration costs an upstream call: each client key gets
  * RAPPORT_REFRESH_PER_MIN a minute (RAPPORT_REFRESH_BURST at once); past
  * that a JSON 429 with Retry-After, and the cache is not bypassed. */
@@ -844,7 +832,7 @@ handle_analysis(http_server *s, struct evhttp_request *req, const char *req_id,
 		           "the contact id must be a positive integer", head);
 		return false;
 	}
-	if (!valid_type(type)) {
+	if (!util_type_name_ok(type)) {
 		char msg[400];
 		http_unknown_type_message(s->d.scripts, type, msg, sizeof msg);
 		send_error(s, req, req_id, 404, "unknown_analysis_type", msg, head);
@@ -895,7 +883,7 @@ handle_drop(http_server *s, struct evhttp_request *req, const char *req_id, cons
 	 * in a space-separated message, where "x y" or "*" would mean
 	 * another type, or every type. A well-formed name that is not
 	 * loaded (a type since removed) still drops what is cached. */
-	if (type && !valid_type(type)) {
+	if (type && !util_type_name_ok(type)) {
 		send_error(s, req, req_id, 400, "invalid_type",
 		           "the type must be an analysis type name: a-z, 0-9 and _, at most 64", false);
 		return;
@@ -1057,7 +1045,7 @@ stream_token_check(http_server *s, struct evhttp_request *req, const struct http
 	    !wants_sse(req, q))
 		return 0;
 	int64_t id;
-	if (!util_parse_i64(p->seg[2], &id) || id <= 0 || !valid_type(p->seg[4]))
+	if (!util_parse_i64(p->seg[2], &id) || id <= 0 || !util_type_name_ok(p->seg[4]))
 		return 0;
 	enum http_token_verdict v = http_tokens_verify(s->tokens, token, id, p->seg[4],
 	                                               util_wall_ms() / 1000);

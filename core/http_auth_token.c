@@ -144,18 +144,6 @@ http_token_verdict_message(enum http_token_verdict v)
 	return "bad stream token";
 }
 
-static bool
-type_name_ok(const char *t)
-{
-	size_t n = strlen(t);
-	if (n == 0 || n > 64)
-		return false;
-	for (; *t; t++)
-		if (!islower((unsigned char)*t) && !isdigit((unsigned char)*t) && *t != '_')
-			return false;
-	return true;
-}
-
 void
 http_tokens_handle_issue(const http_tokens *t, struct http_server *s, struct evhttp_request *req,
                          const char *req_id)
@@ -168,7 +156,7 @@ http_tokens_handle_issue(const http_tokens *t, struct http_server *s, struct evh
 	json_t *cid = body ? json_object_get(body, "contact_id") : NULL;
 	json_t *typ = body ? json_object_get(body, "type") : NULL;
 	if (!json_is_object(body) || !json_is_integer(cid) || json_integer_value(cid) <= 0 ||
-	    !json_is_string(typ) || !type_name_ok(json_string_value(typ))) {
+	    !json_is_string(typ) || !util_type_name_ok(json_string_value(typ))) {
 		json_decref(body);
 		http_api_send_error(s, req, req_id, 400, "invalid_body",
 		                    "expected a JSON body {\"contact_id\": <positive integer>, "

@@ -56,18 +56,6 @@ on_reply(void *arg, const struct feedback_reply *r)
 	free(h);
 }
 
-static bool
-type_name_ok(const char *t)
-{
-	size_t n = strlen(t);
-	if (n == 0 || n > 64)
-		return false;
-	for (; *t; t++)
-		if (!islower((unsigned char)*t) && !isdigit((unsigned char)*t) && *t != '_')
-			return false;
-	return true;
-}
-
 bool
 http_feedback_route(http_server *s, const struct http_deps *d, struct evhttp_request *req,
                     const char *req_id, const char *path, const char *id_str, const char *type)
@@ -101,10 +89,10 @@ http_feedback_route(http_server *s, const struct http_deps *d, struct evhttp_req
 		return true;
 	}
 	/* Only a type that serves has results to vote on. */
-	if (!type_name_ok(type) || !script_registry_get(d->scripts, type)) {
+	if (!util_type_name_ok(type) || !script_registry_get(d->scripts, type)) {
 		char msg[160];
 		snprintf(msg, sizeof msg, "unknown analysis type '%.64s' (see /v1/analysis-types)",
-		         type_name_ok(type) ? type : "?");
+		         util_type_name_ok(type) ? type : "?");
 		feedback_note_rejected(d->feedback, FEEDBACK_UNKNOWN_TYPE);
 		http_call_error(c, 404, "unknown_analysis_type", msg, NULL);
 		free(h);

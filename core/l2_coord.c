@@ -669,27 +669,12 @@ l2_set_drop_handler(l2 *l, l2_drop_cb *cb, void *arg)
 	l->drop_arg = arg;
 }
 
-/* A type name as the message carries it: [a-z0-9_]{1,64}. The callers
- * check it; this keeps a name with a space or a "*" from ever meaning
- * another type, or all of them, on the other instances. */
-static bool
-drop_type_ok(const char *t)
-{
-	size_t n = strlen(t);
-	if (n == 0 || n > 64)
-		return false;
-	for (; *t; t++)
-		if (!((*t >= 'a' && *t <= 'z') || (*t >= '0' && *t <= '9') || *t == '_'))
-			return false;
-	return true;
-}
-
 void
 l2_publish_drop(l2 *l, int64_t contact_id, const char *type)
 {
 	if (!l2_up(l))
 		return;
-	if (type && !drop_type_ok(type))
+	if (type && !util_type_name_ok(type))
 		return;
 	char msg[200];
 	snprintf(msg, sizeof msg, "drop %s %lld %s", l->instance, (long long)contact_id,
@@ -747,7 +732,7 @@ l2_coord_message(l2 *l, const char *payload, size_t len)
 		long long id;
 		int end = 0;
 		if (sscanf(m + 5, "%31s %lld %95s%n", inst, &id, type, &end) != 3 ||
-		    m[5 + end] != '\0' || (strcmp(type, "*") != 0 && !drop_type_ok(type)) ||
+		    m[5 + end] != '\0' || (strcmp(type, "*") != 0 && !util_type_name_ok(type)) ||
 		    strcmp(inst, l->instance) == 0)
 			return;           /* not one of ours, or ours, applied when it was made */
 		l->st.remote_drops++;

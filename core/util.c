@@ -113,6 +113,18 @@ util_fnv1a(uint64_t seed, const void *data, size_t len)
 }
 
 bool
+util_type_name_ok(const char *name)
+{
+	size_t n = strlen(name);
+	if (n == 0 || n > 64)
+		return false;
+	for (; *name; name++)
+		if (!((*name >= 'a' && *name <= 'z') || (*name >= '0' && *name <= '9') || *name == '_'))
+			return false;
+	return true;
+}
+
+bool
 util_parse_i64(const char *s, int64_t *out)
 {
 	if (!s || !*s)

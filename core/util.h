@@ -37,6 +37,11 @@ void util_utf8_trim(char *s);
 /* Parse a decimal int64 that must fill the whole string; false otherwise. */
 bool util_parse_i64(const char *s, int64_t *out);
 
+/* An analysis type's name as URLs, stream tokens, the admin socket and the
+ * instances' events carry it: [a-z0-9_]{1,64}. Checked wherever a name comes
+ * in, so one with a space or a "*" never means another type, or all. */
+bool util_type_name_ok(const char *name);
+
 /* The event loop every command runs on: with precise timers (timerfd
  * rather than the coarse clock), so a retry-after or a deadline is never
  * cut short by a few milliseconds. NULL on failure. */
