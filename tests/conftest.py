@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,13 @@ def redis(tmp_path):
     r = Redis(tmp_path / "redis").start()
     yield r
     r.stop()
+
+
+@pytest.fixture
+def state(pg):
+    """A fresh database for rapport's own state (RAPPORT_STATE_URL): its
+    libpq conninfo, owner role (may write). Dropped after the test."""
+    name = "state_" + uuid.uuid4().hex[:12]
+    pg.create_database(name)
+    yield pg.dsn(dbname=name)
+    pg.sql('drop database if exists "%s" with (force)' % name, dbname="postgres")

@@ -14,37 +14,18 @@ import re
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
 from helpers.pg import free_port
 from helpers.server import SANITIZER_PATTERNS
+from helpers.state import state_sql, state_up
 from helpers.upstream import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TYPE = "smart_tips"
 CID = 7
-
-
-@pytest.fixture
-def state(pg):
-    """A fresh state database: its libpq conninfo (owner role, may write)."""
-    name = "fb_" + uuid.uuid4().hex[:12]
-    pg.create_database(name)
-    yield pg.dsn(dbname=name)
-    pg.sql('drop database if exists "%s" with (force)' % name, dbname="postgres")
-
-
-def state_sql(pg, state_url, text):
-    dbname = re.search(r"dbname=(\S+)", state_url).group(1)
-    return pg.sql(text, dbname=dbname)
-
-
-def state_up(srv, timeout=15.0):
-    wait_until(lambda: srv.get("/readyz").json().get("state") == "up",
-               "the state database to be up on %s" % srv.address, timeout)
 
 
 def fb_server(make_server, state_url, **env):

@@ -14,15 +14,14 @@ No chromium is a failure, not a skip (tools/deps.sh installs it)."""
 
 import http.server
 import json
-import re
 import threading
 import time
-import uuid
 
 import pytest
 
 from helpers.browser import Browser, missing
 from helpers.pg import free_port
+from helpers.state import state_sql, state_up
 from helpers.upstream import wait_until
 
 KEY = "browser-key-0123456789"
@@ -317,19 +316,10 @@ def test_a_listed_origin_streams_cross_origin_and_another_is_refused(make_server
         site.server_close()
 
 
-@pytest.fixture
-def state_db(pg):
-    """A fresh state database for rapport's own schema (owner role)."""
-    name = "panel_" + uuid.uuid4().hex[:12]
-    pg.create_database(name)
-    yield pg.dsn(dbname=name)
-    pg.sql('drop database if exists "%s" with (force)' % name, dbname="postgres")
-
-
 def votes(pg, state_url):
-    dbname = re.search(r"dbname=(\S+)", state_url).group(1)
-    return pg.sql("select contact_id, type, script_version, verdict, coalesce(reason, '<null>'), "
-                  "generated_at is not null from rapport.feedback order by id", dbname=dbname)
+    return state_sql(pg, state_url,
+                     "select contact_id, type, script_version, verdict, coalesce(reason, '<null>'), "
+                     "generated_at is not null from rapport.feedback order by id")
 
 
 def type_feedback(srv, t):
@@ -339,9 +329,9 @@ def type_feedback(srv, t):
 
 @pytest.mark.timeout(240)
 def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
-        make_server, fake, pg, browser, state_db):
-    srv = make_server(RAPPORT_STATE_URL=state_db)
-    wait_until(lambda: srv.get("/readyz").json().get("state") == "up", "the state database", 15)
+        make_server, fake, pg, browser, state):
+    srv = make_server(RAPPORT_STATE_URL=state)
+    state_up(srv)
     b = browser
     b.goto(srv.base_url + "/#contact=51")
     wait_ready(b)
@@ -349,8 +339,8 @@ def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
     tips = insight("smart_tips")
     assert b.eval("document.querySelector(%s).hidden" % js_str(tips + " .feedback")), \
         "no vote before a result"
-    state, _ = run_insight(b, "smart_tips")
-    assert state == "done"
+    shown, _ = run_insight(b, "smart_tips")
+    assert shown == "done"
     b.wait("!document.querySelector(%s).hidden" % js_str(tips + " .feedback"))
     # by keyboard: focus the thumbs up, Enter, type a reason, Ctrl+Enter sends
     b.eval("document.querySelector(%s).focus()" % js_str(tips + " .thumb[data-verdict=up]"))
@@ -369,7 +359,7 @@ def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
         "one vote per result shown"
     b.screenshot("panel-feedback.png")
     version = type_feedback(srv, "smart_tips")["version"]
-    assert votes(pg, state_db) == [["51", "smart_tips", version, "up",
+    assert votes(pg, state) == [["51", "smart_tips", version, "up",
                                     "Clear next step, as we do it", "t"]]
     fb = type_feedback(srv, "smart_tips")["feedback"]
     assert (fb["up"], fb["down"], fb["acceptance_rate"]) == (1, 0, 1.0), fb
@@ -377,26 +367,26 @@ def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
 
     # by mouse, a thumbs down without a reason
     health = insight("relationship_health")
-    state, _ = run_insight(b, "relationship_health")
-    assert state == "done"
+    shown, _ = run_insight(b, "relationship_health")
+    assert shown == "done"
     b.click(health + " .thumb[data-verdict=down]")
     assert "wrong" in text(b, health + " .feedback-prompt")
     b.click(health + " .feedback-send")
     b.wait("document.querySelector(%s).dataset.feedbackState === 'sent'" % js_str(health + " .feedback"))
-    assert votes(pg, state_db)[1][1:5] == ["relationship_health",
+    assert votes(pg, state)[1][1:5] == ["relationship_health",
                                            type_feedback(srv, "relationship_health")["version"],
                                            "down", "<null>"]
     assert type_feedback(srv, "relationship_health")["feedback"]["down"] == 1
     # a refreshed result gets a fresh vote
-    state, _ = run_insight(b, "smart_tips", button=".refresh")
-    assert state == "done"
+    shown, _ = run_insight(b, "smart_tips", button=".refresh")
+    assert shown == "done"
     assert b.eval("document.querySelector(%s).dataset.feedbackState" % js_str(tips + " .feedback")) == "idle"
     assert not b.eval("document.querySelector(%s).disabled" % js_str(tips + " .thumb[data-verdict=up]"))
 
     # the database stops before Send: an error state in words, nothing lost silently
     research = insight("contextual_research")
-    state, _ = run_insight(b, "contextual_research")
-    assert state == "done"
+    shown, _ = run_insight(b, "contextual_research")
+    assert shown == "done"
     b.click(research + " .thumb[data-verdict=up]")
     pg.stop()
     try:
@@ -411,4 +401,4 @@ def test_feedback_clicked_in_the_page_lands_in_postgres_and_in_analysis_types(
         b.screenshot("panel-feedback-error.png")
     finally:
         pg.start()
-    assert len(votes(pg, state_db)) == 2
+    assert len(votes(pg, state)) == 2
