@@ -10,10 +10,11 @@ NOTIFY triggers and the fake's call counter.
 
 import time
 
+from helpers.state import state_up
 from helpers.upstream import metric, wait_until
 from test_freshness import (add_activity, cached, calls, get, move_deal, new_contact,
                             notified, start)  # noqa: F401 (start is a fixture)
-from test_warm_jobs import post_warm, state, state_up, wait_job  # noqa: F401 (state: fixture)
+from test_warm_jobs import post_warm, wait_job
 
 QUIET_S = 0.2          # CHANGE_REFRESH_QUIET_MS
 
